@@ -1,0 +1,309 @@
+"""KubeSparkCluster: the notebook user's handle on Dask workers running as Kubernetes pods.
+
+A thin layer over :class:`distributed.deploy.Cluster`. Everything interesting happens in the
+scheduler process, in :class:`~dask_k8s_backend.backend.plugin.KubernetesSchedulerBackend`;
+this class only
+
+1. validates the configuration and the master URL (before anything is created),
+2. connects to Kubernetes through the cluster-manager registry (``master.py``),
+3. in client mode starts a Dask scheduler in this process with the backend plugin installed,
+4. and forwards ``scale``/``scale_down``/``status``/``logs``/``close`` to the plugin's RPC
+   handlers over ``scheduler_comm``, exactly as it would for a scheduler in a pod.
+
+Written async-first; distributed's ``SyncMethodMixin`` gives the blocking API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import uuid
+import weakref
+from contextlib import suppress
+from typing import Any
+
+from distributed.core import Status, rpc
+from distributed.deploy.cluster import Cluster
+from distributed.scheduler import Scheduler
+from distributed.utils import Log, Logs
+
+from .config import Settings, load_settings
+from .master import KubeConnection, resolve_manager
+from .pods.builder import AppSpec
+from .status_view import ClusterStatus, format_status_table, render_status_html
+
+logger = logging.getLogger(__name__)
+
+_LIVE_CLUSTERS: weakref.WeakSet[KubeSparkCluster] = weakref.WeakSet()
+
+
+def _kwargs_to_overrides(**kwargs: Any) -> dict[str, Any]:
+    """Map the explicit constructor arguments to dotted configuration keys (None = unset)."""
+    mapping = {
+        "master": "master",
+        "namespace": "namespace",
+        "image": "image",
+        "name": "name",
+        "deploy_mode": "deploy-mode",
+        "worker_cores": "worker.cores",
+        "worker_memory": "worker.memory",
+        "env": "worker.env",
+        "labels": "worker.labels",
+        "annotations": "worker.annotations",
+        "node_selector": "worker.node-selector",
+        "tolerations": "worker.tolerations",
+        "service_account": "worker.service-account",
+        "pod_template": "worker.pod-template",
+    }
+    return {mapping[k]: v for k, v in kwargs.items() if v is not None}
+
+
+def _validate_worker_count(value: Any, option: str) -> int:
+    """Worker counts must be whole numbers >= 0; reject before anything is created."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{option}: expected a whole number of workers >= 0, got {value!r}; pass an int such as 4")
+    return value
+
+
+class KubeSparkCluster(Cluster):
+    """Dask workers as Kubernetes pods, allocated and replaced the way Spark manages executors.
+
+    >>> cluster = KubeSparkCluster()                      # embedded Kubernetes, no setup
+    >>> cluster = KubeSparkCluster(master="k8s://https://host:443", image="ghcr.io/dask/dask")
+    >>> client = Client(cluster); cluster.scale(10)       # or cluster.adapt(minimum=0, maximum=50)
+    """
+
+    def __init__(
+        self,
+        master: str | None = None,
+        name: str | None = None,
+        namespace: str | None = None,
+        image: str | None = None,
+        n_workers: int = 0,
+        worker_cores: float | None = None,
+        worker_memory: str | int | None = None,
+        env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        node_selector: dict[str, str] | None = None,
+        tolerations: list[dict[str, Any]] | None = None,
+        service_account: str | None = None,
+        pod_template: str | dict | None = None,
+        deploy_mode: str | None = None,
+        asynchronous: bool = False,
+        loop: Any = None,
+        quiet: bool = False,
+        shutdown_on_close: bool = True,
+        **config: Any,
+    ) -> None:
+        self._n_workers = _validate_worker_count(n_workers, "KubeSparkCluster(n_workers=...)")
+        overrides = _kwargs_to_overrides(
+            master=master, namespace=namespace, image=image, name=name, deploy_mode=deploy_mode,
+            worker_cores=worker_cores, worker_memory=worker_memory, env=env, labels=labels,
+            annotations=annotations, node_selector=node_selector, tolerations=tolerations,
+            service_account=service_account,
+            pod_template=pod_template if not isinstance(pod_template, dict) else None,
+        )
+        # Validate everything before anything is created: a bad value raises here.
+        self.settings: Settings = load_settings(overrides, **config)
+        self._pod_template = pod_template if isinstance(pod_template, dict) else None
+        self._manager = resolve_manager(self.settings.master)
+        self.app = AppSpec(
+            app_id=uuid.uuid4().hex[:10],
+            app_name=self.settings.name or f"dask-{uuid.uuid4().hex[:6]}",
+            namespace=self.settings.namespace,
+        )
+        self.shutdown_on_close = shutdown_on_close
+        self.connection: KubeConnection | None = None
+        self.scheduler: Scheduler | None = None
+        self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
+        super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
+        _LIVE_CLUSTERS.add(self)
+        if not self.called_from_running_loop:
+            self._loop_runner.start()
+            try:
+                self.sync(self._start)
+            except BaseException:
+                self.close()
+                raise
+
+    # ------------------------------------------------------------------ start / close
+    def __await__(self):
+        async def _() -> KubeSparkCluster:
+            if self.status == Status.created:
+                try:
+                    await self._start()
+                except BaseException:
+                    await self._close()
+                    raise
+            return self
+
+        return _().__await__()
+
+    async def _start(self) -> None:
+        if self.status != Status.created:
+            return
+        self.status = Status.starting
+        self.connection = await asyncio.to_thread(self._manager.connect, self.settings.master, self.settings)
+        if self.settings.deploy_mode == "cluster":
+            from .deploy_cluster import start_cluster_mode  # issue 8: scheduler in its own pod
+
+            address = await start_cluster_mode(self)
+        else:
+            address = await self._start_local_scheduler()
+        self.scheduler_comm = rpc(address)
+        await super()._start()
+        self._log(f"KubeSparkCluster {self.app.app_name} ({self.app.app_id}) on {self.connection.master}")
+        if self._n_workers:
+            await self._scale(self._n_workers)
+
+    async def _start_local_scheduler(self) -> str:
+        from .backend.plugin import KubernetesSchedulerBackend
+
+        assert self.connection is not None
+        options = self.settings.scheduler
+        host = options.host or self.connection.scheduler_host or "0.0.0.0"
+        plugin = KubernetesSchedulerBackend(
+            settings=self.settings, app=self.app, connection=self.connection, pod_template=self._pod_template
+        )
+        self.scheduler = Scheduler(
+            host=host,
+            port=options.port,
+            dashboard_address=options.dashboard_address,
+            dashboard=options.dashboard_address is not None,
+            plugins=[plugin],
+            validate=False,
+        )
+        await self.scheduler
+        return self.scheduler.address
+
+    async def _close(self) -> None:
+        if self.status in (Status.closed, Status.closing):
+            return
+        was_running = self.status == Status.running
+        with suppress(AttributeError):
+            self._adaptive.stop()
+        if was_running and self.shutdown_on_close and self.scheduler_comm is not None:
+            await self._shutdown_backend()
+        await super()._close()
+        self.status = Status.closing
+        if self.scheduler is not None and self.shutdown_on_close:
+            await self._guarded("closing the scheduler", self.scheduler.close())
+        if self.connection is not None and self.shutdown_on_close:
+            await self._guarded("closing the Kubernetes connection", asyncio.to_thread(self.connection.close))
+        self.status = Status.closed
+        _LIVE_CLUSTERS.discard(self)
+
+    async def _shutdown_backend(self) -> None:
+        """Retire workers (their data is not needed any more, so just close them) and delete every pod."""
+        result = await self._guarded(
+            "deleting the worker pods", self.scheduler_comm.k8s_shutdown(timeout=60)  # type: ignore[union-attr]
+        )
+        if result and result.get("remaining"):
+            logger.warning("%d pods of app %s were still present after close", result["remaining"], self.app.app_id)
+
+    @staticmethod
+    async def _guarded(what: str, awaitable: Any) -> Any:
+        """Shutdown is best effort: log a failing step and let the next one run."""
+        try:
+            return await awaitable
+        except Exception:
+            logger.warning("Error while %s", what, exc_info=True)
+            return None
+
+    # ------------------------------------------------------------------ scaling
+    def scale(self, n: int = 0, group: str = "default", memory: Any = None, cores: Any = None) -> Any:
+        """Ask for ``n`` workers (of ``group``); pods are created or retired-then-deleted to match."""
+        _validate_worker_count(n, "KubeSparkCluster.scale(n)")
+        if memory is not None or cores is not None:
+            raise ValueError(
+                "KubeSparkCluster.scale(memory=..., cores=...) is not supported: set worker_memory/"
+                "worker_cores on the cluster, or use a worker group with its own resources"
+            )
+        return self.sync(self._scale, n, group)
+
+    async def _scale(self, n: int, group: str = "default") -> None:
+        await self.scheduler_comm.k8s_request_total_executors(n=n, group=group)  # type: ignore[union-attr]
+        await self._refresh_status()
+
+    def scale_up(self, n: int, group: str = "default") -> Any:
+        return self.scale(n, group=group)
+
+    def scale_down(self, workers: Any) -> Any:
+        """Retire these workers (names = executor ids, or addresses), then delete their pods."""
+        return self.sync(self._scale_down, list(workers))
+
+    async def _scale_down(self, workers: list[Any]) -> None:
+        await self.scheduler_comm.k8s_kill_executors(workers=[str(w) for w in workers])  # type: ignore[union-attr]
+        await self._refresh_status()
+
+    # Adaptive's view of the cluster: planned, requested (pods that exist) and observed (registered).
+    @property
+    def plan(self) -> set[str]:
+        return set(self._status_cache.planned_names())
+
+    @property
+    def requested(self) -> set[str]:
+        return set(self._status_cache.requested_names())
+
+    @property
+    def observed(self) -> set[str]:
+        return {str(d["name"]) for d in self.scheduler_info.get("workers", {}).values()}
+
+    # ------------------------------------------------------------------ status / logs
+    async def _refresh_status(self) -> ClusterStatus:
+        raw = await self.scheduler_comm.k8s_status()  # type: ignore[union-attr]
+        self._status_cache = ClusterStatus.from_dict(raw)
+        return self._status_cache
+
+    def refresh_status(self) -> ClusterStatus:
+        return self.sync(self._refresh_status)
+
+    @property
+    def status_table(self) -> str:
+        """A text table of executors: id, pod, phase, node, worker address, age, last reason."""
+        return format_status_table(self.refresh_status())
+
+    def executors(self) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.refresh_status().executors]
+
+    async def _wait_for_workers(self, n_workers: int = 0, timeout: float | None = None) -> None:
+        from .waiting import wait_for_workers
+
+        await wait_for_workers(self, n_workers, timeout)
+
+    def logs(self, executor_id: int | str, tail_lines: int | None = None) -> str:
+        """The log of one executor pod (via pods/log)."""
+        return self.sync(self._executor_log, executor_id, tail_lines)
+
+    async def _executor_log(self, executor_id: int | str, tail_lines: int | None = None) -> str:
+        return await self.scheduler_comm.k8s_logs(executor_id=str(executor_id), tail_lines=tail_lines)  # type: ignore[union-attr]
+
+    async def _get_logs(self, cluster: bool = True, scheduler: bool = True, workers: Any = True) -> Logs:
+        logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=False)
+        if workers:
+            status = await self._refresh_status()
+            for executor in status.executors:
+                if workers is not True and str(executor["id"]) not in {str(w) for w in workers}:
+                    continue
+                text = await self._guarded("reading a pod log", self._executor_log(executor["id"]))
+                logs[executor["pod"]] = Log(text or "")
+        return logs
+
+    # ------------------------------------------------------------------ display
+    def _repr_html_(self, cluster_status: Any = None) -> str:
+        return render_status_html(self._status_cache, name=self.name, dashboard=self.dashboard_link)
+
+    def __repr__(self) -> str:
+        counts = self._status_cache.phase_counts()
+        text = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no pods"
+        return f"KubeSparkCluster({self.app.app_name!r}, master={self.settings.master!r}, {text}, status={self.status.name})"
+
+
+@atexit.register
+def _close_live_clusters() -> None:
+    """At interpreter exit, close clusters the user forgot so no pod is left behind."""
+    for cluster in list(_LIVE_CLUSTERS):
+        with suppress(Exception):
+            cluster.close(timeout=30)
