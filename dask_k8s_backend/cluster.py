@@ -118,6 +118,7 @@ class KubeSparkCluster(Cluster):
         self.connection: KubeConnection | None = None
         self.scheduler: Scheduler | None = None
         self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
+        self.pods_left_after_close = -1  # counted through the API by close()
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
         _LIVE_CLUSTERS.add(self)
         if not self.called_from_running_loop:
@@ -200,6 +201,7 @@ class KubeSparkCluster(Cluster):
         result = await self._guarded(
             "deleting the worker pods", self.scheduler_comm.k8s_shutdown(timeout=60)  # type: ignore[union-attr]
         )
+        self.pods_left_after_close = result.get("remaining", -1) if result else -1
         if result and result.get("remaining"):
             logger.warning("%d pods of app %s were still present after close", result["remaining"], self.app.app_id)
 

@@ -1,0 +1,284 @@
+"""KubernetesSchedulerBackend: the executor-pod backend living inside the Dask scheduler.
+
+Data flow::
+
+    watch source ─┐                      ┌─> allocator   (target -> pod creations/deletions)
+                  ├─> SnapshotsStore ────┤
+    polling src ──┘                      ├─> lifecycle   (final states -> remove worker, delete pod)
+                                         └─> this plugin (latest snapshot for status/gatekeeping)
+
+The plugin owns those components, adds scheduler RPC handlers (``k8s_request_total_executors``,
+``k8s_kill_executors``, ``k8s_status``, ``k8s_logs``, ``k8s_shutdown``) that
+:class:`~dask_k8s_backend.cluster.KubeSparkCluster` calls over ``scheduler_comm``, and guards
+worker registration: a worker's name is its executor id, and a worker whose executor is
+unknown, excluded or being deleted is refused. Everything runs on the scheduler's event loop;
+Kubernetes calls are asynchronous (``KubePodApi`` runs the blocking client in threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from .. import labels
+from ..config import Settings
+from ..master import KubeConnection
+from ..pods.builder import AppSpec, build_executor_pod
+from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodState, PodSucceeded, PodTerminating
+from .components import BackendComponents, build_components
+from .gatekeeper import RegistrationGatekeeper
+
+logger = logging.getLogger(__name__)
+
+PHASE_NAMES: dict[type, str] = {
+    PodPending: "Pending",
+    PodRunning: "Running",
+    PodTerminating: "Terminating",
+    PodSucceeded: "Succeeded",
+    PodFailed: "Failed",
+    PodDeleted: "Deleted",
+}
+MAX_EVENTS = 200
+
+
+class KubernetesSchedulerBackend(SchedulerPlugin):
+    """Spark's KubernetesClusterSchedulerBackend as a Dask scheduler plugin."""
+
+    name = "k8s-backend"
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        app: AppSpec,
+        connection: KubeConnection,
+        pod_template: dict | None = None,
+        owner: dict | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.connection = connection
+        self.pod_template = pod_template
+        self.owner = owner
+        self.scheduler: Any = None
+        self.components: BackendComponents | None = None
+        self.gatekeeper = RegistrationGatekeeper(self)
+        self.events: deque[str] = deque(maxlen=MAX_EVENTS)
+        self.error: str | None = None
+        self.explanations: dict[int, str] = {}
+        self._closing = False
+
+    # ------------------------------------------------------------------ plugin hooks
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers.update(
+            {
+                "k8s_request_total_executors": self.request_total_executors,
+                "k8s_kill_executors": self.kill_executors,
+                "k8s_status": self.status,
+                "k8s_logs": self.executor_log,
+                "k8s_shutdown": self.shutdown,
+            }
+        )
+        self.gatekeeper.install(scheduler)
+        self.components = build_components(self)
+        await self.components.start()
+        logger.info("k8s backend started for app %s in namespace %s", self.app.app_id, self.app.namespace)
+
+    async def close(self) -> None:
+        await self.shutdown(timeout=30)
+
+    # ------------------------------------------------------------------ callbacks from components
+    def scheduler_address(self) -> str:
+        return self.scheduler.address
+
+    def build_pod(self, executor_id: int, group: str) -> dict:
+        return build_executor_pod(
+            executor_id=executor_id,
+            app=self.app,
+            settings=self.settings,
+            scheduler_address=self.scheduler_address(),
+            group=group,
+            template=self.pod_template,
+            owner=self.owner,
+        )
+
+    def registered_executor_ids(self) -> set[int]:
+        """Executors the scheduler knows as workers (the allocator deletes unknown pending pods first)."""
+        ids = set()
+        for ws in self.scheduler.workers.values():
+            try:
+                ids.add(int(ws.name))
+            except (TypeError, ValueError):
+                continue
+        return ids
+
+    def record(self, message: str) -> None:
+        """A user-visible event: logged, kept for ``status`` and sent to the scheduler's event log."""
+        self.events.append(message)
+        logger.info("%s", message)
+        if self.scheduler is not None:
+            self.scheduler.log_event("k8s-backend", {"action": "k8s-event", "message": message})
+
+    def on_pending_reason(self, executor_id: int, reason: str) -> None:
+        logger.warning("executor %s is pending: %s", executor_id, reason)
+        self.record(f"executor {executor_id} pending: {reason}")
+
+    async def on_executor_lost(self, executor_id: int, explanation: str) -> None:
+        """A pod reached a final state: remove its worker from the scheduler with the explanation."""
+        self.explanations[executor_id] = explanation
+        self.record(f"executor {executor_id} lost: {explanation}")
+        address = self.scheduler.aliases.get(str(executor_id))
+        if address is not None and address in self.scheduler.workers:
+            await self.scheduler.remove_worker(
+                address=address, stimulus_id=f"k8s-executor-lost-{executor_id}-{time.time()}", close=False
+            )
+
+    def on_failure_limit(self, group: str, message: str) -> None:
+        self.error = message
+        logger.error("%s", message)
+        self.record(message)
+
+    # ------------------------------------------------------------------ RPC handlers
+    async def request_total_executors(self, n: int, group: str = labels.DEFAULT_GROUP) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"scale(n): expected a whole number of workers >= 0, got {n!r}")
+        components = self._require_components()
+        excess = components.count_alive(group) - n
+        if excess > 0:
+            victims = self._choose_workers_to_retire(group, excess, components)
+            if victims:
+                await self._retire(victims)
+                components.kill_executors(victims)
+        components.set_target(n, group)
+
+    def _choose_workers_to_retire(self, group: str, excess: int, components: BackendComponents) -> list[int]:
+        """Pending pods unknown to the scheduler go first (the allocator's rule); then idle workers."""
+        unregistered = components.alive_ids(group) - self.registered_executor_ids()
+        excess -= len(unregistered)
+        if excess <= 0:
+            return []
+        group_workers = [
+            ws for ws in self.scheduler.workers.values() if components.group_of(self._executor_id(ws.name)) == group
+        ]
+        names = self.scheduler.workers_to_close(n=excess, attribute="name") if group_workers else []
+        chosen = [self._executor_id(n) for n in names if components.group_of(self._executor_id(n)) == group]
+        if len(chosen) < excess:  # workers_to_close keeps busy workers; take the youngest among the rest
+            rest = sorted(
+                (self._executor_id(ws.name) for ws in group_workers if self._executor_id(ws.name) not in chosen),
+                reverse=True,
+            )
+            chosen += rest[: excess - len(chosen)]
+        return [i for i in chosen if i >= 0]
+
+    @staticmethod
+    def _executor_id(name: Any) -> int:
+        try:
+            return int(name)
+        except (TypeError, ValueError):
+            return -1
+
+    async def _retire(self, executor_ids: list[int]) -> None:
+        names = [str(i) for i in executor_ids if str(i) in self.scheduler.aliases]
+        if names:
+            await self.scheduler.retire_workers(names=names, close_workers=True, remove=True, stimulus_id=f"k8s-scale-down-{time.time()}")
+
+    async def kill_executors(self, workers: list[str]) -> None:
+        """Retire (so their data moves) and then delete the pods of these workers (names or addresses)."""
+        components = self._require_components()
+        ids = []
+        for w in workers:
+            ws = self.scheduler.workers.get(w)
+            ids.append(self._executor_id(ws.name if ws is not None else w))
+        ids = [i for i in ids if i >= 0]
+        await self._retire(ids)
+        components.kill_executors(ids)
+
+    def status(self) -> dict[str, Any]:
+        components = self.components
+        executors = components.describe_executors(self._describe_state) if components else []
+        pending = {str(e["id"]): e["reason"] for e in executors if e["phase"] == "Pending" and e.get("reason")}
+        return {
+            "app_id": self.app.app_id,
+            "app_name": self.app.app_name,
+            "namespace": self.app.namespace,
+            "targets": components.targets() if components else {},
+            "executors": executors,
+            "outstanding": components.outstanding() if components else 0,
+            "error": self.error,
+            "pending_reasons": pending,
+            "events": list(self.events)[-50:],
+            "pods_created": components.pods_created() if components else 0,
+        }
+
+    def _describe_state(self, executor_id: int, state: PodState, group: str) -> dict[str, Any]:
+        from ..pods.exits import explain, pending_reason
+
+        pod = state.pod
+        meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
+        phase = PHASE_NAMES.get(type(state), "Unknown")
+        if phase == "Pending":
+            reason = pending_reason(pod) or ""
+        elif state.is_final:
+            reason = self.explanations.get(executor_id) or explain(state)
+        else:
+            reason = ""
+        address = self.scheduler.aliases.get(str(executor_id)) if self.scheduler else None
+        return {
+            "id": executor_id,
+            "pod": meta.get("name", ""),
+            "group": group,
+            "phase": phase,
+            "node": spec.get("nodeName"),
+            "ip": status.get("podIP"),
+            "worker": address,
+            "created": _parse_timestamp(meta.get("creationTimestamp")),
+            "reason": reason,
+        }
+
+    async def executor_log(self, executor_id: str, tail_lines: int | None = None) -> str:
+        components = self._require_components()
+        name = components.pod_name(int(executor_id))
+        if name is None:
+            raise KeyError(f"executor {executor_id} is unknown to app {self.app.app_id}")
+        return await components.api.read_pod_log(name, tail_lines=tail_lines)
+
+    async def shutdown(self, timeout: float = 60) -> dict[str, Any]:
+        """Stop allocating, close workers, delete every pod of this app and wait until they are gone."""
+        if self._closing or self.components is None:
+            return {"remaining": 0}
+        self._closing = True
+        self.gatekeeper.close()
+        components = self.components
+        names = list(self.scheduler.aliases) if self.scheduler else []
+        if names:
+            try:
+                await asyncio.wait_for(
+                    self.scheduler.retire_workers(names=names, close_workers=True, remove=True, stimulus_id="k8s-shutdown"),
+                    timeout=min(10, timeout),
+                )
+            except Exception:
+                logger.warning("retiring workers at shutdown failed; deleting their pods anyway", exc_info=True)
+        remaining = await components.shutdown(timeout=timeout)
+        return {"remaining": remaining}
+
+    def _require_components(self) -> BackendComponents:
+        if self.components is None or self._closing:
+            raise RuntimeError(f"the Kubernetes backend of app {self.app.app_id} is not running (closed or not started)")
+        return self.components
+
+
+def _parse_timestamp(value: str | None) -> float | None:
+    if not value:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
