@@ -1,0 +1,221 @@
+"""Cluster deploy mode: the Dask scheduler (with the backend plugin) runs in its own pod.
+
+Spark's "submit in driver": the notebook creates a scheduler pod and a Service in front of it,
+then talks to the scheduler over Dask RPC exactly as in client mode. Inside the pod,
+``dask_k8s_backend.backend.preload`` installs :class:`KubernetesSchedulerBackend`, which owns
+the worker pods through ownerReferences to the scheduler pod: deleting the scheduler pod
+garbage-collects every worker.
+
+How the notebook reaches the scheduler (``k8s-backend.scheduler.connect-via``):
+- ``pod-ip``: the pod's IP (the embedded Kubernetes, or a notebook inside the cluster network);
+- ``service``: the Service's DNS name ``<name>.<namespace>.svc`` (a notebook inside the cluster);
+- an explicit address such as ``tcp://localhost:8786`` after ``kubectl port-forward svc/<name> 8786``.
+``auto`` picks ``pod-ip`` on the embedded Kubernetes and ``service`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import labels
+from .pods.builder import AppSpec
+from .pods.exits import pending_reason
+
+if TYPE_CHECKING:
+    from .cluster import KubeSparkCluster
+    from .master import KubeConnection
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_PORT = 8786
+DASHBOARD_PORT = 8787
+APP_ENV = "DASK_K8S_BACKEND_APP"
+OVERRIDES_ENV = "DASK_K8S_BACKEND_OVERRIDES"
+SECRET_KEYS = ("authenticate.oauth-token", "authenticate.client-key-file")
+
+
+def scheduler_pod_name(app: AppSpec) -> str:
+    from .pods.builder import pod_name_prefix
+
+    return f"{pod_name_prefix(app.app_name, suffix='-scheduler')}-scheduler"
+
+
+def _scheduler_labels(app: AppSpec) -> dict[str, str]:
+    return {labels.APP_ID: app.app_id, labels.APP_NAME: app.app_name[:63], labels.ROLE: labels.ROLE_SCHEDULER}
+
+
+def pod_overrides(overrides: dict[str, Any], connection: KubeConnection) -> dict[str, Any]:
+    """The configuration the scheduler pod runs with: the user's, minus secrets, plus how to reach the API."""
+    clean = {k: v for k, v in overrides.items() if k not in SECRET_KEYS and not k.startswith("authenticate.")}
+    clean["deploy-mode"] = "client"  # inside the pod the scheduler is local to the backend
+    if connection.embedded is not None:
+        # The embedded API server is on this machine: the scheduler "pod" (a local process) uses its
+        # kubeconfig (mode 0600) instead of a service-account token.
+        clean["master"] = f"k8s://{connection.embedded.url}"
+        clean["authenticate.kubeconfig"] = connection.embedded.kubeconfig
+    else:
+        clean["master"] = "k8s://"  # in-cluster service account of the scheduler pod
+    return clean
+
+
+def build_scheduler_pod(cluster: KubeSparkCluster, connection: KubeConnection) -> dict[str, Any]:
+    app, settings = cluster.app, cluster.settings
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": APP_ENV, "value": json.dumps({"app_id": app.app_id, "app_name": app.app_name, "namespace": app.namespace})},
+        {"name": OVERRIDES_ENV, "value": json.dumps(pod_overrides(cluster.overrides, connection))},
+    ]
+    container = {
+        "name": "scheduler",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["dask", "scheduler"],
+        "args": [
+            "--host", "$(POD_IP)", "--port", str(SCHEDULER_PORT), "--dashboard-address", f":{DASHBOARD_PORT}",
+            "--preload", "dask_k8s_backend.backend.preload",
+        ],
+        "env": env,
+        "ports": [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT}, {"name": "http-dashboard", "containerPort": DASHBOARD_PORT}],
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+    }
+    if settings.worker.secure_defaults:
+        container["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if settings.worker.service_account:
+        spec["serviceAccountName"] = settings.worker.service_account
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": scheduler_pod_name(app), "namespace": app.namespace, "labels": _scheduler_labels(app)},
+        "spec": spec,
+    }
+
+
+def build_scheduler_service(app: AppSpec, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": scheduler_pod_name(app),
+            "namespace": app.namespace,
+            "labels": _scheduler_labels(app),
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "selector": _scheduler_labels(app),
+            "ports": [
+                {"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": SCHEDULER_PORT},
+                {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT},
+            ],
+        },
+    }
+
+
+def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod["metadata"]
+    return {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+async def _wait_for_scheduler_pod(core: Any, app: AppSpec, name: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = json.loads((await asyncio.to_thread(core.read_namespaced_pod, name, app.namespace, _preload_content=False)).data)
+        phase = pod.get("status", {}).get("phase")
+        if phase == "Running" and pod["status"].get("podIP"):
+            return pod
+        if phase in ("Failed", "Succeeded"):
+            raise RuntimeError(f"the scheduler pod {name} exited ({phase}) before the scheduler started; see `kubectl logs {name}`")
+        if time.monotonic() > deadline:
+            reason = pending_reason(pod) or "no reason reported"
+            raise TimeoutError(f"the scheduler pod {name} was not running after {timeout:.0f} s: {reason}")
+        await asyncio.sleep(0.2)
+
+
+def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnection, connect_via: str) -> str:
+    if connect_via == "auto":
+        connect_via = "pod-ip" if connection.embedded is not None else "service"
+    if connect_via == "pod-ip":
+        return f"tcp://{pod['status']['podIP']}:{SCHEDULER_PORT}"
+    if connect_via == "service":
+        return f"tcp://{pod['metadata']['name']}.{app.namespace}.svc:{SCHEDULER_PORT}"
+    return connect_via
+
+
+async def _wait_for_scheduler(address: str, timeout: float) -> None:
+    from distributed.core import rpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with rpc(address, timeouts={"connect": "2s"}) as scheduler:
+                handlers = await scheduler.identity()
+                if handlers:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"could not reach the scheduler at {address} within {timeout:.0f} s; if the notebook is outside "
+                    "the cluster network, run `kubectl port-forward svc/<name> 8786` and set "
+                    "k8s-backend.scheduler.connect-via to tcp://localhost:8786"
+                ) from None
+        await asyncio.sleep(0.2)
+
+
+async def start_cluster_mode(cluster: KubeSparkCluster) -> str:
+    """Create the scheduler pod and Service; return the address the notebook connects to."""
+    from kubernetes import client as k8s
+
+    connection = cluster.connection
+    assert connection is not None
+    core = k8s.CoreV1Api(connection.api_client)
+    pod = build_scheduler_pod(cluster, connection)
+    name = pod["metadata"]["name"]
+    created = json.loads(
+        (await asyncio.to_thread(core.create_namespaced_pod, cluster.app.namespace, pod, _preload_content=False)).data
+    )
+    cluster._log(f"created scheduler pod {name}")
+    service = build_scheduler_service(cluster.app, owner_reference(created))
+    await asyncio.to_thread(core.create_namespaced_service, cluster.app.namespace, service, _preload_content=False)
+    running = await _wait_for_scheduler_pod(core, cluster.app, name, cluster.settings.allocation.pending_timeout)
+    address = scheduler_address(running, cluster.app, connection, cluster.settings.scheduler.connect_via)
+    await _wait_for_scheduler(address, timeout=120)
+    return address
+
+
+async def delete_scheduler_pod(cluster: KubeSparkCluster) -> None:
+    """Delete the scheduler pod (its Service and any worker left go with it, by ownerReference)."""
+    from kubernetes import client as k8s
+
+    connection = cluster.connection
+    assert connection is not None
+    core = k8s.CoreV1Api(connection.api_client)
+    name = scheduler_pod_name(cluster.app)
+    try:
+        await asyncio.to_thread(core.delete_namespaced_pod, name, cluster.app.namespace, _preload_content=False)
+    except k8s.ApiException as e:
+        if e.status != 404:
+            raise
+
+
+async def find_scheduler_pod(connection: KubeConnection, namespace: str, name: str) -> dict[str, Any]:
+    """The running scheduler pod of the app called ``name`` (for ``KubeSparkCluster.from_name``)."""
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(connection.api_client)
+    selector = f"{labels.ROLE}={labels.ROLE_SCHEDULER},{labels.APP_NAME}={name}"
+    pods = json.loads(
+        (await asyncio.to_thread(core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False)).data
+    )["items"]
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    if not running:
+        raise ValueError(
+            f"KubeSparkCluster.from_name({name!r}): no running scheduler pod of a cluster named {name!r} in namespace "
+            f"{namespace!r}; list clusters with `python -m dask_k8s_backend status --namespace {namespace}`"
+        )
+    return running[0]
