@@ -28,6 +28,7 @@ from distributed.deploy.cluster import Cluster
 from distributed.scheduler import Scheduler
 from distributed.utils import Log, Logs
 
+from . import labels
 from .config import Settings, load_settings
 from .master import KubeConnection, resolve_manager
 from .pods.builder import AppSpec
@@ -57,6 +58,25 @@ def _kwargs_to_overrides(**kwargs: Any) -> dict[str, Any]:
         "pod_template": "worker.pod-template",
     }
     return {mapping[k]: v for k, v in kwargs.items() if v is not None}
+
+
+SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate")
+
+
+def flatten_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """{"worker": {"memory": "2GiB"}, "image_pull_policy": "Always"} -> dotted kebab-case keys.
+
+    Only the configuration's sections are descended into: mapping-valued options such as
+    ``worker.env`` stay whole.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        key = key.replace("_", "-")
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{k.replace('_', '-')}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def _validate_worker_count(value: Any, option: str) -> int:
@@ -95,6 +115,7 @@ class KubeSparkCluster(Cluster):
         loop: Any = None,
         quiet: bool = False,
         shutdown_on_close: bool = True,
+        _attach: bool = False,
         **config: Any,
     ) -> None:
         self._n_workers = _validate_worker_count(n_workers, "KubeSparkCluster(n_workers=...)")
@@ -106,7 +127,8 @@ class KubeSparkCluster(Cluster):
             pod_template=pod_template if not isinstance(pod_template, dict) else None,
         )
         # Validate everything before anything is created: a bad value raises here.
-        self.settings: Settings = load_settings(overrides, **config)
+        self.overrides = {**flatten_overrides(config), **overrides}
+        self.settings: Settings = load_settings(self.overrides)
         self._pod_template = pod_template if isinstance(pod_template, dict) else None
         self._manager = resolve_manager(self.settings.master)
         self.app = AppSpec(
@@ -115,6 +137,7 @@ class KubeSparkCluster(Cluster):
             namespace=self.settings.namespace,
         )
         self.shutdown_on_close = shutdown_on_close
+        self._attach = _attach
         self.connection: KubeConnection | None = None
         self.scheduler: Scheduler | None = None
         self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
@@ -147,8 +170,10 @@ class KubeSparkCluster(Cluster):
             return
         self.status = Status.starting
         self.connection = await asyncio.to_thread(self._manager.connect, self.settings.master, self.settings)
-        if self.settings.deploy_mode == "cluster":
-            from .deploy_cluster import start_cluster_mode  # issue 8: scheduler in its own pod
+        if self._attach:
+            address = await self._attach_to_running_scheduler()
+        elif self.settings.deploy_mode == "cluster":
+            from .cluster_mode import start_cluster_mode
 
             address = await start_cluster_mode(self)
         else:
@@ -179,6 +204,25 @@ class KubeSparkCluster(Cluster):
         await self.scheduler
         return self.scheduler.address
 
+    @classmethod
+    def from_name(
+        cls, name: str, master: str | None = None, namespace: str | None = None, asynchronous: bool = False,
+        shutdown_on_close: bool = True, **config: Any,
+    ) -> KubeSparkCluster:
+        """Reconnect to a running cluster-mode cluster called ``name`` (its scheduler runs in a pod)."""
+        return cls(
+            master=master, name=name, namespace=namespace, deploy_mode="cluster", asynchronous=asynchronous,
+            shutdown_on_close=shutdown_on_close, _attach=True, **config,
+        )
+
+    async def _attach_to_running_scheduler(self) -> str:
+        from .cluster_mode import find_scheduler_pod, scheduler_address
+
+        assert self.connection is not None
+        pod = await find_scheduler_pod(self.connection, self.app.namespace, self.app.app_name)
+        self.app = AppSpec(app_id=pod["metadata"]["labels"][labels.APP_ID], app_name=self.app.app_name, namespace=self.app.namespace)
+        return scheduler_address(pod, self.app, self.connection, self.settings.scheduler.connect_via)
+
     async def _close(self) -> None:
         if self.status in (Status.closed, Status.closing):
             return
@@ -187,6 +231,10 @@ class KubeSparkCluster(Cluster):
             self._adaptive.stop()
         if was_running and self.shutdown_on_close and self.scheduler_comm is not None:
             await self._shutdown_backend()
+        if self.shutdown_on_close and self.settings.deploy_mode == "cluster" and self.connection is not None:
+            from .cluster_mode import delete_scheduler_pod
+
+            await self._guarded("deleting the scheduler pod", delete_scheduler_pod(self))
         await super()._close()
         self.status = Status.closing
         if self.scheduler is not None and self.shutdown_on_close:
