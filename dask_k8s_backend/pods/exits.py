@@ -30,9 +30,10 @@ def executor_label(pod: Pod) -> str:
     return f"executor {executor_id}" if executor_id else f"pod {meta.get('name', '?')}"
 
 
-def _executor_id(pod: Pod) -> str:
+def _logs_hint(pod: Pod) -> str:
     meta = pod.get("metadata") or {}
-    return (meta.get("labels") or {}).get(labels.EXECUTOR_ID) or repr(meta.get("name", "?"))
+    executor_id = (meta.get("labels") or {}).get(labels.EXECUTOR_ID)
+    return f"see cluster.logs({executor_id})" if executor_id else f"see `kubectl logs {meta.get('name', '?')}`"
 
 
 def explain(state: PodState) -> str:
@@ -146,7 +147,7 @@ def explain_exit(term: dict[str, Any], pod: Pod, status: dict[str, Any], where: 
     code = term.get("exitCode") or 0
     reason = term.get("reason") or ""
     message = (term.get("message") or "").strip()
-    logs = f"see cluster.logs({_executor_id(pod)})"
+    logs = _logs_hint(pod)
     if reason == "OOMKilled":
         limit = _memory_limit(pod, status.get("name"))
         used = f"more than its {limit} memory limit" if limit else "more than its memory limit"
