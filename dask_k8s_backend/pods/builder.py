@@ -387,3 +387,13 @@ def build_executor_pod(
     for step in steps:
         pod = step(pod, ctx)
     return pod
+
+
+def check_executor_pod(*, app: AppSpec, settings: Settings, template: dict | None = None) -> dict:
+    """Build one sample pod now, so a bad template or worker setting fails before any pod is created.
+
+    Call it when a cluster (or a worker group) is configured; it raises the same ``ValueError``
+    the first real pod would, and reads nothing but the template file.
+    """
+    return build_executor_pod(executor_id=1, app=app, settings=settings, scheduler_address="tcp://scheduler:8786",
+                              template=template)

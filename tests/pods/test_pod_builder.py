@@ -412,3 +412,19 @@ def test_the_example_deploy_template_builds_a_secure_non_root_pod():
     assert container["securityContext"]["runAsNonRoot"] is True
     assert pod["metadata"]["labels"]["team"] == "analytics"
     assert {"name": "DASK_TEMPORARY_DIRECTORY", "value": "/scratch"} in container["env"]
+
+
+def test_check_executor_pod_refuses_a_bad_template_file_before_any_pod_exists(tmp_path):
+    from dask_k8s_backend.pods.builder import check_executor_pod
+
+    path = tmp_path / "t.yaml"
+    path.write_text("kind: Deployment\n")
+    with pytest.raises(ValueError, match="k8s-backend.worker.pod-template: .*t.yaml.* has kind 'Deployment'"):
+        check_executor_pod(app=APP, settings=Settings(worker=WorkerSettings(pod_template=str(path))))
+
+
+def test_check_executor_pod_refuses_a_fractional_extended_resource():
+    from dask_k8s_backend.pods.builder import check_executor_pod
+
+    with pytest.raises(ValueError, match="nvidia.com/gpu"):
+        check_executor_pod(app=APP, settings=settings(resources={"nvidia.com/gpu": 1.5}))
