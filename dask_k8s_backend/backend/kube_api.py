@@ -106,7 +106,10 @@ class KubePodApi:
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except Exception as e:
-            raise _translate(e, action) from e
+            translated = _translate(e, action)
+            if translated is e:
+                raise
+            raise translated from e
 
     async def _json(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call with ``_preload_content=False`` and parse the body in the worker thread."""
@@ -224,7 +227,8 @@ class _WatchStream:
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
-                    raise _translate(item, self._action) from item
+                    translated = _translate(item, self._action)
+                    raise translated from (item if translated is not item else None)
                 yield item
         finally:
             self.stop()
