@@ -31,7 +31,7 @@ from distributed.utils import Log, Logs
 from . import labels
 from .config import Settings, load_settings
 from .master import KubeConnection, resolve_manager
-from .pods.builder import AppSpec
+from .pods.builder import AppSpec, check_executor_pod
 from .status_view import ClusterStatus, format_status_table, render_status_html
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class KubeSparkCluster(Cluster):
         )
         self.shutdown_on_close = shutdown_on_close
         self._attach = _attach
+        if not _attach:  # a bad template or worker setting fails now, before anything is created
+            check_executor_pod(app=self.app, settings=self.settings, template=self._pod_template)
         self.connection: KubeConnection | None = None
         self.scheduler: Scheduler | None = None
         self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
