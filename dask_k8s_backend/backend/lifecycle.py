@@ -1,0 +1,163 @@
+"""ExecutorPodsLifecycleManager: pods in final states -> worker removed, pod cleaned up, failures counted.
+
+Data flow::
+
+    SnapshotsStore ── batches ──> on_snapshots ──┬─> on_executor_lost(id, explanation)   (plugin: remove worker)
+                                                 ├─> api.delete_pod / api.patch_pod_labels(inactive)
+                                                 └─> FailureTracker.record_failure(group, id, explanation)
+    known_executors() (plugin) ──────────────────┘   (for pods missing from full snapshots)
+
+For every executor whose pod reaches Failed, Succeeded or Deleted, ``on_executor_lost`` is called
+exactly once with a sentence from :func:`dask_k8s_backend.pods.exits.explain` (or the reason the
+backend itself gave when it deleted the pod on purpose), then the pod is deleted, or with
+``delete-on-termination: false`` labelled ``dask-k8s-backend/inactive=true`` and kept for
+debugging. An executor the scheduler knows (or that was seen alive) but that is absent from full
+snapshots for ``missing-pod-detect-delta`` seconds is treated as Deleted (a missed DELETED event).
+
+Failures (Failed pods, and pods deleted from outside with a failed container) are counted per
+worker group in the shared :class:`~dask_k8s_backend.backend.failures.FailureTracker`; the
+allocator reads it and stops replacing a group at ``max-failures``. Pods the backend deleted on
+purpose and workers that exited normally are not failures. This manager never calls the allocator.
+
+Interface used by the plugin::
+
+    lifecycle = ExecutorPodsLifecycleManager(api=api, settings=settings.executor, failures=tracker,
+                                             clock=clock, on_executor_lost=async_or_sync_cb,
+                                             known_executors=ids_fn)
+    lifecycle.start(store)        # subscribes at event-processing-interval
+    lifecycle.lost_ids            # executors already reported lost
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from .. import labels
+from ..clock import Clock, SystemClock
+from ..config import ExecutorSettings
+from ..pods.states import PodDeleted, PodFailed, PodState, PodSucceeded
+from .failures import FailureTracker
+from .snapshots import ExecutorPodsSnapshot, group_of_pod
+
+logger = logging.getLogger(__name__)
+
+try:
+    from ..pods.exits import explain as _explain
+except ImportError:  # pragma: no cover - exits.py is part of the project
+    _explain = None  # type: ignore[assignment]
+
+LostCallback = Callable[[int, str], "Awaitable[None] | None"]
+
+
+def explain(state: PodState, executor_id: int) -> str:
+    if _explain is not None:
+        return _explain(state)
+    return f"executor {executor_id} ended: {type(state).__name__}"
+
+
+def is_failure(state: PodState) -> bool:
+    """Failed pods count; a deleted pod counts only when a container had failed; Succeeded never."""
+    if isinstance(state, PodFailed):
+        return True
+    if isinstance(state, PodDeleted):
+        statuses = (state.pod.get("status") or {}).get("containerStatuses") or []
+        for status in statuses:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if (terminated.get("exitCode") or 0) != 0 or terminated.get("reason") == "OOMKilled":
+                return True
+    return False
+
+
+class ExecutorPodsLifecycleManager:
+    """Reacts to final pod states; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        api: Any,
+        settings: ExecutorSettings,
+        failures: FailureTracker,
+        on_executor_lost: LostCallback,
+        clock: Clock | None = None,
+        known_executors: Callable[[], Iterable[int]] = frozenset,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.failures = failures
+        self.on_executor_lost = on_executor_lost
+        self.clock = clock or SystemClock()
+        self.known_executors = known_executors
+        self.lost_ids: set[int] = set()
+        self._last_seen: dict[int, float] = {}
+        self._last_full_ts: float | None = None
+
+    def start(self, store: Any, interval: float | None = None) -> None:
+        store.add_subscriber(interval or self.settings.event_processing_interval or 0.1, self.on_snapshots)
+
+    async def on_snapshots(self, snapshots: list[ExecutorPodsSnapshot]) -> None:
+        """Handle each snapshot in order; full snapshots also detect missing pods."""
+        for snapshot in snapshots:
+            ids = snapshot.executor_pods.keys() if snapshot.changed is None else snapshot.changed
+            for executor_id in list(ids):
+                state = snapshot.executor_pods.get(executor_id)
+                if state is not None:
+                    await self._on_state(executor_id, state)
+            if snapshot.is_full and snapshot.full_snapshot_ts != self._last_full_ts:
+                self._last_full_ts = snapshot.full_snapshot_ts
+                await self._detect_missing(snapshot)
+
+    async def _on_state(self, executor_id: int, state: PodState) -> None:
+        if executor_id in self.lost_ids:
+            return
+        if not state.is_final:
+            self._last_seen[executor_id] = self.clock.now()
+            return
+        if ((state.pod.get("metadata") or {}).get("labels") or {}).get(labels.INACTIVE) == "true":
+            self.lost_ids.add(executor_id)  # kept for debugging by an earlier run: already handled
+            return
+        on_purpose = self.failures.deletion_reason(executor_id)
+        explanation = self.failures.explanation(executor_id) or on_purpose or explain(state, executor_id)
+        if on_purpose is None and is_failure(state):
+            self.failures.record_failure(group_of_pod(state.pod), executor_id, explanation)
+        await self._lost(executor_id, explanation)
+        if not isinstance(state, PodDeleted):
+            await self._clean_up(executor_id, state)
+
+    async def _detect_missing(self, snapshot: ExecutorPodsSnapshot) -> None:
+        now = self.clock.now()
+        candidates = (set(self.known_executors()) | self._last_seen.keys()) - snapshot.executor_pods.keys() - self.lost_ids
+        delta = self.settings.missing_pod_detect_delta
+        for executor_id in sorted(candidates):
+            last = self._last_seen.setdefault(executor_id, now)
+            if snapshot.full_snapshot_ts - last < delta:
+                continue
+            explanation = self.failures.deletion_reason(executor_id) or (
+                f"executor {executor_id} is no longer in the pod list: missing from full resyncs for more than "
+                f"{delta:g} s (k8s-backend.executor.missing-pod-detect-delta); its pod was probably deleted "
+                "while the watch was down. It is replaced if below the target.")
+            await self._lost(executor_id, explanation)
+
+    async def _lost(self, executor_id: int, explanation: str) -> None:
+        self.lost_ids.add(executor_id)
+        self._last_seen.pop(executor_id, None)
+        logger.info("%s", explanation)
+        try:
+            result = self.on_executor_lost(executor_id, explanation)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_executor_lost failed for executor %s; continuing", executor_id)
+
+    async def _clean_up(self, executor_id: int, state: PodState) -> None:
+        try:
+            if self.settings.delete_on_termination:
+                grace = int(self.settings.delete_grace_period) if self.settings.delete_grace_period is not None else None
+                await self.api.delete_pod(state.name, grace_period_seconds=grace)
+            else:
+                await self.api.patch_pod_labels(state.name, {labels.INACTIVE: "true"})
+        except Exception as e:
+            logger.warning("cleaning up pod %s of executor %s failed (%s); `python -m dask_k8s_backend gc` removes it",
+                           state.name, executor_id, e)
