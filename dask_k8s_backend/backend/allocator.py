@@ -447,16 +447,29 @@ class ExecutorPodsAllocator:
         result = plan(self._state, self._snapshot, now)
         self.rounds += 1
         await self._apply(result, now)
-        if result.below_target and self.settings.immediate_round:
-            self._arm_timer(self._state.creations_not_before)
+        wake = self._next_deadline(result)
+        if wake is not None:
+            self._arm_timer(wake)
         return result
+
+    def _next_deadline(self, result: AllocationPlan) -> float | None:
+        """When a round must run even if no snapshot arrives: the next creating round, or a timeout."""
+        now, state, settings = self.clock.now(), self._state, self.settings
+        deadlines = [since + settings.pending_timeout for _, since in state.pending_reasons.values()]
+        deadlines += [c.time + settings.executor_timeout + 1e-3 for c in state.newly_created.values()]
+        if result.below_target and settings.immediate_round and state.creations_not_before > now:
+            deadlines.append(state.creations_not_before)  # else the next snapshot starts the next round
+        future = [d for d in deadlines if d > now]
+        return min(future) if future else None
 
     def _refresh_state(self) -> None:
         snapshot, state = self._snapshot, self._state
         present = snapshot.executor_pods
         finished = {i for i in state.deleting if i in snapshot.seen_ids and (i not in present or present[i].is_final)}
+        next_id = max(state.next_executor_id, max(snapshot.seen_ids, default=0) + 1)
         self._state = replace(
             state,
+            next_executor_id=next_id,
             newly_created={i: c for i, c in state.newly_created.items() if i not in snapshot.seen_ids},
             deleting=state.deleting - finished,
             kill_requested=state.kill_requested - finished,
