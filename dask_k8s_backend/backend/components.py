@@ -1,0 +1,161 @@
+"""Assembly of the scheduler-side backend: one app's store, sources, allocator and lifecycle.
+
+``build_components(plugin)`` wires the pieces described in docs/contracts.md in their start
+order (store, lifecycle, allocator, watch, polling) and ``BackendComponents`` gives the Dask
+plugin one small surface over them: targets, kills, the executors it may admit, a status view,
+and a shutdown that deletes every pod of the app and waits until the API confirms they are
+gone. The rules stay in the components; this module only connects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import labels
+from ..clock import Clock, SystemClock
+from .allocator import ExecutorPodsAllocator
+from .failures import FailureTracker
+from .kube_api import KubePodApi
+from .lifecycle import ExecutorPodsLifecycleManager
+from .polling import ExecutorPodsPollingSource
+from .snapshots import SnapshotsStore, group_of_pod
+from .watch import ExecutorPodsWatchSource
+
+if TYPE_CHECKING:
+    from ..pods.states import PodState
+    from .plugin import KubernetesSchedulerBackend
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_POLL = 0.2
+
+
+@dataclass
+class BackendComponents:
+    """The running pieces of one app's backend, owned by the scheduler plugin."""
+
+    api: Any
+    store: SnapshotsStore
+    failures: FailureTracker
+    allocator: ExecutorPodsAllocator
+    lifecycle: ExecutorPodsLifecycleManager
+    watch: ExecutorPodsWatchSource
+    polling: ExecutorPodsPollingSource
+    selector: str
+    clock: Clock
+
+    async def start(self) -> None:
+        self.lifecycle.start(self.store)
+        self.allocator.start(self.store)
+        self.watch.start()
+        self.polling.start()
+
+    # ------------------------------------------------------------------ targets and kills
+    def set_target(self, n: int, group: str) -> None:
+        self.allocator.set_target(n, group)
+
+    def kill_executors(self, executor_ids: list[int]) -> None:
+        if executor_ids:
+            self.allocator.kill_executors(executor_ids)
+
+    def alive_ids(self, group: str) -> set[int]:
+        return self.allocator.alive_ids(group)
+
+    def count_alive(self, group: str) -> int:
+        return len(self.alive_ids(group))
+
+    def group_of(self, executor_id: int) -> str | None:
+        return self.allocator.group_of(executor_id)
+
+    def targets(self) -> dict[str, int]:
+        return self.allocator.targets()
+
+    def outstanding(self) -> int:
+        return self.allocator.outstanding()
+
+    def pods_created(self) -> int:
+        return self.allocator.pods_created
+
+    def pod_name(self, executor_id: int) -> str | None:
+        return self.allocator.pod_name(executor_id)
+
+    def is_wanted(self, executor_id: int) -> bool:
+        """May this executor's worker join? Only pods we created, not lost, deleting or killed."""
+        state = self.allocator.state
+        if self.allocator.pod_name(executor_id) is None:
+            return False
+        if executor_id in state.deleting or executor_id in state.kill_requested:
+            return False
+        if executor_id in self.lifecycle.lost_ids:
+            return False
+        current = self.store.current.executor_pods.get(executor_id)
+        return current is None or not current.is_final
+
+    # ------------------------------------------------------------------ status
+    def describe_executors(self, describe: Callable[[int, PodState, str], dict[str, Any]]) -> list[dict[str, Any]]:
+        pods = self.store.current.executor_pods
+        described = [describe(i, state, group_of_pod(state.pod)) for i, state in sorted(pods.items())]
+        for i, created in sorted(self.allocator.state.newly_created.items()):
+            if i not in pods:  # asked for, not yet seen by the watch
+                described.append({"id": i, "pod": created.name, "group": created.group, "phase": "Pending",
+                                  "node": None, "ip": None, "worker": None, "created": None, "reason": "creating"})
+        return described
+
+    # ------------------------------------------------------------------ shutdown
+    async def stop_loops(self) -> None:
+        """Stop every loop in reverse start order; each step guarded so the next still runs."""
+        for name, stop in (("polling", self.polling.stop), ("watch", self.watch.stop),
+                           ("allocator", self.allocator.stop), ("store", self.store.stop)):
+            try:
+                await stop()
+            except Exception:
+                logger.warning("stopping the %s failed", name, exc_info=True)
+
+    async def shutdown(self, timeout: float) -> int:
+        """Delete every pod of the app and wait until the API lists none; returns how many remain."""
+        await self.stop_loops()
+        deadline = time.monotonic() + timeout
+        remaining = -1
+        while True:
+            try:
+                await self.api.delete_pods(self.selector)
+                pods, _ = await self.api.list_pods(self.selector)
+                remaining = len(pods)
+            except Exception as e:
+                logger.warning("deleting the pods of %s failed (%s); retrying until the deadline", self.selector, e)
+            if remaining == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(SHUTDOWN_POLL)
+        try:
+            await self.api.close()
+        except Exception:
+            logger.warning("closing the pod API failed", exc_info=True)
+        return remaining
+
+
+def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = None) -> BackendComponents:
+    """Wire one app's backend from the plugin's settings, connection and callbacks."""
+    settings = plugin.settings
+    clock = clock or SystemClock()
+    selector = labels.app_selector(plugin.app.app_id)
+    api = KubePodApi(plugin.connection.api_client, plugin.app.namespace, request_timeout=settings.api.request_timeout,
+                      connect_timeout=settings.api.connection_timeout)
+    store = SnapshotsStore(clock=clock)
+    failures = FailureTracker(settings=settings.executor, clock=clock, on_failure_limit=plugin.on_failure_limit)
+    lifecycle = ExecutorPodsLifecycleManager(
+        api=api, settings=settings.executor, failures=failures, clock=clock,
+        on_executor_lost=plugin.on_executor_lost, known_executors=plugin.registered_executor_ids,
+    )
+    allocator = ExecutorPodsAllocator(
+        api=api, settings=settings.allocation, pod_factory=plugin.build_pod, failures=failures, clock=clock,
+        known_executors=plugin.registered_executor_ids, on_pending_reason=plugin.on_pending_reason,
+        delete_grace_period=settings.executor.delete_grace_period,
+    )
+    watch = ExecutorPodsWatchSource(api, store, selector, clock)
+    polling = ExecutorPodsPollingSource(api, store, selector, clock, interval=settings.executor.api_polling_interval)
+    return BackendComponents(api=api, store=store, failures=failures, allocator=allocator, lifecycle=lifecycle,
+                             watch=watch, polling=polling, selector=selector, clock=clock)
