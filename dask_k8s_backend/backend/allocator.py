@@ -211,7 +211,7 @@ def _kills(state: AllocatorState, snapshot: ExecutorPodsSnapshot) -> list[Deleti
     for executor_id in sorted(state.kill_requested - state.deleting):
         pod_state = snapshot.executor_pods.get(executor_id)
         created = state.newly_created.get(executor_id)
-        if pod_state is not None and not pod_state.is_final:
+        if isinstance(pod_state, (PodRunning, PodPending, PodUnknown)):
             deletions.append(Deletion(executor_id, pod_state.name, group_of_pod(pod_state.pod),
                                       f"executor {executor_id} was removed by the scheduler (scale down)."))
         elif pod_state is None and created is not None:
@@ -303,10 +303,12 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying later (throttling, server trouble, connection loss), not the pod's fault."""
+    """Errors worth retrying later (throttling, server trouble, connection loss, a full quota), not the pod's fault."""
     code = _status_code(exc)
     if code is None:
         return True  # unreachable API server, timeouts
+    if code == 403 and "exceeded quota" in str(exc):
+        return True  # retried when capacity frees; the message carries the quota's numbers
     return code in TRANSIENT_CODES
 
 
@@ -551,6 +553,8 @@ class ExecutorPodsAllocator:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if _status_code(e) == 409 and getattr(e, "reason", "AlreadyExists") == "AlreadyExists":
+                    return None  # a retried request whose first attempt created the pod
                 self._creation_failed(executor_id, group, pod, e)
                 return e
 

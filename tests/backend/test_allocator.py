@@ -314,3 +314,38 @@ def test_plan_is_pure_and_counts_unseen_creations():
     first = plan(state, store.current, now=1.0)
     assert dict(first.creations) == {"default": (4,)}
     assert plan(state, store.current, now=1.0) == first
+
+
+@run_async
+async def test_an_already_exists_answer_to_a_retried_creation_counts_as_created():
+    h = Harness()
+    h.api.fail_next("create_pod", make_error(type("AlreadyExists", (Exception,), {"code": 409, "reason": "AlreadyExists"}),
+                                             'pods "app-exec-1" already exists'))
+    await h.set_target(1)
+    assert h.allocator.outstanding() == 1 and h.failures.failure_count("default") == 0
+    await h.tick(1.0)
+    assert h.api.requests["create_pod"] == 1  # not created again
+    await h.stop()
+
+
+@run_async
+async def test_an_exceeded_quota_backs_off_instead_of_counting_failures():
+    h = Harness()
+    h.api.fail_next("create_pod", make_error(type("Forbidden", (Exception,), {"code": 403}),
+                                             'pods "app-exec-1" is forbidden: exceeded quota: q, requested: cpu=1'))
+    await h.set_target(1)
+    assert h.failures.failure_count("default") == 0 and h.created() == []
+    await h.tick(2.0)
+    assert h.created() == [2]
+    await h.stop()
+
+
+@run_async
+async def test_new_ids_start_after_every_id_already_seen():
+    h = Harness()
+    h.see(executor_pod(41, phase="Running"))
+    h.known = {41}
+    await h.deliver()
+    await h.set_target(2)
+    assert h.created() == [42]
+    await h.stop()
