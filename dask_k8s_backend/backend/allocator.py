@@ -459,7 +459,10 @@ class ExecutorPodsAllocator:
         now, state, settings = self.clock.now(), self._state, self.settings
         deadlines = [since + settings.pending_timeout for _, since in state.pending_reasons.values()]
         deadlines += [c.time + settings.executor_timeout + 1e-3 for c in state.newly_created.values()]
-        if result.below_target and settings.immediate_round and state.creations_not_before > now:
+        below = result.below_target or any(
+            len(self.alive_ids(g)) < t for g, t in state.targets.items() if g not in state.blocked_groups
+        )  # creations may have failed since the plan
+        if below and settings.immediate_round and state.creations_not_before > now:
             deadlines.append(state.creations_not_before)  # else the next snapshot starts the next round
         future = [d for d in deadlines if d > now]
         return min(future) if future else None
