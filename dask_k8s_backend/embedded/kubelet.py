@@ -1,0 +1,486 @@
+"""The process kubelet: runs the pods bound to its node as local processes, like a real kubelet.
+
+Data flow: :class:`~.agent.KubeletBase` hands each new pod of this node to a :class:`PodWorker`
+thread (pods start concurrently: one slow start never delays another). The worker gives the
+pod a loopback IP, "pulls" images (recorded, not pulled; a name containing ``invalid`` fails
+with ErrImagePull then ImagePullBackOff), resolves env and command (:mod:`.podenv`), runs init
+containers one by one, then every app container as a process in its own session writing to its
+log file (:mod:`.processes`), and writes each state change as the pod's status (built by
+:mod:`.podstatus`). A waiter thread per process wakes the worker when it exits; one monitor
+thread per kubelet samples the memory of every container tree and SIGKILLs a tree over its
+``limits.memory`` (OOMKilled, 137). Deletion: SIGTERM to every tree, SIGKILL after the grace
+period, final status, then ``store.finalize_deletion``; a pod gone from the store is killed at once.
+:meth:`ProcessKubelet.stop` kills every process it started and joins every thread it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import podenv, processes
+from .agent import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
+from .podstatus import ContainerRecord, PodRuntimeView, container_id, image_ref, pod_status
+from .resources import container_memory_limit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 30.0
+BACKOFF_START, BACKOFF_MAX = 1.0, 20.0
+
+
+def image_pull_error(image: str) -> str | None:
+    """The containerd message for an image we pretend cannot be pulled (its name contains ``invalid``)."""
+    if "invalid" not in image:
+        return None
+    ref = image_ref(image)
+    return (f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": pull access denied, '
+            "repository does not exist or may require authorization: server message: insufficient_scope: "
+            "authorization failed")
+
+
+class _Run:
+    """One run of one container: its process, log file and whether the memory monitor killed it."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path, memory_limit: int | None) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.memory_limit = memory_limit
+        self.oom_killed = False
+        self.rss = 0
+
+
+class PodWorker:
+    """Runs one pod from start to deletion in its own thread; only this thread writes the pod's status."""
+
+    def __init__(self, kubelet: "ProcessKubelet", pod: Pod) -> None:
+        self.kubelet = kubelet
+        self.pod = pod
+        self.key: Key = pod_key(pod)
+        self.uid = pod_uid(pod)
+        spec = pod.get("spec") or {}
+        self.restart_policy = spec.get("restartPolicy") or "Always"
+        self.view = PodRuntimeView(
+            host_ip=HOST_IP,
+            init_records=[ContainerRecord(c["name"], c.get("image", ""), init=True) for c in spec.get("initContainers") or []],
+            records=[ContainerRecord(c["name"], c.get("image", "")) for c in spec.get("containers") or []],
+        )
+        if self.view.init_records:
+            for r in self.view.init_records + self.view.records:
+                r.reason = "PodInitializing"
+            self.view.init_records[0].reason = "ContainerCreating"
+        self.runs: dict[str, _Run] = {}
+        self.lock = threading.Lock()  # guards runs against the monitor and stop()
+        self.wake = threading.Event()
+        self.grace: float | None = None  # set when deletion is requested
+        self.removed = False  # gone from the store: kill at once, write nothing
+        self.stopping = False  # the kubelet is stopping
+        self.end_lock = threading.Lock()  # orders "thread ended" against "deletion requested"
+        self.ended = False
+        self.dir = kubelet.work_dir / "pods" / f"{self.key[0]}_{self.key[1]}_{self.uid}"
+        self.thread = threading.Thread(target=self._main, name=f"pod-{self.key[1]}", daemon=True)
+        self.waiters: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ signals from other threads
+    def request_delete(self, pod: Pod) -> None:
+        meta = pod.get("metadata") or {}
+        grace = meta.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+        with self.end_lock:
+            self.grace = float(grace)
+            ended = self.ended
+        self.wake.set()
+        if ended:  # the pod had already finished: nothing left to stop
+            self.kubelet.finalize(self.key)
+
+    def remove(self) -> None:
+        self.removed = True
+        self.kill_all()
+        self.wake.set()
+
+    def kill_all(self) -> None:
+        with self.lock:
+            runs = list(self.runs.values())
+        for run in runs:
+            if run.proc.poll() is None:
+                processes.kill_tree(run.proc.pid)
+
+    @property
+    def done(self) -> bool:
+        return self.grace is not None or self.removed or self.stopping
+
+    # ------------------------------------------------------------------ main
+    def _main(self) -> None:
+        try:
+            self._lifecycle()
+        except Exception:
+            logger.exception("kubelet %s: pod %s/%s failed unexpectedly", self.kubelet.node_name, *self.key)
+            self.kill_all()
+        finally:
+            self.kill_all()
+            with self.end_lock:
+                self.ended = True
+                finalize = self.grace is not None and not self.removed and not self.stopping
+            if finalize:
+                self.kubelet.finalize(self.key)
+
+    def _lifecycle(self) -> None:
+        now = self.kubelet.clock()
+        self.view.pod_ip = self.kubelet.ips.allocate(self.uid)
+        self.view.start_time = now
+        self._write()
+        if not self._pull_images():
+            self._wait_until_done()
+            return
+        if not self._run_init_containers():
+            self._finish()
+            return
+        for index, record in enumerate(self.view.records):
+            self._start(self.pod["spec"]["containers"][index], record)
+        self._write()
+        self._supervise()
+        self._finish()
+
+    def _wait_until_done(self) -> None:
+        while not self.done:
+            self.wake.wait(1.0)
+            self.wake.clear()
+
+    def _pull_images(self) -> bool:
+        """Pulled events, or ErrImagePull then ImagePullBackOff (the pod stays Pending until deleted)."""
+        for record in self.view.init_records + self.view.records:
+            error = image_pull_error(record.image)
+            if error is None:
+                self._event("Pulled", f'Container image "{record.image}" already present on machine')
+                continue
+            self._event("Pulling", f'Pulling image "{record.image}"')
+            self._event("Failed", f'Failed to pull image "{record.image}": {error}', "Warning")
+            self._event("Failed", "Error: ErrImagePull", "Warning")
+            record.wait("ErrImagePull", error)
+            self._write()
+            self.wake.wait(1.0)
+            if self.done:
+                return False
+            record.wait("ImagePullBackOff", f'Back-off pulling image "{record.image}"')
+            self._event("BackOff", f'Back-off pulling image "{record.image}"')
+            self._event("Failed", "Error: ImagePullBackOff", "Warning")
+            self._write()
+            return False
+        return True
+
+    def _run_init_containers(self) -> bool:
+        specs = (self.pod.get("spec") or {}).get("initContainers") or []
+        for index, (spec, record) in enumerate(zip(specs, self.view.init_records)):
+            while True:
+                if not self._start(spec, record):
+                    return False
+                self._write()
+                while record.state == "running" and not self.done:
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    self._reap()
+                if self.done:
+                    return False
+                if record.succeeded:
+                    break
+                if self.restart_policy == "Never":
+                    self._write()
+                    return False
+                self._backoff(record, spec)
+            if index + 1 < len(self.view.init_records):
+                self.view.init_records[index + 1].wait("ContainerCreating")
+            self._write()
+        for record in self.view.records:
+            record.wait("ContainerCreating")
+        return True
+
+    # ------------------------------------------------------------------ one container
+    def _start(self, spec: dict[str, Any], record: ContainerRecord) -> bool:
+        """Start one container; on failure record CreateContainerConfigError or ContainerCannotRun."""
+        now = self.kubelet.clock()
+        pod = dict(self.pod)
+        pod["status"] = {**(pod.get("status") or {}), "podIP": self.view.pod_ip, "hostIP": HOST_IP,
+                         "podIPs": [{"ip": self.view.pod_ip}], "hostIPs": [{"ip": HOST_IP}]}
+        try:
+            env = podenv.container_env(pod, spec, self.kubelet.lookup)
+        except (podenv.ContainerConfigError, ValueError) as e:
+            record.wait("CreateContainerConfigError", str(e))
+            self._event("Failed", f"Error: {e}", "Warning")
+            return False
+        argv = podenv.command_line(spec, env)
+        cid = container_id(self.uid, record.name, record.restart_count)
+        program = podenv.resolve_program(argv[0], env.get("PATH", ""))
+        log_path = self.dir / record.name / f"{record.restart_count}.log"
+        try:
+            if program is None:
+                raise FileNotFoundError(argv[0])
+            self.dir.mkdir(parents=True, exist_ok=True)
+            proc = processes.spawn([program] + argv[1:], env, self.dir, log_path)
+        except OSError as e:
+            message = (f'failed to create containerd task: failed to create shim task: OCI runtime create failed: '
+                       f'runc create failed: unable to start container process: exec: "{argv[0]}": '
+                       f'{"executable file not found in $PATH" if isinstance(e, FileNotFoundError) else e.strerror}: unknown')
+            record.run(now, cid)
+            record.terminate(127 if isinstance(e, FileNotFoundError) else 126, now, "ContainerCannotRun", message)
+            self._event("Failed", f"Error: {message}", "Warning")
+            return False
+        limit = container_memory_limit(spec)
+        with self.lock:
+            self.runs[record.name] = _Run(proc, log_path, limit)
+        record.run(now, cid)
+        waiter = threading.Thread(target=self._await_exit, args=(proc,), name=f"wait-{proc.pid}", daemon=True)
+        self.waiters.append(waiter)
+        waiter.start()
+        self._event("Created", f"Created container {record.name}")
+        self._event("Started", f"Started container {record.name}")
+        return True
+
+    def _await_exit(self, proc: subprocess.Popen) -> None:
+        proc.wait()
+        self.wake.set()
+
+    def _reap(self) -> bool:
+        """Record the exit of every container process that has ended; True if any did."""
+        changed = False
+        for record in self.view.init_records + self.view.records:
+            with self.lock:
+                run = self.runs.get(record.name)
+            if run is None or record.state != "running" or run.proc.poll() is None:
+                continue
+            code = processes.exit_code(run.proc.returncode)
+            processes.kill_group(run.proc.pid)  # what it left behind goes with it, as with a container
+            if run.oom_killed:
+                record.terminate(137, self.kubelet.clock(), "OOMKilled")
+            else:
+                record.terminate(code, self.kubelet.clock())
+            changed = True
+        return changed
+
+    def _backoff(self, record: ContainerRecord, spec: dict[str, Any]) -> None:
+        """CrashLoopBackOff: wait (doubling, capped) before the next run; deletion cuts it short."""
+        delay = min(BACKOFF_MAX, BACKOFF_START * (2 ** record.restart_count))
+        record.restart()
+        record.wait("CrashLoopBackOff",
+                    f"back-off {delay:g}s restarting failed container={record.name} pod={self.key[1]}_{self.key[0]}({self.uid})")
+        self._write()
+        deadline = time.monotonic() + delay
+        while not self.done and time.monotonic() < deadline:
+            self.wake.wait(deadline - time.monotonic())
+            self.wake.clear()
+
+    def _should_restart(self, record: ContainerRecord) -> bool:
+        return self.restart_policy == "Always" or (self.restart_policy == "OnFailure" and not record.succeeded)
+
+    # ------------------------------------------------------------------ running
+    def _supervise(self) -> None:
+        specs = {c["name"]: c for c in self.pod["spec"]["containers"]}
+        while not self.done:
+            if all(r.state == "terminated" for r in self.view.records):
+                return
+            self.wake.wait(1.0)
+            self.wake.clear()
+            if self.done:
+                return
+            if not self._reap():
+                continue
+            self._write()
+            for record in self.view.records:
+                if record.state == "terminated" and self._should_restart(record) and not self.done:
+                    self._backoff(record, specs[record.name])
+                    if not self.done and self._start(specs[record.name], record):
+                        self._write()
+
+    def _finish(self) -> None:
+        """Stop whatever still runs (grace period on deletion), record final states, write the last status."""
+        if self.removed:
+            self.kill_all()
+            return
+        if self.grace is not None or self.stopping:
+            self._terminate_all(0.0 if self.stopping else self.grace or 0.0)
+        self._reap()
+        for record in self.view.records + self.view.init_records:
+            if record.state != "terminated" and record.container_id is not None and record.state == "running":
+                record.terminate(137, self.kubelet.clock())
+        phase = None
+        if self.grace is not None or self.stopping:
+            phase = "Failed" if any(not r.succeeded for r in self.view.records) else "Succeeded"
+        self._write(phase)
+
+    def _terminate_all(self, grace: float) -> None:
+        with self.lock:
+            live = {name: run for name, run in self.runs.items() if run.proc.poll() is None}
+        if not live:
+            return
+        for name, run in live.items():
+            self._event("Killing", f"Stopping container {name}")
+            processes.signal_tree(run.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for run in live.values():
+            try:
+                run.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            if self.removed:
+                break
+        self.kill_all()
+        for run in live.values():
+            try:
+                run.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                logger.warning("kubelet %s: process %s of pod %s/%s survived SIGKILL", self.kubelet.node_name,
+                               run.proc.pid, *self.key)
+
+    # ------------------------------------------------------------------ writes
+    def _write(self, phase: str | None = None) -> None:
+        if self.removed or self.kubelet.closing:
+            return
+        view = self.view
+        pod = self.kubelet.write_status(self.key, self.uid,
+                                        lambda p: pod_status(p, view, self.kubelet.clock(), phase))
+        if pod is not None:
+            self.pod = pod
+
+    def _event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        if not self.removed and not self.kubelet.closing:
+            self.kubelet.event(self.pod, reason, message, type_)
+
+    def log_path(self, container: str, previous: bool) -> Path | None:
+        for record in self.view.init_records + self.view.records:
+            if record.name == container:
+                number = record.restart_count - (1 if previous else 0)
+                if number < 0:
+                    return None
+                path = self.dir / container / f"{number}.log"
+                return path if path.exists() else None
+        return None
+
+
+class ProcessKubelet(KubeletBase):
+    """One node whose pods are local processes (see the module docstring)."""
+
+    def __init__(self, store: Any, node_name: str, *, memory_sample_interval: float = 0.25, **kwargs: Any) -> None:
+        super().__init__(store, node_name, **kwargs)
+        self.memory_sample_interval = memory_sample_interval
+        self._workers: dict[Key, PodWorker] = {}
+        self._workers_lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
+        self.closing = False
+
+    def start(self) -> None:
+        self.closing = False
+        self._monitor_stop.clear()
+        super().start()
+        self._monitor = threading.Thread(target=self._watch_memory, name=f"kubelet-{self.node_name}-memory", daemon=True)
+        self._monitor.start()
+
+    # ------------------------------------------------------------------ hooks
+    def knows(self, pod: Pod) -> bool:
+        worker = self._workers.get(pod_key(pod))
+        return worker is not None and worker.uid == pod_uid(pod)
+
+    def pod_added(self, pod: Pod) -> None:
+        worker = PodWorker(self, pod)
+        with self._workers_lock:
+            old = self._workers.get(worker.key)
+            if old is not None:
+                old.remove()
+            self._workers[worker.key] = worker
+        worker.thread.start()
+
+    def pod_deleting(self, pod: Pod) -> None:
+        worker = self._workers.get(pod_key(pod))
+        if worker is not None and worker.uid == pod_uid(pod) and worker.grace is None:
+            worker.request_delete(pod)
+
+    def pod_removed(self, pod: Pod) -> None:
+        with self._workers_lock:
+            worker = self._workers.get(pod_key(pod))
+            if worker is None or worker.uid != pod_uid(pod):
+                return
+            del self._workers[worker.key]
+        worker.remove()
+
+    def stop_pods(self) -> None:
+        """Kill every process at once (no grace: the node is going away) and join every thread."""
+        self.closing = True
+        self._monitor_stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=10)
+            self._monitor = None
+        with self._workers_lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.stopping = True
+            worker.kill_all()
+            worker.wake.set()
+        for worker in workers:
+            worker.thread.join(timeout=15)
+            for waiter in worker.waiters:
+                waiter.join(timeout=5)
+            self.ips.release(worker.uid)
+
+    # ------------------------------------------------------------------ services for workers
+    def lookup(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret or ConfigMap from the store, None when it does not exist."""
+        from .status import StatusError
+
+        try:
+            return self.store.get(resource, namespace, name)
+        except StatusError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def container_log_path(self, namespace: str, pod: str, container: str, previous: bool = False) -> Path | None:
+        worker = self._workers.get((namespace, pod))
+        return None if worker is None else worker.log_path(container, previous)
+
+    def running_processes(self) -> list[int]:
+        """Pids of the container processes still running (for tests and diagnostics)."""
+        with self._workers_lock:
+            workers = list(self._workers.values())
+        pids = []
+        for worker in workers:
+            with worker.lock:
+                pids += [run.proc.pid for run in worker.runs.values() if run.proc.poll() is None]
+        return pids
+
+    # ------------------------------------------------------------------ memory limits
+    def _watch_memory(self) -> None:
+        while not self._monitor_stop.wait(self.memory_sample_interval):
+            try:
+                self._check_memory()
+            except Exception:
+                logger.exception("kubelet %s: memory sampling failed", self.node_name)
+
+    def _check_memory(self) -> None:
+        limited: list[tuple[PodWorker, str, _Run]] = []
+        with self._workers_lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            with worker.lock:
+                limited += [(worker, name, run) for name, run in worker.runs.items()
+                            if run.memory_limit is not None and run.proc.poll() is None and not run.oom_killed]
+        if not limited:
+            return
+        usage = processes.tree_rss(run.proc.pid for _, _, run in limited)
+        for worker, name, run in limited:
+            run.rss = usage.get(run.proc.pid, 0)
+            if run.rss > (run.memory_limit or 0):
+                run.oom_killed = True
+                processes.kill_tree(run.proc.pid)
+                logger.info("kubelet %s: container %s of pod %s/%s used %d bytes, over its limit of %d: OOMKilled",
+                            self.node_name, name, worker.key[0], worker.key[1], run.rss, run.memory_limit)
+                worker._event("OOMKilling", f"Memory cgroup out of memory: Killed process {run.proc.pid} "
+                                            f"(container {name}) total-rss:{run.rss // 1024}kB, limit {run.memory_limit // 1024}kB",
+                              "Warning")
+                worker.wake.set()
+

@@ -1,0 +1,153 @@
+"""Resource quantities for the embedded scheduler: what a pod requests and what a node has left.
+
+Data flow: the scheduler reads a pod's containers (``resources.requests``/``limits``) and a node's
+``status.allocatable`` once, turns them into integer :class:`Resources` maps here (cpu in
+millicores, memory and every other resource in whole units, rounded up as Kubernetes does), and
+compares sums. Nothing here touches the store; every function is pure.
+
+The effective request of a pod follows the kube-scheduler: the sum over its containers, but at
+least the largest init container (they run one at a time), plus ``spec.overhead``; a container
+that sets a limit but no request requests its limit (the API server defaults it so).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+Resources = dict[str, int]
+
+_QUANTITY = re.compile(r"^([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|)$")
+_SUFFIX = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
+    "P": Decimal("1e15"), "E": Decimal("1e18"),
+    "Ki": Decimal(1 << 10), "Mi": Decimal(1 << 20), "Gi": Decimal(1 << 30), "Ti": Decimal(1 << 40),
+    "Pi": Decimal(1 << 50), "Ei": Decimal(1 << 60),
+}
+CPU = "cpu"
+MEMORY = "memory"
+PODS = "pods"
+
+
+def parse_quantity(value: Any, *, what: str = "quantity") -> Decimal:
+    """A Kubernetes quantity (``500m``, ``2Gi``, ``1e3``, ``4``) as an exact Decimal.
+
+    ``what`` names the field in the error, e.g. ``containers[0].resources.requests.cpu``.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected a Kubernetes quantity such as '500m' or '2Gi', got {value!r}.")
+    if isinstance(value, (int, float)):
+        return Decimal(str(value))
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise ValueError(
+            f"{what}: {value!r} is not a Kubernetes quantity; use a number with an optional suffix "
+            "(m, k, M, G, Ki, Mi, Gi, ...), e.g. '500m' or '2Gi'."
+        )
+    try:
+        return Decimal(match.group(1)) * _SUFFIX[match.group(2)]
+    except InvalidOperation as e:
+        raise ValueError(f"{what}: {value!r} is not a Kubernetes quantity.") from e
+
+
+def to_units(resource: str, value: Any, *, what: str | None = None) -> int:
+    """Integer units the scheduler compares: millicores for cpu, whole units (bytes, pods, gpus) else.
+
+    Rounded up like the kube-scheduler's ``MilliValue``/``Value``.
+    """
+    quantity = parse_quantity(value, what=what or resource)
+    scaled = quantity * 1000 if resource == CPU else quantity
+    return int(math.ceil(scaled))
+
+
+def resource_map(mapping: Mapping[str, Any] | None, *, what: str = "resources") -> Resources:
+    """``{"cpu": "500m", "memory": "1Gi"}`` -> ``{"cpu": 500, "memory": 1073741824}``."""
+    return {name: to_units(name, value, what=f"{what}.{name}") for name, value in (mapping or {}).items()}
+
+
+def add(a: Mapping[str, int], b: Mapping[str, int]) -> Resources:
+    out = dict(a)
+    for name, value in b.items():
+        out[name] = out.get(name, 0) + value
+    return out
+
+
+def subtract(a: Mapping[str, int], b: Mapping[str, int]) -> Resources:
+    out = dict(a)
+    for name, value in b.items():
+        out[name] = out.get(name, 0) - value
+    return out
+
+
+def elementwise_max(a: Mapping[str, int], b: Mapping[str, int]) -> Resources:
+    out = dict(a)
+    for name, value in b.items():
+        out[name] = max(out.get(name, 0), value)
+    return out
+
+
+def container_requests(container: Mapping[str, Any]) -> Resources:
+    """A container's requests, a limit standing in for a missing request (API server defaulting)."""
+    resources = container.get("resources") or {}
+    name = container.get("name", "?")
+    limits = resource_map(resources.get("limits"), what=f"container {name!r} limits")
+    requests = resource_map(resources.get("requests"), what=f"container {name!r} requests")
+    return {**limits, **requests}
+
+
+def pod_requests(pod: Mapping[str, Any]) -> Resources:
+    """The pod's effective request: sum of containers, at least each init container, plus overhead.
+
+    Always has a ``pods`` entry of 1, so "Too many pods" is checked like any other resource.
+    """
+    spec = pod.get("spec") or {}
+    total: Resources = {}
+    for container in spec.get("containers") or []:
+        total = add(total, container_requests(container))
+    for container in spec.get("initContainers") or []:
+        total = elementwise_max(total, container_requests(container))
+    total = add(total, resource_map(spec.get("overhead"), what="spec.overhead"))
+    total[PODS] = 1
+    return {name: value for name, value in total.items() if value or name == PODS}
+
+
+def container_memory_limit(container: Mapping[str, Any]) -> int | None:
+    """Bytes of ``resources.limits.memory``, or None when the container has no memory limit."""
+    limit = ((container.get("resources") or {}).get("limits") or {}).get(MEMORY)
+    return None if limit is None else to_units(MEMORY, limit, what=f"container {container.get('name', '?')!r} limits.memory")
+
+
+def insufficient(request: Mapping[str, int], free: Mapping[str, int]) -> list[str]:
+    """Names of the resources ``request`` needs more of than ``free`` holds, in the scheduler's order.
+
+    cpu, memory, then the rest sorted; a resource the node does not have at all counts as 0 free.
+    """
+    short = [name for name, value in request.items() if value > 0 and value > free.get(name, 0)]
+    order = {PODS: 0, CPU: 1, MEMORY: 2}
+    return sorted(short, key=lambda name: (order.get(name, 3), name))
+
+
+def qos_class(pod: Mapping[str, Any]) -> str:
+    """Guaranteed / Burstable / BestEffort, by the rules the API server applies at creation."""
+    containers = list((pod.get("spec") or {}).get("containers") or []) + list(
+        (pod.get("spec") or {}).get("initContainers") or []
+    )
+    any_set = False
+    guaranteed = True
+    for container in containers:
+        resources = container.get("resources") or {}
+        requests = {k: v for k, v in (resources.get("requests") or {}).items() if k in (CPU, MEMORY)}
+        limits = {k: v for k, v in (resources.get("limits") or {}).items() if k in (CPU, MEMORY)}
+        if requests or limits:
+            any_set = True
+        effective = {**limits, **requests}
+        if set(limits) != {CPU, MEMORY} or any(
+            to_units(k, effective[k]) != to_units(k, limits[k]) for k in limits
+        ):
+            guaranteed = False
+    if not any_set:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"

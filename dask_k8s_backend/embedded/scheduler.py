@@ -1,0 +1,327 @@
+"""The embedded kube-scheduler: binds pods that have no ``spec.nodeName`` to a node that fits.
+
+Data flow: a store listener puts every pod and node change on a queue (it never blocks the
+writer); one thread drains the queue in batches, keeps a cache of nodes, of the resources bound
+pods use on each node and of pending pods, and then tries the *active* pending pods in priority
+then arrival order. A pod that fits is bound with ``store.mutate`` (``spec.nodeName`` and
+``PodScheduled=True``, a ``Scheduled`` event); one that does not gets ``PodScheduled=False``,
+reason ``Unschedulable``, the kube-scheduler's message and a ``FailedScheduling`` warning, and
+waits in the *unschedulable* set until capacity frees up (a bound pod finishes or is deleted,
+a node is added or changed) or a periodic flush, like the real scheduler's queues.
+
+The rules (filters, messages, scoring) are pure functions in :mod:`.predicates`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .status import StatusError
+from . import resources as res
+from .podstatus import condition, get_condition, set_condition
+from .predicates import NodeInfo, PodInfo, filter_node, fit_error_message, score
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+_FINISHED = ("Succeeded", "Failed")
+_STOP = object()
+
+
+def object_kind(obj: dict[str, Any]) -> str | None:
+    """``Pod``/``Node`` from ``kind``, or from the object's shape when the store omits it."""
+    kind = obj.get("kind")
+    if kind:
+        return kind
+    spec = obj.get("spec") or {}
+    if "containers" in spec:
+        return "Pod"
+    if "allocatable" in (obj.get("status") or {}) or "capacity" in (obj.get("status") or {}):
+        return "Node"
+    return None
+
+
+def pod_key(pod: dict[str, Any]) -> Key:
+    meta = pod.get("metadata") or {}
+    return meta.get("namespace") or "default", meta.get("name", "")
+
+
+@dataclass
+class _Pending:
+    info: PodInfo
+    seq: int
+    message: str | None = None  # last Unschedulable message written (skip identical writes)
+    error: str | None = None  # a request that is not a quantity
+
+
+class EmbeddedScheduler:
+    """Binds pending pods to nodes honouring requests vs allocatable, nodeSelector/affinity and taints."""
+
+    def __init__(self, store: Any, *, record_events: bool = True, flush_interval: float = 30.0,
+                 name: str = "default-scheduler", clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._record_events = record_events
+        self._flush_interval = flush_interval
+        self._name = name
+        self._clock = clock
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._nodes: dict[str, NodeInfo] = {}
+        self._used: dict[str, res.Resources] = {}
+        self._bound: dict[Key, tuple[str, res.Resources, str]] = {}  # key -> node, requests, uid
+        self._pending: dict[Key, _Pending] = {}
+        self._active: set[Key] = set()
+        self._seq = 0
+        self._versions: dict[tuple[str, Key], int] = {}  # newest resourceVersion seen, to drop stale events
+        self._idle = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Subscribe, load the current pods and nodes, and start the scheduling thread."""
+        if self._thread is not None:
+            return
+        self._unsubscribe = self._store.add_listener(self._on_change)
+        nodes, _, _ = self._store.list("nodes")
+        pods, _, _ = self._store.list("pods")
+        for node in nodes:
+            self._queue.put(("ADDED", {"kind": "Node", **node}))
+        for pod in pods:
+            self._queue.put(("ADDED", {"kind": "Pod", **pod}))
+        self._thread = threading.Thread(target=self._run, name="embedded-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Unsubscribe and join the thread; idempotent."""
+        if self._unsubscribe is not None:
+            try:
+                self._unsubscribe()
+            except Exception:  # best effort: the store may be closing too
+                logger.debug("embedded scheduler: unsubscribing failed", exc_info=True)
+            self._unsubscribe = None
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """True once every queued change has been handled (for tests and the facade)."""
+        self._idle.clear()
+        self._queue.put(("SYNC", None))
+        return self._idle.wait(timeout)
+
+    def _on_change(self, event_type: str, obj: dict[str, Any]) -> None:
+        if object_kind(obj) in ("Pod", "Node"):
+            self._queue.put((event_type, obj))
+
+    # ------------------------------------------------------------------ loop
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            try:
+                first = self._queue.get(timeout=self._flush_interval)
+            except queue.Empty:
+                first = None
+            batch = [first] if first is not None else []
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                return
+            if time.monotonic() - last_flush >= self._flush_interval:
+                self._active.update(self._pending)
+                last_flush = time.monotonic()
+            sync = False
+            for event_type, obj in batch:
+                if event_type == "SYNC":
+                    sync = True
+                else:
+                    self._apply(event_type, obj)
+            try:
+                self._schedule_active()
+            except Exception:
+                logger.exception("embedded scheduler: a scheduling pass failed; pods stay pending until the next change")
+            if sync and self._queue.empty():
+                self._idle.set()
+            elif sync:
+                self._queue.put(("SYNC", None))
+
+    def _apply(self, event_type: str, obj: dict[str, Any]) -> None:
+        if self._is_stale(obj):
+            return
+        if object_kind(obj) == "Node":
+            self._apply_node(event_type, obj)
+        else:
+            self._apply_pod(event_type, obj)
+
+    def _is_stale(self, obj: dict[str, Any]) -> bool:
+        """An event older than one already applied (the initial list races the first events)."""
+        try:
+            version = int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+        except ValueError:
+            return False
+        slot = (object_kind(obj) or "", pod_key(obj))
+        if version < self._versions.get(slot, 0):
+            return True
+        self._versions[slot] = version
+        return False
+
+    def _apply_node(self, event_type: str, node: dict[str, Any]) -> None:
+        name = (node.get("metadata") or {}).get("name", "")
+        if event_type == "DELETED":
+            self._nodes.pop(name, None)
+            return
+        try:
+            self._nodes[name] = NodeInfo.from_node(node)
+        except ValueError as e:
+            logger.warning("embedded scheduler: ignoring node %s: %s", name, e)
+            return
+        self._used.setdefault(name, {})
+        self._active.update(self._pending)  # a new or changed node may fit what did not fit before
+
+    def _apply_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        key = pod_key(pod)
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        phase = (pod.get("status") or {}).get("phase")
+        gone = event_type == "DELETED"
+        if gone or spec.get("nodeName") or meta.get("deletionTimestamp"):
+            self._pending.pop(key, None)
+            self._active.discard(key)
+        if gone or phase in _FINISHED:
+            self._release(key, meta.get("uid", ""))
+            return
+        if spec.get("nodeName"):
+            self._track_bound(key, spec["nodeName"], pod)
+        elif not meta.get("deletionTimestamp") and key not in self._pending:
+            self._add_pending(key, pod)
+
+    def _add_pending(self, key: Key, pod: dict[str, Any]) -> None:
+        self._seq += 1
+        try:
+            info = PodInfo.from_pod(pod)
+            self._pending[key] = _Pending(info, self._seq)
+        except ValueError as e:
+            meta = pod.get("metadata") or {}
+            info = PodInfo(key[0], key[1], meta.get("uid", ""), {res.PODS: 1})
+            self._pending[key] = _Pending(info, self._seq, error=str(e))
+        self._active.add(key)
+
+    def _track_bound(self, key: Key, node: str, pod: dict[str, Any]) -> None:
+        uid = (pod.get("metadata") or {}).get("uid", "")
+        known = self._bound.get(key)
+        if known is not None and known[2] == uid:
+            return
+        if known is not None:
+            self._release(key, known[2])
+        try:
+            requests = res.pod_requests(pod)
+        except ValueError:
+            requests = {res.PODS: 1}
+        self._bound[key] = (node, requests, uid)
+        self._used[node] = res.add(self._used.get(node, {}), requests)
+
+    def _release(self, key: Key, uid: str) -> None:
+        known = self._bound.get(key)
+        if known is None or (uid and known[2] and known[2] != uid):
+            return
+        node, requests, _ = self._bound.pop(key)
+        self._used[node] = res.subtract(self._used.get(node, {}), requests)
+        self._active.update(self._pending)  # capacity freed: retry what was unschedulable
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule_active(self) -> None:
+        if not self._active:
+            return
+        order = sorted((k for k in self._active if k in self._pending),
+                       key=lambda k: (-self._pending[k].info.priority, self._pending[k].seq))
+        self._active.clear()
+        for key in order:
+            pending = self._pending.get(key)
+            if pending is not None:
+                self._schedule_one(key, pending)
+
+    def _schedule_one(self, key: Key, pending: _Pending) -> None:
+        if pending.error:
+            self._mark_unschedulable(key, pending, pending.error)
+            return
+        info = pending.info
+        reasons: dict[str, list[str]] = {}
+        best: tuple[float, str] | None = None
+        for name in sorted(self._nodes):
+            node = self._nodes[name]
+            free = res.subtract(node.allocatable, self._used.get(name, {}))
+            why = filter_node(info, node, free)
+            if why:
+                reasons[name] = why
+                continue
+            candidate = (score(info, node, free), name)
+            if best is None or candidate[0] > best[0]:
+                best = candidate
+        if best is None:
+            self._mark_unschedulable(key, pending, fit_error_message(len(self._nodes), reasons))
+        else:
+            self._bind(key, pending, best[1])
+
+    def _bind(self, key: Key, pending: _Pending, node: str) -> None:
+        now = self._clock()
+        bound = {"ok": False}
+
+        def assign(pod: dict[str, Any]) -> None:
+            meta, spec = pod.get("metadata") or {}, pod.setdefault("spec", {})
+            if spec.get("nodeName") or meta.get("deletionTimestamp") or meta.get("uid") != pending.info.uid:
+                return
+            spec["nodeName"] = node
+            set_condition(pod.setdefault("status", {}), condition("PodScheduled", True, now))
+            pod["status"].setdefault("phase", "Pending")
+            bound["ok"] = True
+
+        try:
+            pod = self._store.mutate("pods", key[0], key[1], assign)
+        except StatusError as e:
+            logger.debug("embedded scheduler: binding %s/%s failed: %s", key[0], key[1], e)
+            if e.code == 404:
+                self._pending.pop(key, None)
+            return
+        self._pending.pop(key, None)
+        if not bound["ok"]:
+            return
+        self._track_bound(key, node, pod)
+        logger.debug("embedded scheduler: bound %s/%s to %s", key[0], key[1], node)
+        self._event(pod, "Scheduled", f"Successfully assigned {key[0]}/{key[1]} to {node}", "Normal")
+
+    def _mark_unschedulable(self, key: Key, pending: _Pending, message: str) -> None:
+        if pending.message == message:
+            return
+        now = self._clock()
+
+        def mark(pod: dict[str, Any]) -> None:
+            if (pod.get("spec") or {}).get("nodeName"):
+                return
+            status = pod.setdefault("status", {})
+            status["phase"] = "Pending"
+            set_condition(status, condition("PodScheduled", False, now, "Unschedulable", message))
+
+        try:
+            pod = self._store.mutate("pods", key[0], key[1], mark, status_only=True)
+        except StatusError as e:
+            logger.debug("embedded scheduler: marking %s/%s unschedulable failed: %s", key[0], key[1], e)
+            return
+        pending.message = message
+        cond = get_condition(pod, "PodScheduled") or {}
+        if cond.get("reason") == "Unschedulable":
+            self._event(pod, "FailedScheduling", message, "Warning")
+
+    def _event(self, pod: dict[str, Any], reason: str, message: str, type_: str) -> None:
+        if not self._record_events:
+            return
+        try:
+            self._store.record_event(pod_key(pod)[0], pod, reason, message, type=type_, source=self._name)
+        except Exception:  # events are best effort, as in Kubernetes
+            logger.debug("embedded scheduler: recording event %s failed", reason, exc_info=True)
