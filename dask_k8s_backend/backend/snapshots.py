@@ -7,11 +7,13 @@ Data flow::
                                                      (one new ExecutorPodsSnapshot   (allocator,
                                                       per update, in order)           lifecycle, plugin)
 
-Sources only write the store; subscribers only read snapshots. Every update produces a new
-:class:`ExecutorPodsSnapshot` (a value: never mutated). Each subscriber has its own buffer and its
-own interval: every ``interval`` seconds the buffered snapshots are handed over as one list, in
-order, and the callback is awaited before the next batch, so a subscriber never runs concurrently
-with itself. ``DeterministicSnapshotsStore`` delivers only when a test calls
+Sources only write the store; subscribers only read snapshots (values: never mutated). Updates
+arriving between two reads are folded into one new :class:`ExecutorPodsSnapshot` (each pod's
+latest state wins; ``changed`` names every pod that changed), so a ramp of thousands of watch
+events costs one pod-map copy per delivery instead of one per event; a full resync always starts
+a new snapshot, so order is kept. Each subscriber has its own buffer and its own interval: every
+``interval`` seconds the buffered snapshots are handed over as one list, in order, and the
+callback is awaited before the next batch, so a subscriber never runs concurrently with itself. ``DeterministicSnapshotsStore`` delivers only when a test calls
 ``notify_subscribers()``.
 
 Interface used by the plugin::
@@ -87,11 +89,11 @@ class ExecutorPodsSnapshot:
     def is_full(self) -> bool:
         return self.changed is None
 
-    def with_update(self, executor_id: int, state: PodState) -> ExecutorPodsSnapshot:
+    def with_updates(self, states: Mapping[int, PodState]) -> ExecutorPodsSnapshot:
         pods = dict(self.executor_pods)
-        pods[executor_id] = state
-        seen = self.seen_ids if executor_id in self.seen_ids else self.seen_ids | {executor_id}
-        return ExecutorPodsSnapshot(MappingProxyType(pods), self.full_snapshot_ts, seen, frozenset((executor_id,)))
+        pods.update(states)
+        return ExecutorPodsSnapshot(MappingProxyType(pods), self.full_snapshot_ts, self.seen_ids | states.keys(),
+                                    frozenset(states))
 
     def with_replacement(self, states: Mapping[int, PodState], ts: float) -> ExecutorPodsSnapshot:
         return ExecutorPodsSnapshot(MappingProxyType(dict(states)), ts, self.seen_ids | states.keys(), None)
@@ -103,11 +105,20 @@ class _SnapshotsBase:
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
         self._current = ExecutorPodsSnapshot()
+        self._dirty: dict[int, PodState] = {}
         self._buffers: list[list[ExecutorPodsSnapshot]] = []
 
     @property
     def current(self) -> ExecutorPodsSnapshot:
+        """The latest snapshot, including every update received so far."""
+        self.flush()
         return self._current
+
+    def flush(self) -> None:
+        """Fold the updates received since the last read into one new snapshot."""
+        if self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            self._publish(self._current.with_updates(dirty))
 
     def update_pod(self, pod: Pod, deleted: bool = False) -> None:
         """One pod changed (a watch event): a new snapshot with that pod's new state."""
@@ -115,7 +126,7 @@ class _SnapshotsBase:
         if executor_id is None:
             logger.debug("ignoring pod %s: no numeric %s label", (pod.get("metadata") or {}).get("name"), labels.EXECUTOR_ID)
             return
-        self._publish(self._current.with_update(executor_id, classify(pod, deleted=deleted)))
+        self._dirty[executor_id] = classify(pod, deleted=deleted)
 
     def replace_snapshot(self, pods: Iterable[Pod], resource_version: str | None = None) -> None:
         """A full list of the app's pods: a new full snapshot.
@@ -124,6 +135,7 @@ class _SnapshotsBase:
         resourceVersion (changes the watch delivered after the list was taken) are kept, so a
         slow list never moves a pod back in time.
         """
+        self.flush()
         states: dict[int, PodState] = {}
         for pod in pods:
             executor_id = executor_id_of(pod)
@@ -167,13 +179,14 @@ class SnapshotsStore(_SnapshotsBase):
             raise RuntimeError("SnapshotsStore.add_subscriber: the store is stopped; create a new store.")
         if interval <= 0:
             raise ValueError(f"SnapshotsStore.add_subscriber: interval must be > 0 seconds, got {interval!r}.")
-        buffer = [self._current]
+        buffer = [self.current]
         self._buffers.append(buffer)
         self._tasks.append(asyncio.create_task(self._deliver_forever(interval, buffer, callback)))
 
     async def _deliver_forever(self, interval: float, buffer: list[ExecutorPodsSnapshot], callback: SnapshotsCallback) -> None:
         while True:
             await self.clock.sleep(interval)
+            self.flush()
             if not buffer:
                 continue
             batch = buffer[:]
@@ -208,12 +221,13 @@ class DeterministicSnapshotsStore(_SnapshotsBase):
         self._subscribers: list[tuple[list[ExecutorPodsSnapshot], SnapshotsCallback]] = []
 
     def add_subscriber(self, interval: float, callback: SnapshotsCallback) -> None:
-        buffer = [self._current]
+        buffer = [self.current]
         self._buffers.append(buffer)
         self._subscribers.append((buffer, callback))
 
     async def notify_subscribers(self) -> None:
         """Deliver every buffered snapshot to every subscriber, awaiting each callback."""
+        self.flush()
         for buffer, callback in self._subscribers:
             if buffer:
                 batch = buffer[:]

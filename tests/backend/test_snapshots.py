@@ -74,15 +74,27 @@ async def test_each_subscriber_gets_every_snapshot_in_order_on_its_own_interval(
         store.update_pod(executor_pod(i))
     clock.advance(1)
     await settle()
-    assert [len(b) for b in fast] == [4]  # the initial snapshot, then three updates
-    assert [sorted(s) for s in fast[0]] == [[], [1], [1, 2], [1, 2, 3]]
+    assert [len(b) for b in fast] == [2]  # the initial snapshot, then the three updates folded into one
+    assert [sorted(s) for s in fast[0]] == [[], [1, 2, 3]]
     assert slow == []
     store.update_pod(executor_pod(4))
     for _ in range(4):
         clock.advance(1)
         await settle()
-    assert [len(b) for b in fast] == [4, 1] and slow == [5]
+    assert [len(b) for b in fast] == [2, 1] and slow == [3]
     await store.stop()
+
+
+def test_updates_between_reads_are_folded_into_one_snapshot_naming_every_changed_pod():
+    store = DeterministicSnapshotsStore(clock=ManualClock())
+    store.update_pod(executor_pod(1))
+    store.update_pod(executor_pod(2))
+    store.update_pod(executor_pod(1, phase="Running"))
+    snapshot = store.current
+    assert snapshot.changed == {1, 2} and isinstance(snapshot.executor_pods[1], PodRunning)
+    store.update_pod(executor_pod(2, phase="Failed"))
+    store.replace_snapshot([executor_pod(3)])  # a resync keeps the order: the update first, then the full list
+    assert store.current.is_full and store.current.seen_ids == {1, 2, 3}
 
 
 @run_async
@@ -96,7 +108,7 @@ async def test_a_subscriber_never_runs_concurrently_with_itself():
         nonlocal running, overlaps
         running += 1
         overlaps += running > 1
-        calls.append(len(batch))
+        calls.append(sorted(batch[-1].executor_pods))
         await release.wait()
         running -= 1
 
@@ -108,12 +120,12 @@ async def test_a_subscriber_never_runs_concurrently_with_itself():
         store.update_pod(executor_pod(i))
         clock.advance(1)
         await settle()
-    assert calls == [1] and overlaps == 0
+    assert calls == [[]] and overlaps == 0
     release.set()
     await settle()
     clock.advance(1)
     await settle()
-    assert calls == [1, 3] and overlaps == 0
+    assert calls == [[], [1, 2, 3]] and overlaps == 0
     await store.stop()
 
 
