@@ -38,7 +38,7 @@ from typing import Any
 from .. import labels
 from ..clock import Clock, SystemClock
 from ..config import ExecutorSettings
-from ..pods.states import PodDeleted, PodFailed, PodState, PodSucceeded
+from ..pods.states import PodDeleted, PodFailed, PodState
 from .failures import FailureTracker
 from .snapshots import ExecutorPodsSnapshot, group_of_pod
 

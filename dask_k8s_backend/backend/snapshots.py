@@ -39,7 +39,7 @@ from typing import Any
 
 from .. import labels
 from ..clock import Clock, SystemClock
-from ..pods.states import PodDeleted, PodState, classify
+from ..pods.states import PodState, classify
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from fakes import (
     unschedulable_pod,
 )
 
-from dask_k8s_backend.backend.allocator import AllocatorState, ExecutorPodsAllocator, plan
+from dask_k8s_backend.backend.allocator import AllocatorState, Created, ExecutorPodsAllocator, plan
 from dask_k8s_backend.backend.failures import FailureTracker
 from dask_k8s_backend.backend.snapshots import DeterministicSnapshotsStore
 from dask_k8s_backend.clock import ManualClock
@@ -308,7 +308,7 @@ async def test_a_blocked_group_gets_no_pods_while_another_group_is_still_replace
 def test_plan_is_pure_and_counts_unseen_creations():
     settings = AllocationSettings(batch_size=10)
     state = AllocatorState(settings=settings, targets={"default": 3}, next_executor_id=4, batch_allowance=10,
-                           newly_created={3: __import__("dask_k8s_backend.backend.allocator", fromlist=["Created"]).Created("default", "app-exec-3", 0.0)})
+                           newly_created={3: Created("default", "app-exec-3", 0.0)})
     store = DeterministicSnapshotsStore(clock=ManualClock())
     store.update_pod(executor_pod(1, phase="Running"))
     first = plan(state, store.current, now=1.0)
