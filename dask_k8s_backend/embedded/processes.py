@@ -75,12 +75,8 @@ def tree_rss(roots: Iterable[int]) -> dict[int, int]:
     if not roots:
         return {}
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for proc in psutil.process_iter(["ppid", "memory_info"]):
-        info = proc.info
-        children.setdefault(info.get("ppid") or 0, []).append(proc.pid)
-        memory = info.get("memory_info")
-        rss[proc.pid] = memory.rss if memory is not None else 0
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info.get("ppid") or 0, []).append(proc.pid)
     totals: dict[int, int] = {}
     for root in roots:
         total, stack, seen = 0, [root], set()
@@ -89,10 +85,17 @@ def tree_rss(roots: Iterable[int]) -> dict[int, int]:
             if pid in seen:
                 continue
             seen.add(pid)
-            total += rss.get(pid, 0)
+            total += _rss(pid)
             stack.extend(children.get(pid, ()))
         totals[root] = total
     return totals
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
 
 
 def exit_code(returncode: int) -> int:

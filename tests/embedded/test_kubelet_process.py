@@ -320,3 +320,11 @@ def test_fifty_pods_start_concurrently(cluster):
     elapsed = time.monotonic() - started
     assert elapsed < 30, elapsed
     assert len({get_pod(cluster.store, n)["status"]["podIP"] for n in names}) == 50
+
+
+def test_dask_resolves_to_this_environments_dask(cluster):
+    name = cluster.run(pod("dask-version", ["dask", "--version"], image="ghcr.io/dask/dask:2026.8.0"))
+    wait_phase(cluster.store, name, "Succeeded", timeout=30)
+    import dask
+
+    assert dask.__version__ in cluster.log(name)
