@@ -27,6 +27,7 @@ from . import podenv, processes
 from .agent import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
 from .podstatus import ContainerRecord, PodRuntimeView, container_id, image_ref, pod_status
 from .resources import container_memory_limit
+from .status import StatusError
 
 logger = logging.getLogger(__name__)
 
@@ -157,19 +158,19 @@ class PodWorker:
         for record in self.view.init_records + self.view.records:
             error = image_pull_error(record.image)
             if error is None:
-                self._event("Pulled", f'Container image "{record.image}" already present on machine')
+                self.event("Pulled", f'Container image "{record.image}" already present on machine')
                 continue
-            self._event("Pulling", f'Pulling image "{record.image}"')
-            self._event("Failed", f'Failed to pull image "{record.image}": {error}', "Warning")
-            self._event("Failed", "Error: ErrImagePull", "Warning")
+            self.event("Pulling", f'Pulling image "{record.image}"')
+            self.event("Failed", f'Failed to pull image "{record.image}": {error}', "Warning")
+            self.event("Failed", "Error: ErrImagePull", "Warning")
             record.wait("ErrImagePull", error)
             self._write()
             self.wake.wait(1.0)
             if self.done:
                 return False
             record.wait("ImagePullBackOff", f'Back-off pulling image "{record.image}"')
-            self._event("BackOff", f'Back-off pulling image "{record.image}"')
-            self._event("Failed", "Error: ImagePullBackOff", "Warning")
+            self.event("BackOff", f'Back-off pulling image "{record.image}"')
+            self.event("Failed", "Error: ImagePullBackOff", "Warning")
             self._write()
             return False
         return True
@@ -192,7 +193,7 @@ class PodWorker:
                 if self.restart_policy == "Never":
                     self._write()
                     return False
-                self._backoff(record, spec)
+                self._backoff(record)
             if index + 1 < len(self.view.init_records):
                 self.view.init_records[index + 1].wait("ContainerCreating")
             self._write()
@@ -211,7 +212,7 @@ class PodWorker:
             env = podenv.container_env(pod, spec, self.kubelet.lookup)
         except (podenv.ContainerConfigError, ValueError) as e:
             record.wait("CreateContainerConfigError", str(e))
-            self._event("Failed", f"Error: {e}", "Warning")
+            self.event("Failed", f"Error: {e}", "Warning")
             return False
         argv = podenv.command_line(spec, env)
         cid = container_id(self.uid, record.name, record.restart_count)
@@ -228,7 +229,7 @@ class PodWorker:
                        f'{"executable file not found in $PATH" if isinstance(e, FileNotFoundError) else e.strerror}: unknown')
             record.run(now, cid)
             record.terminate(127 if isinstance(e, FileNotFoundError) else 126, now, "ContainerCannotRun", message)
-            self._event("Failed", f"Error: {message}", "Warning")
+            self.event("Failed", f"Error: {message}", "Warning")
             return False
         limit = container_memory_limit(spec)
         with self.lock:
@@ -237,8 +238,8 @@ class PodWorker:
         waiter = threading.Thread(target=self._await_exit, args=(proc,), name=f"wait-{proc.pid}", daemon=True)
         self.waiters.append(waiter)
         waiter.start()
-        self._event("Created", f"Created container {record.name}")
-        self._event("Started", f"Started container {record.name}")
+        self.event("Created", f"Created container {record.name}")
+        self.event("Started", f"Started container {record.name}")
         return True
 
     def _await_exit(self, proc: subprocess.Popen) -> None:
@@ -262,7 +263,7 @@ class PodWorker:
             changed = True
         return changed
 
-    def _backoff(self, record: ContainerRecord, spec: dict[str, Any]) -> None:
+    def _backoff(self, record: ContainerRecord) -> None:
         """CrashLoopBackOff: wait (doubling, capped) before the next run; deletion cuts it short."""
         delay = min(BACKOFF_MAX, BACKOFF_START * (2 ** record.restart_count))
         record.restart()
@@ -292,7 +293,7 @@ class PodWorker:
             self._write()
             for record in self.view.records:
                 if record.state == "terminated" and self._should_restart(record) and not self.done:
-                    self._backoff(record, specs[record.name])
+                    self._backoff(record)
                     if not self.done and self._start(specs[record.name], record):
                         self._write()
 
@@ -305,7 +306,7 @@ class PodWorker:
             self._terminate_all(0.0 if self.stopping else self.grace or 0.0)
         self._reap()
         for record in self.view.records + self.view.init_records:
-            if record.state != "terminated" and record.container_id is not None and record.state == "running":
+            if record.state == "running":  # its process could not be reaped: count it as killed
                 record.terminate(137, self.kubelet.clock())
         phase = None
         if self.grace is not None or self.stopping:
@@ -318,7 +319,7 @@ class PodWorker:
         if not live:
             return
         for name, run in live.items():
-            self._event("Killing", f"Stopping container {name}")
+            self.event("Killing", f"Stopping container {name}")
             processes.signal_tree(run.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for run in live.values():
@@ -346,7 +347,7 @@ class PodWorker:
         if pod is not None:
             self.pod = pod
 
-    def _event(self, reason: str, message: str, type_: str = "Normal") -> None:
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
         if not self.removed and not self.kubelet.closing:
             self.kubelet.event(self.pod, reason, message, type_)
 
@@ -430,8 +431,6 @@ class ProcessKubelet(KubeletBase):
     # ------------------------------------------------------------------ services for workers
     def lookup(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret or ConfigMap from the store, None when it does not exist."""
-        from .status import StatusError
-
         try:
             return self.store.get(resource, namespace, name)
         except StatusError as e:
@@ -479,7 +478,7 @@ class ProcessKubelet(KubeletBase):
                 processes.kill_tree(run.proc.pid)
                 logger.info("kubelet %s: container %s of pod %s/%s used %d bytes, over its limit of %d: OOMKilled",
                             self.node_name, name, worker.key[0], worker.key[1], run.rss, run.memory_limit)
-                worker._event("OOMKilling", f"Memory cgroup out of memory: Killed process {run.proc.pid} "
+                worker.event("OOMKilling", f"Memory cgroup out of memory: Killed process {run.proc.pid} "
                                             f"(container {name}) total-rss:{run.rss // 1024}kB, limit {run.memory_limit // 1024}kB",
                               "Warning")
                 worker.wake.set()
