@@ -328,3 +328,22 @@ def test_dask_resolves_to_this_environments_dask(cluster):
     import dask
 
     assert dask.__version__ in cluster.log(name)
+
+
+def test_dask_scheduler_and_worker_pods_talk_over_their_pod_ips(cluster):
+    from distributed import Client
+
+    ip_env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    cluster.run(pod("sched", ["dask", "scheduler"], args=["--host", "$(POD_IP)", "--port", "8786", "--no-dashboard"],
+                    env=ip_env))
+    scheduler_ip = wait_phase(cluster.store, "sched", "Running")["status"]["podIP"]
+    cluster.run(pod("worker", ["dask", "worker"], env=ip_env, memory_limit="1Gi",
+                    args=[f"tcp://{scheduler_ip}:8786", "--host", "$(POD_IP)", "--no-dashboard", "--name", "1"]))
+    worker_ip = wait_phase(cluster.store, "worker", "Running")["status"]["podIP"]
+    with Client(f"tcp://{scheduler_ip}:8786", timeout=20) as client:
+        client.wait_for_workers(1, timeout=30)
+        assert [w.split("//")[1].split(":")[0] for w in client.scheduler_info()["workers"]] == [worker_ip]
+        assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+    cluster.store.delete("pods", "default", "worker", grace_period_seconds=10)
+    wait_for(lambda: cluster.gone("worker"), timeout=15, what="worker pod stopped by SIGTERM")
+    assert cluster.last_status("worker")["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] in (0, 143)
