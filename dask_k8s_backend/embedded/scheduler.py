@@ -199,8 +199,12 @@ class EmbeddedScheduler:
             return
         if spec.get("nodeName"):
             self._track_bound(key, spec["nodeName"], pod)
-        elif not meta.get("deletionTimestamp") and key not in self._pending:
+        elif not meta.get("deletionTimestamp") and key not in self._pending and self._is_mine(spec):
             self._add_pending(key, pod)
+
+    def _is_mine(self, spec: dict[str, Any]) -> bool:
+        """Pods naming another ``schedulerName`` are left to that scheduler, as in Kubernetes."""
+        return (spec.get("schedulerName") or "default-scheduler") == self._name
 
     def _add_pending(self, key: Key, pod: dict[str, Any]) -> None:
         self._seq += 1

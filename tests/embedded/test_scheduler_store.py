@@ -174,3 +174,14 @@ def test_a_bad_quantity_leaves_the_pod_unschedulable_with_the_reason(store, sche
     except Exception:
         pytest.skip("the store validates quantities itself (422), as the API server does")
     assert "'lots'" in wait_for(lambda: unschedulable_message(store, "bad"))
+
+
+def test_pods_for_another_scheduler_are_left_alone(store, scheduler):
+    add_node(store, "node-1")
+    other = pod("other", ["true"])
+    other["spec"]["schedulerName"] = "my-scheduler"
+    store.create("pods", "default", other)
+    store.create("pods", "default", pod("mine", ["true"]))
+    wait_for(lambda: node_of(store, "mine"))
+    assert scheduler.wait_idle()
+    assert node_of(store, "other") is None and scheduled_condition(store, "other") is None
