@@ -4,23 +4,26 @@ Data flow: a kubelet asks :meth:`PodIPAllocator.allocate` for a pod's IP when it
 and gives it back with :meth:`release` once the pod is gone from the store. Like a real IPAM,
 allocation moves forward from the last address handed out, so an address is reused only after
 the range has wrapped and its pod has gone. Each node has its own block (second octet), so node
-IPs never collide; 127.<block>.0.* is left out (127.0.0.1 is the host IP).
+IPs never collide; 127.<block>.0.* is left out (127.0.0.1 is the host IP). The first address is
+picked at random, so two embedded clusters on one machine (parallel test runs) rarely hand out
+the same IP at the same time: services on fixed ports (a scheduler on 8786) would collide.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 
 
 class PodIPAllocator:
     """Unique loopback IPs 127.<block>.1.1 ... 127.<block>.255.254 for one node."""
 
-    def __init__(self, block: int = 0) -> None:
+    def __init__(self, block: int = 0, start: int | None = None) -> None:
         if not 0 <= block <= 255:
             raise ValueError(f"ip_block must be between 0 and 255 (the second octet of 127.x.y.z), got {block!r}.")
         self._block = block
         self._size = 255 * 254
-        self._next = 0
+        self._next = random.randrange(self._size) if start is None else start % self._size
         self._used: dict[int, str] = {}
         self._by_owner: dict[str, int] = {}
         self._lock = threading.Lock()

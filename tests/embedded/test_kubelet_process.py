@@ -334,13 +334,17 @@ def test_dask_scheduler_and_worker_pods_talk_over_their_pod_ips(cluster):
     from distributed import Client
 
     ip_env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    cluster.run(pod("sched", ["dask", "scheduler"], args=["--host", "$(POD_IP)", "--port", "8786", "--no-dashboard"],
+    cluster.run(pod("sched", ["dask", "scheduler"], args=["--host", "$(POD_IP)", "--port", "0", "--no-dashboard"],
                     env=ip_env))
     scheduler_ip = wait_phase(cluster.store, "sched", "Running")["status"]["podIP"]
+    line = wait_for(lambda: next((ln for ln in (cluster.log("sched") or "").splitlines() if "Scheduler at:" in ln), None),
+                    timeout=30, what="the scheduler's address in its log")
+    address = line.split("Scheduler at:")[1].strip()
+    assert address.startswith(f"tcp://{scheduler_ip}:")
     cluster.run(pod("worker", ["dask", "worker"], env=ip_env, memory_limit="1Gi",
-                    args=[f"tcp://{scheduler_ip}:8786", "--host", "$(POD_IP)", "--no-dashboard", "--name", "1"]))
+                    args=[address, "--host", "$(POD_IP)", "--no-dashboard", "--name", "1"]))
     worker_ip = wait_phase(cluster.store, "worker", "Running")["status"]["podIP"]
-    with Client(f"tcp://{scheduler_ip}:8786", timeout=20) as client:
+    with Client(address, timeout=20) as client:
         client.wait_for_workers(1, timeout=30)
         assert [w.split("//")[1].split(":")[0] for w in client.scheduler_info()["workers"]] == [worker_ip]
         assert client.submit(sum, [1, 2]).result(timeout=10) == 3

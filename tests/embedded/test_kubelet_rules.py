@@ -194,7 +194,7 @@ def test_python_resolves_to_this_interpreter_and_args_alone_are_the_command():
 
 
 def test_pod_ips_are_unique_per_node_and_not_reused_at_once():
-    a, b = PodIPAllocator(0), PodIPAllocator(1)
+    a, b = PodIPAllocator(0, start=0), PodIPAllocator(1)
     first = [a.allocate(f"pod-{i}") for i in range(300)]
     assert len(set(first)) == 300 and all(ip.startswith("127.0.") for ip in first)
     assert "127.0.0.1" not in first and first[0] == "127.0.1.1" and first[254] == "127.0.2.1"
@@ -202,6 +202,11 @@ def test_pod_ips_are_unique_per_node_and_not_reused_at_once():
     a.release("pod-0")
     assert a.allocate("new") not in first  # the freed IP is not handed out again straight away
     assert b.allocate("pod-0").startswith("127.1.")
+
+
+def test_the_first_ip_is_random_so_parallel_clusters_rarely_collide():
+    firsts = {PodIPAllocator(0).allocate("p") for _ in range(20)}
+    assert len(firsts) > 1
 
 
 def test_ip_blocks_outside_the_second_octet_are_refused():
