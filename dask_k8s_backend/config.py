@@ -35,6 +35,7 @@ class SchedulerSettings:
     port: int = 0
     dashboard_address: str | None = ":0"
     pod_name: str | None = None
+    connect_via: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ SCHEMA: dict[str, Validator] = {
     "name": _OPT_STR, "deploy-mode": _choice("client", "cluster"),
     "scheduler.host": _OPT_STR, "scheduler.port": _port,
     "scheduler.dashboard-address": _optional(lambda v, k: str(v)), "scheduler.pod-name": _OPT_STR,
+    "scheduler.connect-via": _string,
     "worker.cores": _positive(parse_cpu), "worker.memory": _positive(parse_memory),
     "worker.memory-overhead-factor": _positive(_number, allow_zero=True),
     "worker.min-memory-overhead": parse_memory,
