@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 30.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 20.0
+PULL_BACKOFF = 1.0  # ErrImagePull shows this long before ImagePullBackOff
+IDLE_WAIT = 5.0  # workers wake on events (exit, deletion, OOM); this only bounds a missed one
 
 
 def image_pull_error(image: str) -> str | None:
@@ -150,7 +152,7 @@ class PodWorker:
 
     def _wait_until_done(self) -> None:
         while not self.done:
-            self.wake.wait(1.0)
+            self.wake.wait(IDLE_WAIT)
             self.wake.clear()
 
     def _pull_images(self) -> bool:
@@ -165,7 +167,7 @@ class PodWorker:
             self.event("Failed", "Error: ErrImagePull", "Warning")
             record.wait("ErrImagePull", error)
             self._write()
-            self.wake.wait(1.0)
+            self.wake.wait(PULL_BACKOFF)
             if self.done:
                 return False
             record.wait("ImagePullBackOff", f'Back-off pulling image "{record.image}"')
@@ -183,7 +185,7 @@ class PodWorker:
                     return False
                 self._write()
                 while record.state == "running" and not self.done:
-                    self.wake.wait(1.0)
+                    self.wake.wait(IDLE_WAIT)
                     self.wake.clear()
                     self._reap()
                 if self.done:
@@ -284,7 +286,7 @@ class PodWorker:
         while not self.done:
             if all(r.state == "terminated" for r in self.view.records):
                 return
-            self.wake.wait(1.0)
+            self.wake.wait(IDLE_WAIT)
             self.wake.clear()
             if self.done:
                 return
