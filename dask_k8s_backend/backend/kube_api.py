@@ -60,10 +60,8 @@ class PodApi(Protocol):
 
 def _translate(exc: BaseException, action: str) -> BaseException:
     """The project's typed error for an API failure (``errors.translate`` is the one place that knows how)."""
-    try:
-        from ..errors import translate
-    except ImportError:  # errors.py not installed yet: keep the original exception
-        return exc
+    from ..errors import translate
+
     return translate(exc, action)
 
 
@@ -83,6 +81,10 @@ class KubePodApi:
 
         self.namespace = namespace
         self._core = k8s.CoreV1Api(api_client)
+        # More threads than pooled connections would open and discard a connection per extra call.
+        pool_size = getattr(getattr(api_client, "configuration", None), "connection_pool_maxsize", None)
+        if isinstance(pool_size, int) and pool_size > 0:
+            max_threads = min(max_threads, pool_size)
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="k8s-api")
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout or request_timeout
@@ -152,12 +154,12 @@ class KubePodApi:
                                 self._core.create_namespaced_pod, self.namespace, pod)
 
     async def delete_pod(self, name: str, grace_period_seconds: int | None = None) -> None:
+        from ..errors import NotFound
+
         try:
             await self._json(f"delete pod {name} in namespace {self.namespace}", self._core.delete_namespaced_pod,
                              name, self.namespace, grace_period_seconds=grace_period_seconds)
-        except Exception as e:
-            if getattr(e, "code", getattr(e, "status", None)) != 404:
-                raise
+        except NotFound:
             logger.debug("pod %s was already gone", name)
 
     async def delete_pods(self, label_selector: str) -> None:
