@@ -13,7 +13,10 @@ builders the process kubelet uses (:mod:`.podstatus`):
                (after ``stop_delay``, at most the pod's grace period)
 
 Whether a pod fails is decided from a hash of ``seed`` and the pod's name, so a run is
-reproducible whatever the thread timing. Per pod the kubelet keeps one small slot; stale heap
+reproducible whatever the thread timing. One pod can script its own end with annotations
+(like KWOK stages): ``simulated.dask-k8s-backend/run-duration: "2"`` (seconds),
+``.../exit-code: "137"`` and ``.../reason: "OOMKilled"``; an exit code without a run duration
+ends the container right after it starts. Per pod the kubelet keeps one small slot; stale heap
 entries (pod deleted, recreated) are recognised by uid and skipped. 10,000 pods cost a few MB
 and one thread. Events are off by default (``record_events``), as the scale tests do not read them.
 """
@@ -38,9 +41,9 @@ logger = logging.getLogger(__name__)
 class _Slot:
     """What the simulated kubelet remembers about one pod."""
 
-    __slots__ = ("uid", "ip", "created", "started", "finished", "exit_code", "fails", "deleting")
+    __slots__ = ("uid", "ip", "created", "started", "finished", "exit_code", "fails", "deleting", "script")
 
-    def __init__(self, uid: str, fails: bool) -> None:
+    def __init__(self, uid: str, fails: bool, script: "_Script | None" = None) -> None:
         self.uid = uid
         self.ip: str | None = None
         self.created: float | None = None
@@ -49,6 +52,34 @@ class _Slot:
         self.exit_code: int | None = None
         self.fails = fails
         self.deleting = False
+        self.script = script
+
+
+ANNOTATION_PREFIX = "simulated.dask-k8s-backend/"
+
+
+class _Script:
+    """A pod's own scripted end, read from its annotations."""
+
+    __slots__ = ("run_duration", "exit_code", "reason")
+
+    def __init__(self, run_duration: float | None, exit_code: int | None, reason: str | None) -> None:
+        self.run_duration, self.exit_code, self.reason = run_duration, exit_code, reason
+
+    @classmethod
+    def from_pod(cls, pod: Pod) -> "_Script | None":
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        duration = annotations.get(ANNOTATION_PREFIX + "run-duration")
+        code = annotations.get(ANNOTATION_PREFIX + "exit-code")
+        reason = annotations.get(ANNOTATION_PREFIX + "reason")
+        if duration is None and code is None and reason is None:
+            return None
+        try:
+            return cls(float(duration) if duration is not None else None, int(code) if code is not None else None, reason)
+        except ValueError:
+            logger.warning("simulated kubelet: ignoring bad %s* annotations on pod %s: run-duration=%r exit-code=%r",
+                           ANNOTATION_PREFIX, pod_key(pod), duration, code)
+            return None
 
 
 def will_fail(seed: int, namespace: str, name: str, failure_rate: float) -> bool:
@@ -97,7 +128,8 @@ class SimulatedKubelet(KubeletBase):
 
     def pod_added(self, pod: Pod) -> None:
         key = pod_key(pod)
-        self._slots[key] = _Slot(pod_uid(pod), will_fail(self.seed, key[0], key[1], self.failure_rate))
+        self._slots[key] = _Slot(pod_uid(pod), will_fail(self.seed, key[0], key[1], self.failure_rate),
+                                 _Script.from_pod(pod))
         self._push(0.0, "create", key, pod_uid(pod))
 
     def pod_deleting(self, pod: Pod) -> None:
@@ -166,13 +198,25 @@ class SimulatedKubelet(KubeletBase):
             pod = self._write(key, slot)
             if pod is not None and self.record_events:
                 self.event(pod, "Started", "Started container (simulated)")
-            if slot.fails:
-                self._push(self.run_duration if self.run_duration is not None else self.start_delay, "finish", key, uid)
-            elif self.run_duration is not None:
-                self._push(self.run_duration, "finish", key, uid)
+            end = self._end_after(slot)
+            if end is not None:
+                self._push(end, "finish", key, uid)
         elif step == "finish":
-            slot.finished, slot.exit_code = now, 1 if slot.fails else 0
+            script = slot.script
+            if script is not None and script.exit_code is not None:
+                slot.finished, slot.exit_code = now, script.exit_code
+            else:
+                slot.finished, slot.exit_code = now, 1 if slot.fails else 0
             self._write(key, slot)
+
+    def _end_after(self, slot: _Slot) -> float | None:
+        """Seconds from start to the container's end, or None when it runs until deleted."""
+        script = slot.script
+        if script is not None and (script.run_duration is not None or script.exit_code is not None):
+            return script.run_duration if script.run_duration is not None else 0.0
+        if slot.fails:
+            return self.run_duration if self.run_duration is not None else self.start_delay
+        return self.run_duration
 
     def _stop(self, key: Key, slot: _Slot, now: float) -> None:
         if slot.started is not None and slot.finished is None:
@@ -194,7 +238,8 @@ class SimulatedKubelet(KubeletBase):
             if slot.started is not None:
                 record.run(slot.started, container_id(slot.uid, record.name, 0))
             if slot.finished is not None and slot.started is not None:
-                record.terminate(slot.exit_code or 0, slot.finished)
+                reason = slot.script.reason if slot.script is not None and slot.exit_code != 143 else None
+                record.terminate(slot.exit_code or 0, slot.finished, reason)
             records.append(record)
         return PodRuntimeView(host_ip=HOST_IP, pod_ip=slot.ip, start_time=slot.created, records=records)
 

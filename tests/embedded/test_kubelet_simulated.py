@@ -115,3 +115,15 @@ def test_two_thousand_pods_run_on_one_timer_thread(make_cluster):
     wait_for(lambda: sum(1 for p in store.list("pods")[0] if p.get("status", {}).get("phase") == "Running") == 2000,
              timeout=50, interval=0.5, what="2000 pods running")
     assert threading.active_count() - threads_before <= 3
+
+
+def test_a_pod_can_script_its_end_with_annotations(make_cluster):
+    store, _ = make_cluster(start_delay=0.0)
+    oom = pod("oom", ["x"])
+    oom["metadata"]["annotations"] = {"simulated.dask-k8s-backend/exit-code": "137",
+                                      "simulated.dask-k8s-backend/reason": "OOMKilled",
+                                      "simulated.dask-k8s-backend/run-duration": "0.2"}
+    store.create("pods", "default", oom)
+    wait_phase(store, "oom", "Running")
+    term = container_state(wait_phase(store, "oom", "Failed"))["terminated"]
+    assert (term["exitCode"], term["reason"]) == (137, "OOMKilled")
