@@ -224,7 +224,7 @@ class PodWorker:
             if program is None:
                 raise FileNotFoundError(argv[0])
             self.dir.mkdir(parents=True, exist_ok=True)
-            proc = processes.spawn([program] + argv[1:], env, self.dir, log_path)
+            proc = processes.spawn([program] + argv[1:], env, self._working_dir(spec), log_path)
         except OSError as e:
             message = (f'failed to create containerd task: failed to create shim task: OCI runtime create failed: '
                        f'runc create failed: unable to start container process: exec: "{argv[0]}": '
@@ -243,6 +243,11 @@ class PodWorker:
         self.event("Created", f"Created container {record.name}")
         self.event("Started", f"Started container {record.name}")
         return True
+
+    def _working_dir(self, spec: dict[str, Any]) -> Path:
+        """``workingDir`` when it exists on this machine, else the pod's own directory (shared by its containers)."""
+        wanted = spec.get("workingDir")
+        return Path(wanted) if wanted and Path(wanted).is_dir() else self.dir
 
     def _await_exit(self, proc: subprocess.Popen) -> None:
         proc.wait()
