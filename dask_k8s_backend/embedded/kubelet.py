@@ -88,6 +88,9 @@ class PodWorker:
         self.dir = kubelet.work_dir / "pods" / f"{self.key[0]}_{self.key[1]}_{self.uid}"
         self.thread = threading.Thread(target=self._main, name=f"pod-{self.key[1]}", daemon=True)
         self.waiters: list[threading.Thread] = []
+        deadline = spec.get("activeDeadlineSeconds")
+        self.deadline = time.monotonic() + float(deadline) if deadline else None
+        self.expired = False  # activeDeadlineSeconds passed: stopped like a deletion, phase Failed
 
     # ------------------------------------------------------------------ signals from other threads
     def request_delete(self, pod: Pod) -> None:
@@ -116,7 +119,20 @@ class PodWorker:
 
     @property
     def done(self) -> bool:
-        return self.grace is not None or self.removed or self.stopping
+        return self.grace is not None or self.removed or self.stopping or self.expired
+
+    def _sleep(self) -> None:
+        """Wait for an event (exit, deletion, OOM, stop), at most until ``activeDeadlineSeconds`` runs out."""
+        timeout = IDLE_WAIT
+        if self.deadline is not None:
+            timeout = max(0.0, min(timeout, self.deadline - time.monotonic()))
+        self.wake.wait(timeout)
+        self.wake.clear()
+        if self.deadline is not None and not self.expired and time.monotonic() >= self.deadline:
+            self.expired = True
+            self.view.reason = "DeadlineExceeded"
+            self.view.message = "Pod was active on the node longer than the specified deadline"
+            self.event("DeadlineExceeded", self.view.message, "Warning")
 
     # ------------------------------------------------------------------ main
     def _main(self) -> None:
@@ -152,8 +168,7 @@ class PodWorker:
 
     def _wait_until_done(self) -> None:
         while not self.done:
-            self.wake.wait(IDLE_WAIT)
-            self.wake.clear()
+            self._sleep()
 
     def _pull_images(self) -> bool:
         """Pulled events, or ErrImagePull then ImagePullBackOff (the pod stays Pending until deleted)."""
@@ -185,8 +200,7 @@ class PodWorker:
                     return False
                 self._write()
                 while record.state == "running" and not self.done:
-                    self.wake.wait(IDLE_WAIT)
-                    self.wake.clear()
+                    self._sleep()
                     self._reap()
                 if self.done:
                     return False
@@ -291,8 +305,7 @@ class PodWorker:
         while not self.done:
             if all(r.state == "terminated" for r in self.view.records):
                 return
-            self.wake.wait(IDLE_WAIT)
-            self.wake.clear()
+            self._sleep()
             if self.done:
                 return
             if not self._reap():
@@ -309,16 +322,23 @@ class PodWorker:
         if self.removed:
             self.kill_all()
             return
-        if self.grace is not None or self.stopping:
-            self._terminate_all(0.0 if self.stopping else self.grace or 0.0)
+        if self.grace is not None or self.stopping or self.expired:
+            self._terminate_all(0.0 if self.stopping else self._grace_period())
         self._reap()
         for record in self.view.records + self.view.init_records:
             if record.state == "running":  # its process could not be reaped: count it as killed
                 record.terminate(137, self.kubelet.clock())
         phase = None
-        if self.grace is not None or self.stopping:
+        if self.expired:
+            phase = "Failed"
+        elif self.grace is not None or self.stopping:
             phase = "Failed" if any(not r.succeeded for r in self.view.records) else "Succeeded"
         self._write(phase)
+
+    def _grace_period(self) -> float:
+        if self.grace is not None:
+            return self.grace
+        return float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE))
 
     def _terminate_all(self, grace: float) -> None:
         with self.lock:

@@ -210,6 +210,8 @@ class PodRuntimeView:
     init_records: list[ContainerRecord] = field(default_factory=list)
     records: list[ContainerRecord] = field(default_factory=list)
     sandbox_ready: bool = True
+    reason: str | None = None  # pod-level status.reason (DeadlineExceeded, Evicted)
+    message: str | None = None
 
 
 def pod_status(pod: Mapping[str, Any], view: PodRuntimeView, now: float, phase: str | None = None) -> Status:
@@ -224,6 +226,9 @@ def pod_status(pod: Mapping[str, Any], view: PodRuntimeView, now: float, phase: 
     status: Status = {"conditions": [dict(c) for c in old.get("conditions") or []]}
     _set_pod_conditions(status, view, phase, now)
     status["phase"] = phase
+    if view.reason:
+        status["reason"] = view.reason
+        status["message"] = view.message or ""
     status["hostIP"] = view.host_ip
     status["hostIPs"] = [{"ip": view.host_ip}]
     if view.pod_ip:

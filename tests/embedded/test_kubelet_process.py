@@ -351,3 +351,13 @@ def test_dask_scheduler_and_worker_pods_talk_over_their_pod_ips(cluster):
     cluster.store.delete("pods", "default", "worker", grace_period_seconds=10)
     wait_for(lambda: cluster.gone("worker"), timeout=15, what="worker pod stopped by SIGTERM")
     assert cluster.last_status("worker")["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] in (0, 143)
+
+
+def test_active_deadline_seconds_stops_the_pod_and_fails_it_with_deadline_exceeded(cluster):
+    manifest = pod("deadline", python("import time; time.sleep(60)"), grace=1)
+    manifest["spec"]["activeDeadlineSeconds"] = 1
+    name = cluster.run(manifest)
+    p = wait_phase(cluster.store, name, "Failed", timeout=10)
+    assert p["status"]["reason"] == "DeadlineExceeded"
+    assert p["status"]["message"] == "Pod was active on the node longer than the specified deadline"
+    assert container_state(p)["terminated"]["exitCode"] == 143
