@@ -15,6 +15,7 @@ OOMKilled; containerd-style ``containerID`` and ``imageID``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,13 @@ RUNTIME_VERSION = "embedded://0.1.0"
 
 def rfc3339(epoch: float) -> str:
     """``2026-11-23T08:16:16Z``: the second-precision UTC form Kubernetes uses in status."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return _rfc3339_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=256)
+def _rfc3339_second(second: int) -> str:
+    # cached: thousands of pods changing in the same second share one string
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def image_ref(image: str) -> str:
