@@ -305,8 +305,8 @@ def _retry_after(exc: BaseException) -> float | None:
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying later (throttling, server trouble, connection loss, a full quota), not the pod's fault."""
     code = _status_code(exc)
-    if code is None:
-        return True  # unreachable API server, timeouts
+    if not code:
+        return True  # unreachable API server (ApiUnreachable has code 0), timeouts
     if code == 403 and "exceeded quota" in str(exc):
         return True  # retried when capacity frees; the message carries the quota's numbers
     return code in TRANSIENT_CODES

@@ -18,44 +18,14 @@ from typing import Any
 
 from dask_k8s_backend import labels
 
-try:
-    from dask_k8s_backend.errors import AlreadyExists, Gone, NotFound, ServerError, TooManyRequests
-except ImportError:  # errors.py not in the tree yet: same shape (code, reason, message, retry_after)
-
-    class _ApiError(Exception):
-        code = 0
-        reason = ""
-
-        def __init__(self, message: str = "", retry_after: float | None = None) -> None:
-            super().__init__(message)
-            self.message = message
-            self.retry_after = retry_after
-
-    class NotFound(_ApiError):
-        code, reason = 404, "NotFound"
-
-    class AlreadyExists(_ApiError):
-        code, reason = 409, "AlreadyExists"
-
-    class Gone(_ApiError):
-        code, reason = 410, "Expired"
-
-    class TooManyRequests(_ApiError):
-        code, reason = 429, "TooManyRequests"
-
-    class ServerError(_ApiError):
-        code, reason = 500, "InternalError"
+from dask_k8s_backend.errors import (  # noqa: F401 - re-exported for the tests
+    AlreadyExists, ApiUnreachable, Forbidden, Gone, KubernetesApiError, NotFound, ServerError, TooManyRequests,
+)
 
 
 def make_error(cls: type, message: str, **kwargs: Any) -> Exception:
-    """Build a project API error whatever its constructor looks like."""
-    try:
-        return cls(message, **kwargs)
-    except TypeError:
-        error = cls(message)
-        for key, value in kwargs.items():
-            setattr(error, key, value)
-        return error
+    """A project API error (dask_k8s_backend.errors) as KubePodApi raises it."""
+    return cls(message, **kwargs)
 
 
 APP_ID = "app-1"

@@ -8,7 +8,7 @@ of the API.
 from __future__ import annotations
 
 from fakes import (
-    FakePodApi, ServerError, TooManyRequests, executor_pod, failed_pod, make_error, pod_factory, run_async, settle,
+    AlreadyExists, ApiUnreachable, FakePodApi, Forbidden, KubernetesApiError, ServerError, TooManyRequests, executor_pod, failed_pod, make_error, pod_factory, run_async, settle,
     unschedulable_pod,
 )
 
@@ -282,7 +282,7 @@ async def test_too_many_requests_honours_retry_after():
 @run_async
 async def test_a_refused_creation_counts_as_a_failure_of_its_group():
     h = Harness()
-    h.api.fail_next("create_pod", make_error(type("Invalid", (Exception,), {"code": 422}), "spec.containers: Required"))
+    h.api.fail_next("create_pod", make_error(KubernetesApiError, "spec.containers: Required", code=422, reason="Invalid"))
     await h.set_target(1)
     assert h.failures.failure_count("default") == 1
     assert "spec.containers" in h.failures.explanation(1)
@@ -319,7 +319,7 @@ def test_plan_is_pure_and_counts_unseen_creations():
 @run_async
 async def test_an_already_exists_answer_to_a_retried_creation_counts_as_created():
     h = Harness()
-    h.api.fail_next("create_pod", make_error(type("AlreadyExists", (Exception,), {"code": 409, "reason": "AlreadyExists"}),
+    h.api.fail_next("create_pod", make_error(AlreadyExists,
                                              'pods "app-exec-1" already exists'))
     await h.set_target(1)
     assert h.allocator.outstanding() == 1 and h.failures.failure_count("default") == 0
@@ -331,7 +331,7 @@ async def test_an_already_exists_answer_to_a_retried_creation_counts_as_created(
 @run_async
 async def test_an_exceeded_quota_backs_off_instead_of_counting_failures():
     h = Harness()
-    h.api.fail_next("create_pod", make_error(type("Forbidden", (Exception,), {"code": 403}),
+    h.api.fail_next("create_pod", make_error(Forbidden,
                                              'pods "app-exec-1" is forbidden: exceeded quota: q, requested: cpu=1'))
     await h.set_target(1)
     assert h.failures.failure_count("default") == 0 and h.created() == []
@@ -348,4 +348,15 @@ async def test_new_ids_start_after_every_id_already_seen():
     await h.deliver()
     await h.set_target(2)
     assert h.created() == [42]
+    await h.stop()
+
+
+@run_async
+async def test_an_unreachable_api_server_backs_off_instead_of_counting_failures():
+    h = Harness()
+    h.api.fail_next("create_pod", make_error(ApiUnreachable, "connection refused"))
+    await h.set_target(1)
+    assert h.failures.failure_count("default") == 0
+    await h.tick(2.0)
+    assert h.created() == [2]
     await h.stop()
