@@ -77,9 +77,10 @@ class KubeletBase:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._register_node()
         self._unsubscribe = self.store.add_listener(self._on_change)
-        pods, _, _ = self.store.list("pods", field_selector=f"spec.nodeName={self.node_name}")
+        pods, _, _ = self.store.list("pods")
         for pod in pods:
-            self._queue.put(("ADDED", pod))
+            if (pod.get("spec") or {}).get("nodeName") == self.node_name:
+                self._queue.put(("ADDED", pod))
         self._dispatcher = threading.Thread(target=self._dispatch, name=f"kubelet-{self.node_name}", daemon=True)
         self._dispatcher.start()
         logger.info("kubelet %s: node registered (%s)", self.node_name, self.capacity)
