@@ -13,6 +13,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +61,7 @@ class FakeApiServer:
         self.requests: list[tuple[str, str, dict]] = []
         self.release = threading.Event()  # lets a slow answer finish at teardown
         self.delay = 0.0
+        self.connections: set[socket.socket] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +70,14 @@ class FakeApiServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                server.connections.add(self.connection)
+
+            def finish(self):
+                server.connections.discard(self.connection)
+                super().finish()
 
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -104,6 +114,11 @@ class FakeApiServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+        for connection in list(self.connections):  # end keep-alive handler threads now
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.thread.join(5)
 
 
@@ -126,6 +141,17 @@ def _make_ca(tmp: Path, name: str) -> tuple[Path, ec.EllipticCurvePrivateKey, x5
     path = tmp / f"{name}.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path, key, cert
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every server and connection a test opened is gone when it ends (bounded wait)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while (leaked := [t for t in threading.enumerate() if t not in before and t.is_alive()]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leaked, f"threads left behind: {leaked}"
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +233,7 @@ def test_wrong_ca_fails_with_a_clear_error_without_the_token(servers, clients, p
     assert server.requests == []
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_trust_certificates_skips_verification_with_a_warning(servers, clients, pki):
     server = servers(pki["context"])
     with pytest.warns(UserWarning, match="not verified"):
