@@ -24,6 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -198,6 +199,9 @@ def _unreachable(reason: BaseException, method: str, path: str, servers: list[st
         text = (f"TLS verification of the API server {where} failed during {action}: {reason}. Set "
                 "k8s-backend.authenticate.ca-cert-file to the CA that signed the server's certificate "
                 "(or trust-certificates: true, insecure).")
+    elif isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+        text = (f"The API server {where} did not answer {action} in time ({type(reason).__name__}). Raise "
+                "k8s-backend.api.request-timeout, or check the API server's load and the master URL.")
     else:
         text = (f"Could not reach the API server {where} during {action} ({type(reason).__name__}: {reason}). "
                 "Check the master URL, that the API server is running and that this machine can reach it.")
@@ -254,8 +258,16 @@ def _token_file_hook(path: str) -> Callable[[k8s.Configuration], None]:
     return refresh
 
 
-def _apply_authentication(cfg: k8s.Configuration, settings: Settings) -> None:
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
+
+
+def _apply_authentication(cfg: k8s.Configuration, settings: Settings, explicit_servers: bool) -> None:
     auth = settings.authenticate
+    if explicit_servers and not (auth.oauth_token or auth.oauth_token_file or auth.client_cert_file) and _in_cluster():
+        # In a pod with an explicit master (as Spark's cluster mode): use the mounted service account.
+        auth = replace(auth, oauth_token_file=str(SERVICE_ACCOUNT_DIR / "token"),
+                       ca_cert_file=auth.ca_cert_file or _existing(SERVICE_ACCOUNT_DIR / "ca.crt"))
     if auth.oauth_token:
         cfg.api_key = {"authorization": auth.oauth_token}
         cfg.api_key_prefix = {"authorization": "Bearer"}
@@ -287,8 +299,9 @@ def create_api_client(servers: list[str] | None, settings: Settings, *,
 
     ``clock`` and ``sleep`` drive the rate limit and backoff; tests pass fakes.
     """
+    explicit = bool(servers)
     cfg, servers = _base_configuration(servers, settings)
-    _apply_authentication(cfg, settings)
+    _apply_authentication(cfg, settings, explicit_servers=explicit)
     if any(s.startswith("http://") for s in servers) and cfg.api_key:
         logger.warning("Sending a bearer token over plain http to %s; use https", ", ".join(servers))
     api = k8s.ApiClient(configuration=cfg)

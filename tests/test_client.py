@@ -300,6 +300,18 @@ def test_in_cluster_service_account_is_used_in_a_pod(servers, clients, pki, tmp_
     assert server.requests[0][2]["authorization"].lower() == f"bearer {TOKEN}"
 
 
+def test_explicit_master_in_a_pod_uses_the_mounted_service_account(servers, clients, pki, tmp_path, monkeypatch):
+    server = servers(pki["context"])
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(TOKEN)
+    (account / "ca.crt").write_text(Path(pki["ca"]).read_text())
+    monkeypatch.setattr(client_mod, "SERVICE_ACCOUNT_DIR", account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    k8s.CoreV1Api(clients([server.url])).list_namespace()
+    assert server.requests[0][2]["authorization"] == f"Bearer {TOKEN}"
+
+
 def test_no_kubeconfig_outside_a_pod_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -395,7 +407,7 @@ def test_read_timeout_applies_by_default(servers, clients):
     server = servers()
     server.delay = 5.0
     api = clients([server.url], **{"api.request-timeout": "200ms", "api.max-retries": 0})
-    with pytest.raises(ApiUnreachable, match="ReadTimeoutError"):
+    with pytest.raises(ApiUnreachable, match="did not answer GET /api/v1/namespaces in time.*request-timeout"):
         k8s.CoreV1Api(api).list_namespace()
 
 
