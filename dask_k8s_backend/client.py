@@ -43,6 +43,7 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_BACKOFF = 5.0
 MAX_RETRY_AFTER = 30.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class TokenBucket:
@@ -302,8 +303,9 @@ def create_api_client(servers: list[str] | None, settings: Settings, *,
     explicit = bool(servers)
     cfg, servers = _base_configuration(servers, settings)
     _apply_authentication(cfg, settings, explicit_servers=explicit)
-    if any(s.startswith("http://") for s in servers) and cfg.api_key:
-        logger.warning("Sending a bearer token over plain http to %s; use https", ", ".join(servers))
+    exposed = [s for s in servers if s.startswith("http://") and urlsplit(s).hostname not in _LOOPBACK]
+    if exposed and (cfg.api_key or cfg.refresh_api_key_hook):
+        logger.warning("Sending a bearer token over plain http to %s; use https", ", ".join(exposed))
     api = k8s.ApiClient(configuration=cfg)
     api.rest_client.close()
     api.rest_client = ResilientRESTClient(
