@@ -246,14 +246,9 @@ def _integer(value: Any, key: str) -> int:
 def _number(value: Any, key: str) -> float:
     if _is_number(value):
         return float(value)
-    try:
-        return float(value) if isinstance(value, str) else _fail()
-    except ValueError:
-        raise ValueError(f"{key}: expected a number, got {_shown(key, value)}.") from None
-
-
-def _fail() -> float:
-    raise ValueError
+    if isinstance(value, str) and re.fullmatch(rf"\s*{_NUMBER}\s*", value):
+        return float(value)
+    raise ValueError(f"{key}: expected a number, got {_shown(key, value)}.")
 
 
 def _boolean(value: Any, key: str) -> bool:

@@ -140,10 +140,8 @@ def _from_api_exception(exc: Any, action: str) -> KubernetesApiError:
 
 
 def _from_connection_error(exc: BaseException, action: str) -> ApiUnreachable:
-    url = getattr(exc, "url", None) or getattr(getattr(exc, "pool", None), "host", None)
     pool = getattr(exc, "pool", None)
-    if pool is not None and getattr(pool, "host", None):
-        url = f"{pool.scheme}://{pool.host}:{pool.port}"
+    url = f"{pool.scheme}://{pool.host}:{pool.port}" if getattr(pool, "host", None) else None
     where = f"the API server at {url}" if url else "the API server"
     text = (f"Could not reach {where} while trying to {action} ({type(exc).__name__}: {_short(exc)}). "
             "Check the master URL, that the API server is running and that this machine can reach it.")
