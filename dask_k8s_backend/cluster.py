@@ -86,6 +86,15 @@ def _validate_worker_count(value: Any, option: str) -> int:
     return value
 
 
+def _loopback_if_local(connection: KubeConnection) -> str | None:
+    """A local API server (e.g. the embedded one reached through k8s://) runs pods on this machine:
+    they reach the scheduler on the loopback. Otherwise None lets Dask pick the outbound address."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(connection.api_client.configuration.host).hostname or ""
+    return "127.0.0.1" if host in ("localhost", "::1") or host.startswith("127.") else None
+
+
 class KubeSparkCluster(Cluster):
     """Dask workers as Kubernetes pods, allocated and replaced the way Spark manages executors.
 
@@ -191,7 +200,7 @@ class KubeSparkCluster(Cluster):
 
         assert self.connection is not None
         options = self.settings.scheduler
-        host = options.host or self.connection.scheduler_host or "0.0.0.0"
+        host = options.host or self.connection.scheduler_host or _loopback_if_local(self.connection)
         plugin = KubernetesSchedulerBackend(
             settings=self.settings, app=self.app, connection=self.connection, pod_template=self._pod_template
         )
