@@ -67,6 +67,7 @@ class FakeApiServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = 5
+            wbufsize = 1 << 16  # one segment per answer: no Nagle/delayed-ACK stalls on keep-alive
 
             def log_message(self, *args):
                 pass
