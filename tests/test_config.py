@@ -170,3 +170,15 @@ def test_describe_config_documents_every_validated_key():
     assert set(described) == set(SCHEMA)
     assert all(comment for _, comment in described.values())
     assert described["worker.memory"][0] == "1GiB"
+
+
+def test_every_settings_field_has_a_validated_key_and_back():
+    from dataclasses import fields
+
+    expected = set()
+    for top in fields(Settings):
+        if top.name in ("scheduler", "worker", "allocation", "executor", "api", "authenticate"):
+            expected |= {f"{top.name}.{f.name.replace('_', '-')}" for f in fields(getattr(Settings(), top.name))}
+        else:
+            expected.add(top.name.replace("_", "-"))
+    assert expected == set(SCHEMA)
