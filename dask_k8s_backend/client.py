@@ -136,7 +136,9 @@ class ResilientRESTClient(RESTClientObject):
     def _timeout_for(self, path: str) -> tuple[float, float | None]:
         """Default timeouts; a watch stream may stay silent for long, so it gets no read timeout."""
         connect, read = self.default_timeout
-        return (connect, None) if "watch=true" in path or "follow=true" in path else (connect, read)
+        query = path.partition("?")[2].lower()
+        streaming = any(flag in query.split("&") for flag in ("watch=true", "watch=1", "follow=true"))
+        return (connect, None) if streaming else (connect, read)
 
     def _on_connection_error(self, exc: urllib3.exceptions.HTTPError, method: str, path: str,
                              server: str, attempt: int) -> None:

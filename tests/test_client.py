@@ -452,3 +452,12 @@ def test_kubeconfig_for_builds_one_context():
     assert config["current-context"] == "dask-k8s-backend"
     assert config["clusters"][0]["cluster"] == {"server": "https://h:6443", "certificate-authority": "/ca.crt"}
     assert config["users"][0]["user"] == {"token": "tok"}
+
+
+def test_watch_requests_get_no_default_read_timeout(servers, clients):
+    server = servers()
+    api = clients([server.url], **{"api.request-timeout": "7s", "api.connection-timeout": "2s"})
+    rest = api.rest_client
+    assert rest._timeout_for("/api/v1/pods?labelSelector=a") == (2.0, 7.0)
+    assert rest._timeout_for("/api/v1/pods?watch=True&resourceVersion=5") == (2.0, None)
+    assert rest._timeout_for("/api/v1/namespaces/d/pods/p/log?follow=true") == (2.0, None)
