@@ -12,6 +12,7 @@ from :mod:`dask_k8s_backend.client` (retries, rate limit, failover built in) and
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -130,7 +131,7 @@ class KubernetesClusterManager:
 
         servers = parse_k8s_master(master)
         api_client = create_api_client(servers, settings)
-        kubeconfig = None if servers else settings.authenticate.kubeconfig
+        kubeconfig = None if servers else settings.authenticate.kubeconfig or os.environ.get("KUBECONFIG")
         return KubeConnection(api_client=api_client, master=master, scheduler_host=settings.scheduler.host,
                               kubeconfig=kubeconfig)
 
