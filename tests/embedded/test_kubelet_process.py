@@ -361,3 +361,25 @@ def test_active_deadline_seconds_stops_the_pod_and_fails_it_with_deadline_exceed
     assert p["status"]["reason"] == "DeadlineExceeded"
     assert p["status"]["message"] == "Pod was active on the node longer than the specified deadline"
     assert container_state(p)["terminated"]["exitCode"] == 143
+
+
+def test_a_kubelet_started_late_runs_the_pods_already_bound_to_it(tmp_path):
+    c = Cluster(tmp_path)
+    c.store.create("pods", "default", pod("bound-early", python("print('ran late')"), node_name="node-1"))
+    c.start()
+    try:
+        wait_phase(c.store, "bound-early", "Succeeded")
+        assert "ran late" in c.log("bound-early")
+    finally:
+        c.stop()
+
+
+def test_restart_policy_always_shows_crash_loop_back_off_between_runs(cluster):
+    name = cluster.run(pod("crasher", python("raise SystemExit(2)"), restart_policy="Always"))
+    waiting = wait_for(lambda: (container_state(get_pod(cluster.store, name) or {}).get("waiting") or {}).get("reason")
+                       == "CrashLoopBackOff" and container_state(get_pod(cluster.store, name))["waiting"], timeout=10)
+    assert waiting["message"].startswith("back-off 1s restarting failed container=main pod=crasher_default")
+    p = get_pod(cluster.store, name)
+    assert p["status"]["phase"] == "Running"
+    assert p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 2
+    wait_for(lambda: get_pod(cluster.store, name)["status"]["containerStatuses"][0]["restartCount"] >= 2, timeout=10)

@@ -185,3 +185,17 @@ def test_pods_for_another_scheduler_are_left_alone(store, scheduler):
     wait_for(lambda: node_of(store, "mine"))
     assert scheduler.wait_idle()
     assert node_of(store, "other") is None and scheduled_condition(store, "other") is None
+
+
+def test_a_scheduler_started_late_counts_pods_bound_before_it_and_schedules_the_rest(store):
+    add_node(store, "node-1", cpu="2")
+    store.create("pods", "default", pod("early", ["true"], cpu="2", node_name="node-1"))
+    store.create("pods", "default", pod("waiting", ["true"], cpu="1"))
+    late = EmbeddedScheduler(store)
+    late.start()
+    try:
+        assert wait_for(lambda: unschedulable_message(store, "waiting")) == "0/1 nodes are available: 1 Insufficient cpu."
+        store.delete("pods", "default", "early", grace_period_seconds=0)
+        assert wait_for(lambda: node_of(store, "waiting")) == "node-1"
+    finally:
+        late.stop()
