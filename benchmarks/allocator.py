@@ -147,13 +147,14 @@ class Backend:
 
 
 @contextlib.asynccontextmanager
-async def pod_api(kind: str, pods: int):
+async def pod_api(kind: str, pods: int, latency: float = 0.005):
     """A PodApi on a fresh cluster big enough for ``pods`` pods."""
     if kind == "fake":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "backend"))
         from fakes import FakePodApi
 
         api = FakePodApi()
+        _add_latency(api, latency)
         kubelet = asyncio.create_task(_fake_kubelet(api))
         try:
             yield api
@@ -177,6 +178,18 @@ async def pod_api(kind: str, pods: int):
             await api.close()
 
 
+def _add_latency(api: Any, seconds: float) -> None:
+    """Each request of the fake takes ``seconds`` (a modest API server round trip)."""
+    for name in ("list_pods", "create_pod", "delete_pod", "delete_pods", "patch_pod_labels"):
+        call = getattr(api, name)
+
+        async def slow(*args: Any, _call: Any = call, **kwargs: Any) -> Any:
+            await asyncio.sleep(seconds)
+            return await _call(*args, **kwargs)
+
+        setattr(api, name, slow)
+
+
 async def _fake_kubelet(api: Any, start_delay: float = 0.5) -> None:
     """Moves every Pending pod to Running ``start_delay`` seconds after it was created."""
     born: dict[str, float] = {}
@@ -189,8 +202,9 @@ async def _fake_kubelet(api: Any, start_delay: float = 0.5) -> None:
         await asyncio.sleep(0.05)
 
 
-async def ramp(kind: str, name: str, settings: AllocationSettings, target: int, limit: float) -> Result:
-    async with pod_api(kind, target) as api:
+async def ramp(kind: str, name: str, settings: AllocationSettings, target: int, limit: float,
+               latency: float) -> Result:
+    async with pod_api(kind, target, latency) as api:
         backend = Backend(api, settings)
         await backend.start()
         try:
@@ -200,9 +214,9 @@ async def ramp(kind: str, name: str, settings: AllocationSettings, target: int, 
             await backend.stop()
 
 
-async def steady(kind: str, executors: int, seconds: float, polling_interval: float) -> float:
+async def steady(kind: str, executors: int, seconds: float, polling_interval: float, latency: float) -> float:
     """API requests per minute once ``executors`` pods are Running and nothing changes."""
-    async with pod_api(kind, executors) as api:
+    async with pod_api(kind, executors, latency) as api:
         backend = Backend(api, OURS, polling_interval)
         await backend.start()
         try:
@@ -220,18 +234,19 @@ async def main(args: argparse.Namespace) -> int:
     limits = {1000: 10.0, 5000: 60.0}
     ok = True
     for target in targets:
-        ours = await ramp(args.backend, "ours", OURS, target, limit=max(120.0, limits[target] * 4))
+        ours = await ramp(args.backend, "ours", OURS, target, limit=max(120.0, limits[target] * 4),
+                           latency=args.fake_latency)
         print(ours.line(), flush=True)
         ok &= ours.seconds is not None and ours.seconds < limits[target] and ours.creates / target <= 1.05
         if args.skip_spark:
             continue
-        spark = await ramp(args.backend, "spark", SPARK, target, limit=args.spark_limit)
+        spark = await ramp(args.backend, "spark", SPARK, target, limit=args.spark_limit, latency=args.fake_latency)
         print(spark.line(), flush=True)
         if ours.seconds:
             spark_time = spark.seconds or (args.spark_limit * target / max(1, spark.running))
             note = "" if spark.seconds else f" (Spark extrapolated from {spark.running} pods in {args.spark_limit:g} s)"
             print(f"ratio  target {target:>5}: Spark takes {spark_time / ours.seconds:.1f}x as long{note}", flush=True)
-    rate = await steady(args.backend, 200, args.steady_seconds, args.polling_interval)
+    rate = await steady(args.backend, 200, args.steady_seconds, args.polling_interval, args.fake_latency)
     print(f"steady 200 executors: {rate:.2f} API requests/min (polling every {args.polling_interval:g} s)", flush=True)
     ok &= rate <= 3.0
     print("targets met" if ok else "TARGETS MISSED", flush=True)
@@ -246,6 +261,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spark-limit", type=float, default=240.0, help="give up on Spark's ramp after this many s")
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--polling-interval", type=float, default=30.0)
+    parser.add_argument("--fake-latency", type=float, default=0.005, help="seconds per request of the fake API")
     return parser.parse_args(argv)
 
 
