@@ -33,6 +33,7 @@ from dask_k8s_backend.config import load_settings
 from dask_k8s_backend.errors import ApiUnreachable, ServerError, TooManyRequests, Unauthorized, translate
 
 TOKEN = "s3cret-token-value"
+DROP = -1  # scripted "status": close the connection instead of answering
 NAMESPACE_LIST = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}
 
 
@@ -87,6 +88,10 @@ class FakeApiServer:
                 if server.delay:
                     server.release.wait(server.delay)
                 status, headers, payload = server.script.popleft() if server.script else (200, {}, None)
+                if status == DROP:  # the request arrived, then the connection dies without an answer
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 if payload is None:
                     payload = NAMESPACE_LIST if self.command == "GET" else {"kind": "Namespace", "apiVersion": "v1", **body}
                 data = json.dumps(payload).encode()
@@ -370,6 +375,18 @@ def test_post_is_not_retried_on_500_but_get_is(servers, clients):
     server.answer(500)
     k8s.CoreV1Api(api).list_namespace()
     assert len(server.requests) == 3
+
+
+def test_a_post_whose_connection_dies_after_sending_is_not_repeated_but_a_get_is(servers, clients):
+    server = servers()
+    server.answer(DROP)
+    api = clients([server.url])
+    with pytest.raises(ApiUnreachable, match="POST /api/v1/namespaces"):
+        k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "x"}})
+    assert [r[0] for r in server.requests] == ["POST"]  # the server may have created it: never sent twice
+    server.answer(DROP)
+    k8s.CoreV1Api(api).list_namespace()
+    assert [r[0] for r in server.requests] == ["POST", "GET", "GET"]
 
 
 def test_retries_stop_after_max_retries_and_return_the_last_answer(servers, clients):
