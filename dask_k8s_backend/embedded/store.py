@@ -1,0 +1,691 @@
+"""The embedded Kubernetes object store: every object, its versions, and the change stream.
+
+One lock guards everything. A write (create, replace, mutate, delete, finalize_deletion)
+defaults and validates the object, gives it the next global integer ``resourceVersion``,
+stores it as an immutable :class:`Entry` (its JSON bytes are cached on first use, so LIST and
+WATCH serve pre-serialized bytes), appends a :class:`WatchEvent` to a bounded history, and then
+calls the listeners in resourceVersion order, still under the lock:
+
+* public listeners (``add_listener``: scheduler, kubelets) get ``(type, private copy)``;
+* raw subscribers (``subscribe``: the API server's watch hub) get the :class:`WatchEvent`
+  itself, which they must treat as read-only.
+
+Callers of the public methods always get private copies, so nothing outside can change what is
+stored. Deletion follows kube-apiserver: finalizers and graceful pod termination keep the object
+(with ``deletionTimestamp``) until they are done; removals cascade to dependents through
+``ownerReferences`` (background, foreground, orphan) and namespaces delete their content.
+Every failure is a :class:`~dask_k8s_backend.embedded.status.StatusError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import itertools
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from .podstatus import rfc3339
+from .selectors import Selector, parse_field_selector, parse_label_selector
+from .status import StatusError, already_exists, bad_request, conflict, gone, not_found
+from .validation import apply_defaults, check_update, validate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """What discovery says about one core/v1 resource."""
+
+    name: str
+    kind: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    has_status: bool = False
+
+
+RESOURCES: dict[str, ResourceInfo] = {
+    r.name: r
+    for r in (
+        ResourceInfo("pods", "Pod", True, ("po",), True),
+        ResourceInfo("nodes", "Node", False, ("no",), True),
+        ResourceInfo("namespaces", "Namespace", False, ("ns",), True),
+        ResourceInfo("events", "Event", True, ("ev",)),
+        ResourceInfo("services", "Service", True, ("svc",), True),
+        ResourceInfo("secrets", "Secret", True),
+        ResourceInfo("configmaps", "ConfigMap", True, ("cm",)),
+        ResourceInfo("serviceaccounts", "ServiceAccount", True, ("sa",)),
+        ResourceInfo("endpoints", "Endpoints", True, ("ep",)),
+        ResourceInfo("persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), True),
+        ResourceInfo("resourcequotas", "ResourceQuota", True, ("quota",), True),
+        ResourceInfo("limitranges", "LimitRange", True, ("limits",)),
+    )
+}
+
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+_PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+_NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_FINISHED_PHASES = ("Succeeded", "Failed")
+FOREGROUND = "foregroundDeletion"
+ORPHAN = "orphan"
+
+Key = tuple[str | None, str]  # (namespace, name)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Entry:
+    """One stored version of an object; never mutated after it is committed."""
+
+    __slots__ = ("obj", "_json")
+
+    def __init__(self, obj: dict) -> None:
+        self.obj = obj
+        self._json: bytes | None = None
+
+    def json(self) -> bytes:
+        """The object's JSON bytes, serialized once (racing threads compute the same bytes)."""
+        data = self._json
+        if data is None:
+            data = self._json = _dumps(self.obj)
+        return data
+
+    def copy(self) -> dict:
+        return json.loads(self.json())
+
+
+class WatchEvent:
+    """A committed change: ``old`` is the previous version (None for ADDED)."""
+
+    __slots__ = ("type", "resource", "entry", "old", "rv")
+
+    def __init__(self, type_: str, resource: str, entry: Entry, old: Entry | None, rv: int) -> None:
+        self.type = type_
+        self.resource = resource
+        self.entry = entry
+        self.old = old
+        self.rv = rv
+
+
+def resource_info(resource: str) -> ResourceInfo:
+    """The resource's description; 404 NotFound for resources the embedded server does not serve."""
+    info = RESOURCES.get(resource)
+    if info is None:
+        raise StatusError(404, "NotFound", f"the server could not find the requested resource ({resource})")
+    return info
+
+
+def encode_continue(rv: int, key: Key) -> str:
+    return base64.urlsafe_b64encode(_dumps({"rv": rv, "ns": key[0], "name": key[1]})).decode()
+
+
+def decode_continue(token: str) -> tuple[int, Key]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(data["rv"]), (data["ns"], data["name"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        raise bad_request(f"continue key is not valid: {e}") from None
+
+
+class ObjectStore:
+    """Thread-safe in-memory Kubernetes objects with a global resourceVersion (docs/contracts.md)."""
+
+    def __init__(self, *, history_size: int = 10_000, clock: Callable[[], float] = time.time,
+                 max_events: int = 5_000) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self._rv = 0
+        self._objects: dict[str, dict[Key, Entry]] = {name: {} for name in RESOURCES}
+        self._history: collections.deque[WatchEvent] = collections.deque()
+        self._history_size = history_size
+        self._history_floor = 0  # every event with rv > floor is in the history
+        self._listeners: list[Callable[[str, dict], None]] = []
+        self._subscribers: list[Callable[[WatchEvent], None]] = []
+        self._dependents: dict[str, set[tuple[str, Key]]] = collections.defaultdict(set)
+        self._awaiting_kubelet: set[Key] = set()
+        self._event_keys: dict[tuple, Key] = {}
+        self._event_order: collections.deque[tuple[tuple, Key]] = collections.deque()
+        self._max_events = max_events
+        self._last_event_ns = 0
+        self._service_ips = itertools.count(1)
+        self._random = random.Random()
+        for name in INITIAL_NAMESPACES:
+            self.create("namespaces", None, {"metadata": {"name": name}})
+
+    # ----------------------------------------------------------------- reads
+
+    @property
+    def resource_version(self) -> str:
+        with self._lock:
+            return str(self._rv)
+
+    def get(self, resource: str, namespace: str | None, name: str) -> dict:
+        return self.get_entry(resource, namespace, name).copy()
+
+    def get_entry(self, resource: str, namespace: str | None, name: str) -> Entry:
+        """The stored entry (read-only) for the API server; 404 NotFound when absent."""
+        info = resource_info(resource)
+        with self._lock:
+            entry = self._objects[resource].get(self._key(info, namespace, name))
+        if entry is None:
+            raise not_found(resource, name)
+        return entry
+
+    def list(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
+             field_selector: str | None = None, limit: int | None = None, continue_token: str | None = None
+             ) -> tuple[list[dict], str, str | None]:
+        entries, rv, token, _ = self.list_entries(resource, namespace, label_selector=label_selector,
+                                                  field_selector=field_selector, limit=limit,
+                                                  continue_token=continue_token)
+        return [e.copy() for e in entries], rv, token
+
+    def list_entries(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
+                     field_selector: str | None = None, limit: int | None = None,
+                     continue_token: str | None = None) -> tuple[list[Entry], str, str | None, int | None]:
+        """Like :meth:`list` but read-only entries, plus the remaining item count when paginated."""
+        info = resource_info(resource)
+        labels = parse_label_selector(label_selector)
+        fields = parse_field_selector(field_selector, resource)
+        start: Key | None = None
+        with self._lock:
+            list_rv = self._rv
+            if continue_token:
+                list_rv, start = decode_continue(continue_token)
+            objects = self._objects[resource]
+            keys = sorted(objects, key=lambda k: (k[0] or "", k[1]))
+            if namespace is not None and info.namespaced:
+                keys = [k for k in keys if k[0] == namespace]
+            if start is not None:
+                keys = [k for k in keys if (k[0] or "", k[1]) > (start[0] or "", start[1])]
+            matched = [objects[k] for k in keys if _matches(objects[k].obj, labels, fields)]
+        if limit and limit > 0 and len(matched) > limit:
+            last = matched[limit - 1].obj["metadata"]
+            return (matched[:limit], str(list_rv), encode_continue(list_rv, (last.get("namespace"), last["name"])),
+                    len(matched) - limit)
+        return matched, str(list_rv), None, None
+
+    def events_since(self, resource_version: str) -> list[tuple[str, dict]]:
+        with self._lock:
+            events = self._history_after(_parse_rv(resource_version))
+        return [(e.type, e.entry.copy()) for e in events]
+
+    def subscribe(self, resource: str, resource_version: str | None, fn: Callable[[WatchEvent], None]
+                  ) -> tuple[list[WatchEvent], Callable[[], None]]:
+        """Atomically: the backlog a watch from ``resource_version`` must replay, and ``fn`` for the rest.
+
+        ``""``/``"0"``/None: synthetic ADDED events for every current ``resource`` object; otherwise
+        the recorded events after that version (all resources; 410 Gone when compacted away).
+        ``fn`` is called under the store lock for every later event and must not block.
+        """
+        with self._lock:
+            if resource_version in (None, "", "0"):
+                backlog = [WatchEvent("ADDED", resource, e, None, int(e.obj["metadata"]["resourceVersion"]))
+                           for e in self._objects[resource].values()]
+                backlog.sort(key=lambda ev: ev.rv)
+            else:
+                backlog = self._history_after(_parse_rv(resource_version))
+            self._subscribers.append(fn)
+        return backlog, lambda: self._remove(self._subscribers, fn)
+
+    def add_listener(self, fn: Callable[[str, dict], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(fn)
+        return lambda: self._remove(self._listeners, fn)
+
+    # ---------------------------------------------------------------- writes
+
+    def create(self, resource: str, namespace: str | None, obj: dict) -> dict:
+        info = resource_info(resource)
+        obj = _copy(obj)
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            meta = obj["metadata"] = {}
+        with self._lock:
+            namespace = self._namespace_for(info, namespace, meta)
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = self._generate_name(resource, namespace, str(meta["generateName"]))
+            apply_defaults(resource, obj)
+            validate(resource, info.kind, obj)
+            key = self._key(info, namespace, meta["name"])
+            if key in self._objects[resource]:
+                raise already_exists(resource, meta["name"])
+            self._prepare_new(info, obj, meta)
+            entry = self._commit("ADDED", info, key, None, obj)
+            return entry.copy()
+
+    def replace(self, resource: str, namespace: str | None, name: str, obj: dict, *,
+                status_only: bool = False) -> dict:
+        """PUT: 409 Conflict when ``metadata.resourceVersion`` is set and stale; status kept unless status_only."""
+        info = resource_info(resource)
+        new = _copy(obj)
+        meta = new.get("metadata")
+        if not isinstance(meta, dict):
+            meta = new["metadata"] = {}
+        with self._lock:
+            key = self._key(info, namespace, name)
+            old = self._objects[resource].get(key)
+            if old is None:
+                raise not_found(resource, name)
+            if meta.get("name") not in (None, name):
+                raise bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the "
+                                  f"URL ({name})")
+            rv = meta.get("resourceVersion")
+            if rv not in (None, "") and str(rv) != old.obj["metadata"]["resourceVersion"]:
+                raise conflict(resource, name, "the object has been modified; please apply your changes to the "
+                                               "latest version and try again")
+            if status_only:
+                merged = old.copy()
+                merged["status"] = new.get("status") or {}
+                new = merged
+            else:
+                _keep_system_metadata(meta, old.obj["metadata"])
+                if info.has_status:
+                    new["status"] = old.copy().get("status", {})
+                new["kind"], new["apiVersion"] = info.kind, "v1"
+                apply_defaults(resource, new)
+                validate(resource, info.kind, new)
+                check_update(resource, info.kind, old.obj, new)
+            return self._update(info, key, old, new).copy()
+
+    def mutate(self, resource: str, namespace: str | None, name: str, fn: Callable[[dict], None], *,
+               status_only: bool = False) -> dict:
+        info = resource_info(resource)
+        with self._lock:
+            key = self._key(info, namespace, name)
+            old = self._objects[resource].get(key)
+            if old is None:
+                raise not_found(resource, name)
+            work = old.copy()
+            fn(work)
+            if status_only:
+                new = old.copy()
+                new["status"] = work.get("status") or {}
+            else:
+                new = work
+                new["metadata"] = new.get("metadata") or {}
+                _keep_system_metadata(new["metadata"], old.obj["metadata"])
+            return self._update(info, key, old, new).copy()
+
+    def delete(self, resource: str, namespace: str | None, name: str, *, grace_period_seconds: int | None = None,
+               propagation_policy: str | None = None) -> dict:
+        info = resource_info(resource)
+        with self._lock:
+            key = self._key(info, namespace, name)
+            entry = self._objects[resource].get(key)
+            if entry is None:
+                raise not_found(resource, name)
+            if resource == "namespaces":
+                return self._delete_namespace(key, entry).copy()
+            return self._delete(info, key, entry, grace_period_seconds, propagation_policy).copy()
+
+    def delete_collection(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
+                          field_selector: str | None = None, grace_period_seconds: int | None = None,
+                          propagation_policy: str | None = None) -> list[dict]:
+        """DELETE on a collection: every matching object, each as :meth:`delete` would."""
+        with self._lock:
+            entries, _, _, _ = self.list_entries(resource, namespace, label_selector=label_selector,
+                                                 field_selector=field_selector)
+            deleted = []
+            for entry in entries:
+                meta = entry.obj["metadata"]
+                try:
+                    deleted.append(self.delete(resource, meta.get("namespace"), meta["name"],
+                                               grace_period_seconds=grace_period_seconds,
+                                               propagation_policy=propagation_policy))
+                except StatusError as e:
+                    if e.code != 404:
+                        raise
+            return deleted
+
+    def finalize_deletion(self, resource: str, namespace: str | None, name: str) -> None:
+        info = resource_info(resource)
+        with self._lock:
+            key = self._key(info, namespace, name)
+            self._awaiting_kubelet.discard(key)
+            entry = self._objects[resource].get(key)
+            if entry is None:
+                return
+            if not entry.obj["metadata"].get("finalizers"):
+                self._remove_object(info, key, entry)
+
+    def record_event(self, namespace: str, involved: dict, reason: str, message: str,
+                     type: str = "Normal", source: str = "kubelet") -> None:
+        meta = involved.get("metadata") or {}
+        now = rfc3339(self._clock())
+        dedup = (namespace, meta.get("uid"), meta.get("name"), reason, message, type, source)
+        with self._lock:
+            try:
+                key = self._event_keys.get(dedup)
+                if key is not None and key in self._objects["events"]:
+                    def bump(event: dict) -> None:
+                        event["count"] = int(event.get("count") or 1) + 1
+                        event["lastTimestamp"] = now
+                    self.mutate("events", key[0], key[1], bump)
+                    return
+                event = {
+                    "metadata": {"name": f"{meta.get('name', 'object')}.{self._event_suffix()}"},
+                    "involvedObject": {"kind": involved.get("kind", "Pod"), "apiVersion": involved.get("apiVersion", "v1"),
+                                       "namespace": meta.get("namespace", namespace), "name": meta.get("name"),
+                                       "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
+                    "reason": reason, "message": message, "type": type,
+                    "source": {"component": source}, "reportingComponent": source,
+                    "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                }
+                created = self.create("events", namespace, event)
+            except StatusError as e:
+                logger.debug("Event %s about %s was not recorded: %s", reason, meta.get("name"), e.message)
+                return
+            key = (namespace, created["metadata"]["name"])
+            self._event_keys[dedup] = key
+            self._event_order.append((dedup, key))
+            self._trim_events()
+
+    # -------------------------------------------------------------- internals
+
+    @staticmethod
+    def _key(info: ResourceInfo, namespace: str | None, name: str) -> Key:
+        return (namespace if info.namespaced else None, name)
+
+    @staticmethod
+    def _remove(items: list, fn: Any) -> None:
+        try:
+            items.remove(fn)
+        except ValueError:
+            pass
+
+    def _namespace_for(self, info: ResourceInfo, namespace: str | None, meta: dict) -> str | None:
+        if not info.namespaced:
+            meta.pop("namespace", None)
+            return None
+        body_ns = meta.get("namespace")
+        if namespace is None:
+            namespace = body_ns or "default"
+        elif body_ns not in (None, "", namespace):
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the "
+                              "request")
+        meta["namespace"] = namespace
+        ns_entry = self._objects["namespaces"].get((None, namespace))
+        if ns_entry is None:
+            raise not_found("namespaces", namespace)
+        if ns_entry.obj["metadata"].get("deletionTimestamp"):
+            raise StatusError(403, "Forbidden", f"unable to create new content in namespace {namespace} because "
+                                                "it is being terminated",
+                              {"name": namespace, "kind": "namespaces",
+                               "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                                           "message": f"namespace {namespace} is being terminated"}]})
+        return namespace
+
+    def _generate_name(self, resource: str, namespace: str | None, prefix: str) -> str:
+        prefix = prefix[:58]
+        for _ in range(100):
+            name = prefix + "".join(self._random.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
+            if (namespace, name) not in self._objects[resource]:
+                return name
+        raise StatusError(500, "AlreadyExists", f"could not generate a unique name from generateName {prefix!r}")
+
+    def _prepare_new(self, info: ResourceInfo, obj: dict, meta: dict) -> None:
+        obj["kind"], obj["apiVersion"] = info.kind, "v1"
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = rfc3339(self._clock())
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
+            meta.pop(field, None)
+        if info.name == "services" and obj["spec"].get("type") != "ExternalName":
+            if not obj["spec"].get("clusterIP"):
+                n = next(self._service_ips)
+                obj["spec"]["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
+            obj["spec"].setdefault("clusterIPs", [obj["spec"]["clusterIP"]])
+        if info.name == "secrets" and obj.get("stringData"):
+            data = obj.setdefault("data", {})
+            for k, v in obj.pop("stringData").items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+
+    def _update(self, info: ResourceInfo, key: Key, old: Entry, new: dict) -> Entry:
+        """Commit ``new`` over ``old`` (no-op when unchanged); remove it when its last finalizer went."""
+        new_meta = new["metadata"]
+        new_meta["resourceVersion"] = old.obj["metadata"]["resourceVersion"]
+        if new == old.obj:
+            return old
+        entry = self._commit("MODIFIED", info, key, old, new)
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and key not in self._awaiting_kubelet:
+            self._remove_object(info, key, entry)
+        return entry
+
+    def _commit(self, type_: str, info: ResourceInfo, key: Key, old: Entry | None, new: dict) -> Entry:
+        self._rv += 1
+        if type_ == "DELETED":
+            new = dict(new, metadata=dict(new["metadata"]))
+        new["metadata"]["resourceVersion"] = str(self._rv)
+        entry = Entry(new)
+        objects = self._objects[info.name]
+        if type_ == "DELETED":
+            objects.pop(key, None)
+        else:
+            objects[key] = entry
+        self._index_owners(info.name, key, old, None if type_ == "DELETED" else entry)
+        event = WatchEvent(type_, info.name, entry, old, self._rv)
+        self._history.append(event)
+        if len(self._history) > self._history_size:
+            self._history_floor = self._history.popleft().rv
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # a broken subscriber must not break writers
+                logger.exception("Store subscriber %r failed on a %s event", subscriber, type_)
+        for listener in list(self._listeners):
+            try:
+                listener(type_, entry.copy())
+            except Exception:
+                logger.exception("Store listener %r failed on a %s event", listener, type_)
+        return entry
+
+    def _index_owners(self, resource: str, key: Key, old: Entry | None, new: Entry | None) -> None:
+        for entry, add in ((old, False), (new, True)):
+            for ref in (entry.obj["metadata"].get("ownerReferences") or []) if entry else ():
+                uid = ref.get("uid")
+                if not uid:
+                    continue
+                if add:
+                    self._dependents[uid].add((resource, key))
+                else:
+                    self._dependents[uid].discard((resource, key))
+                    if not self._dependents[uid]:
+                        del self._dependents[uid]
+
+    def _history_after(self, rv: int) -> list[WatchEvent]:
+        if rv < self._history_floor:
+            raise gone(f"too old resource version: {rv} ({self._history_floor + 1})")
+        if not self._history or rv >= self._history[-1].rv:
+            return []
+        first = self._history[0].rv
+        return list(itertools.islice(self._history, max(0, rv + 1 - first), None))
+
+    def _delete(self, info: ResourceInfo, key: Key, entry: Entry, grace: int | None,
+                propagation: str | None) -> Entry:
+        meta = entry.obj["metadata"]
+        policy = (propagation or "Background").lower()
+        if policy == ORPHAN:
+            self._orphan_dependents(meta["uid"])
+        if policy == "foreground" and self._dependents.get(meta["uid"]):
+            return self._delete_foreground(info, key, entry)
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp"):
+                return entry
+            return self._mark_deleting(info, key, entry, 0)
+        if info.name == "pods" and self._needs_graceful_stop(entry.obj, grace):
+            return self._delete_pod_gracefully(info, key, entry, grace)
+        return self._remove_object(info, key, entry)
+
+    @staticmethod
+    def _needs_graceful_stop(pod: dict, grace: int | None) -> bool:
+        if grace == 0 or not (pod.get("spec") or {}).get("nodeName"):
+            return False
+        return (pod.get("status") or {}).get("phase") not in _FINISHED_PHASES
+
+    def _delete_pod_gracefully(self, info: ResourceInfo, key: Key, entry: Entry, grace: int | None) -> Entry:
+        if grace is None:
+            grace = int(entry.obj["spec"].get("terminationGracePeriodSeconds", 30))
+        current = entry.obj["metadata"].get("deletionGracePeriodSeconds")
+        if entry.obj["metadata"].get("deletionTimestamp") and current is not None and current <= grace:
+            return entry
+        self._awaiting_kubelet.add(key)
+        return self._mark_deleting(info, key, entry, grace)
+
+    def _mark_deleting(self, info: ResourceInfo, key: Key, entry: Entry, grace: int,
+                       finalizer: str | None = None) -> Entry:
+        new = entry.copy()
+        meta = new["metadata"]
+        meta["deletionTimestamp"] = rfc3339(self._clock() + grace)
+        meta["deletionGracePeriodSeconds"] = grace
+        if finalizer and finalizer not in meta.setdefault("finalizers", []):
+            meta["finalizers"].append(finalizer)
+        return self._commit("MODIFIED", info, key, entry, new)
+
+    def _delete_foreground(self, info: ResourceInfo, key: Key, entry: Entry) -> Entry:
+        entry = self._mark_deleting(info, key, entry, 0, FOREGROUND)
+        for resource, dep_key in sorted(self._dependents.get(entry.obj["metadata"]["uid"], ()),
+                                        key=lambda d: (d[0], d[1][0] or "", d[1][1])):
+            dep = self._objects[resource].get(dep_key)
+            if dep is not None:
+                self._delete(RESOURCES[resource], dep_key, dep, None, "Foreground")
+        return self._finish_foreground(info, key) or entry
+
+    def _finish_foreground(self, info: ResourceInfo, key: Key) -> Entry | None:
+        entry = self._objects[info.name].get(key)
+        if entry is None or self._dependents.get(entry.obj["metadata"]["uid"]):
+            return entry
+        new = entry.copy()
+        new["metadata"]["finalizers"] = [f for f in new["metadata"].get("finalizers", []) if f != FOREGROUND]
+        if not new["metadata"]["finalizers"]:
+            del new["metadata"]["finalizers"]
+        if info.name == "pods" and self._needs_graceful_stop(new, None):
+            self._awaiting_kubelet.add(key)
+        return self._update(info, key, entry, new)
+
+    def _orphan_dependents(self, uid: str) -> None:
+        for resource, dep_key in list(self._dependents.get(uid, ())):
+            dep = self._objects[resource].get(dep_key)
+            if dep is None:
+                continue
+            new = dep.copy()
+            new["metadata"]["ownerReferences"] = [r for r in new["metadata"]["ownerReferences"] if r.get("uid") != uid]
+            if not new["metadata"]["ownerReferences"]:
+                del new["metadata"]["ownerReferences"]
+            self._commit("MODIFIED", RESOURCES[resource], dep_key, dep, new)
+
+    def _remove_object(self, info: ResourceInfo, key: Key, entry: Entry) -> Entry:
+        self._awaiting_kubelet.discard(key)
+        deleted = self._commit("DELETED", info, key, entry, entry.obj)
+        self._collect_garbage(entry.obj)
+        self._after_removal(key)
+        return deleted
+
+    def _collect_garbage(self, owner: dict) -> None:
+        """Background cascade: dependents of a removed owner go; owners waiting in foreground advance."""
+        uid = owner["metadata"]["uid"]
+        for resource, dep_key in sorted(self._dependents.get(uid, ()), key=lambda d: (d[0], d[1][0] or "", d[1][1])):
+            dep = self._objects[resource].get(dep_key)
+            if dep is not None and not dep.obj["metadata"].get("deletionTimestamp"):
+                self._delete(RESOURCES[resource], dep_key, dep, None, None)
+        for ref in owner["metadata"].get("ownerReferences") or []:
+            self._advance_foreground_owner(ref)
+
+    def _advance_foreground_owner(self, ref: dict) -> None:
+        for resource, info in RESOURCES.items():
+            if info.kind != ref.get("kind"):
+                continue
+            for key, entry in list(self._objects[resource].items()):
+                meta = entry.obj["metadata"]
+                if meta.get("uid") == ref.get("uid") and FOREGROUND in (meta.get("finalizers") or []):
+                    self._finish_foreground(info, key)
+
+    def _after_removal(self, key: Key) -> None:
+        namespace = key[0]
+        if namespace is None:
+            return
+        ns = self._objects["namespaces"].get((None, namespace))
+        if ns is not None and ns.obj["metadata"].get("deletionTimestamp") and self._namespace_empty(namespace):
+            self._remove_object(RESOURCES["namespaces"], (None, namespace), ns)
+
+    def _namespace_empty(self, namespace: str) -> bool:
+        return not any(k[0] == namespace for resource, info in RESOURCES.items() if info.namespaced
+                       for k in self._objects[resource])
+
+    def _delete_namespace(self, key: Key, entry: Entry) -> Entry:
+        name = key[1]
+        if name in _PROTECTED_NAMESPACES:
+            raise StatusError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be '
+                                                "deleted", {"name": name, "kind": "namespaces"})
+        if entry.obj["metadata"].get("deletionTimestamp"):
+            return entry
+        new = entry.copy()
+        new["metadata"]["deletionTimestamp"] = rfc3339(self._clock())
+        new["metadata"]["deletionGracePeriodSeconds"] = 0
+        new["status"]["phase"] = "Terminating"
+        marked = self._commit("MODIFIED", RESOURCES["namespaces"], key, entry, new)
+        for resource, info in RESOURCES.items():
+            if info.namespaced:
+                for dep_key, dep in list(self._objects[resource].items()):
+                    if dep_key[0] == name and not dep.obj["metadata"].get("deletionTimestamp"):
+                        self._delete(info, dep_key, dep, None, None)
+        if self._namespace_empty(name) and key in self._objects["namespaces"]:
+            return self._remove_object(RESOURCES["namespaces"], key, self._objects["namespaces"][key])
+        return marked
+
+    def _event_suffix(self) -> str:
+        # like kube's "<name>.<hex nanoseconds>": names sort in recording order
+        self._last_event_ns = max(self._last_event_ns + 1, int(self._clock() * 1e9))
+        return f"{self._last_event_ns:x}"
+
+    def _trim_events(self) -> None:
+        while len(self._event_order) > self._max_events:
+            dedup, key = self._event_order.popleft()
+            if self._event_keys.get(dedup) == key:
+                del self._event_keys[dedup]
+            entry = self._objects["events"].get(key)
+            if entry is not None:
+                self._remove_object(RESOURCES["events"], key, entry)
+
+
+def _matches(obj: dict, labels: Selector, fields: Selector) -> bool:
+    return labels(obj) and fields(obj)
+
+
+def _copy(obj: Any) -> dict:
+    if not isinstance(obj, dict):
+        raise bad_request(f"the object must be a JSON object, got {type(obj).__name__}")
+    try:
+        return json.loads(_dumps(obj))
+    except (TypeError, ValueError) as e:
+        raise bad_request(f"the object is not valid JSON: {e}") from None
+
+
+def _keep_system_metadata(meta: dict, old_meta: dict) -> None:
+    """Fields clients cannot change through an update."""
+    for field in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace",
+                  "name", "generateName"):
+        if field in old_meta:
+            meta[field] = old_meta[field]
+        else:
+            meta.pop(field, None)
+
+
+def _parse_rv(resource_version: str) -> int:
+    try:
+        return int(resource_version or 0)
+    except (TypeError, ValueError):
+        raise bad_request(f"resourceVersion {resource_version!r} is not a valid resource version; use the "
+                          "metadata.resourceVersion of a list or object") from None
+
+
+def iter_events(events: Iterable[WatchEvent], resource: str) -> Iterable[WatchEvent]:
+    """The events of one resource."""
+    return (e for e in events if e.resource == resource)
