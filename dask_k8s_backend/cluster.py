@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import math
 import logging
 import uuid
 import weakref
@@ -24,6 +25,7 @@ from contextlib import suppress
 from typing import Any
 
 from distributed.core import Status, rpc
+from tornado.ioloop import PeriodicCallback
 from distributed.deploy.cluster import Cluster
 from distributed.scheduler import Scheduler
 from distributed.utils import Log, Logs
@@ -36,6 +38,7 @@ from .status_view import ClusterStatus, format_status_table, render_status_html
 
 logger = logging.getLogger(__name__)
 
+STATUS_REFRESH_MS = 500
 _LIVE_CLUSTERS: weakref.WeakSet[KubeSparkCluster] = weakref.WeakSet()
 
 
@@ -153,6 +156,7 @@ class KubeSparkCluster(Cluster):
         self.scheduler: Scheduler | None = None
         self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
         self.pods_left_after_close = -1  # counted through the API by close()
+        self._group_adaptives: dict[str, Any] = {}
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
         _LIVE_CLUSTERS.add(self)
         if not self.called_from_running_loop:
@@ -190,6 +194,8 @@ class KubeSparkCluster(Cluster):
         else:
             address = await self._start_local_scheduler()
         self.scheduler_comm = rpc(address)
+        # Adaptive reads plan/requested/observed each tick: keep the executors' view fresh.
+        self.periodic_callbacks["k8s-status"] = PeriodicCallback(self._refresh_status_quietly, STATUS_REFRESH_MS)
         await super()._start()
         self._log(f"KubeSparkCluster {self.app.app_name} ({self.app.app_id}) on {self.connection.master}")
         if self._n_workers:
@@ -238,8 +244,8 @@ class KubeSparkCluster(Cluster):
         if self.status in (Status.closed, Status.closing):
             return
         was_running = self.status == Status.running
-        with suppress(AttributeError):
-            self._adaptive.stop()
+        for adaptive in list(self._group_adaptives.values()):
+            adaptive.stop(reason="cluster closing")
         if was_running and self.shutdown_on_close and self.scheduler_comm is not None:
             await self._shutdown_backend()
         if self.shutdown_on_close and self.settings.deploy_mode == "cluster" and self.connection is not None:
@@ -299,6 +305,66 @@ class KubeSparkCluster(Cluster):
         await self.scheduler_comm.k8s_kill_executors(workers=[str(w) for w in workers])  # type: ignore[union-attr]
         await self._refresh_status()
 
+    # ------------------------------------------------------------------ worker groups and adapt
+    def add_worker_group(
+        self, name: str, *, cores: float | None = None, memory: str | int | None = None,
+        resources: dict[str, float] | None = None, node_selector: dict[str, str] | None = None,
+        tolerations: list[dict[str, Any]] | None = None, pod_template: str | dict | None = None,
+        env: dict[str, str] | None = None, labels: dict[str, str] | None = None, image: str | None = None,
+    ) -> Any:
+        """Add a group of workers with their own resources (scale it with ``scale(n, group=name)``)."""
+        from .backend.groups import group_settings, validate_group_name
+
+        validate_group_name(name)
+        given = {"cores": cores, "memory": memory, "resources": resources, "node-selector": node_selector,
+                 "tolerations": tolerations, "env": env, "labels": labels,
+                 "pod-template": pod_template if not isinstance(pod_template, dict) else None}
+        worker_overrides = {k.split(".", 1)[1]: v for k, v in self.overrides.items() if k.startswith("worker.")}
+        worker_overrides.update({k: v for k, v in given.items() if v is not None})
+        settings = group_settings(self.settings, worker_overrides)  # validates before anything is created
+        if image is not None:
+            raise ValueError("add_worker_group(image=...): set the image in the group's pod_template instead")
+        template = pod_template if isinstance(pod_template, dict) else None
+        check_executor_pod(app=self.app, settings=settings, template=template)
+        return self.sync(self._add_worker_group, name, worker_overrides, template)
+
+    async def _add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None) -> None:
+        await self.scheduler_comm.k8s_add_worker_group(name=name, worker_overrides=worker_overrides, template=template)  # type: ignore[union-attr]
+        await self._refresh_status()
+
+    def remove_worker_group(self, name: str) -> Any:
+        """Retire and delete the group's workers, then forget the group."""
+        adaptive = self._group_adaptives.pop(name, None)
+        if adaptive is not None:
+            adaptive.stop(reason="group removed")
+        return self.sync(self._remove_worker_group, name)
+
+    async def _remove_worker_group(self, name: str) -> None:
+        await self.scheduler_comm.k8s_remove_worker_group(name=name)  # type: ignore[union-attr]
+        await self._refresh_status()
+
+    def adapt(self, Adaptive: Any = None, *, minimum: int = 0, maximum: int | float = math.inf,
+              group: str = "default", **kwargs: Any) -> Any:
+        """Adaptive scaling of one group (default: the default group) between minimum and maximum."""
+        from .adaptive import GroupAdaptive, GroupView
+
+        for value, option in ((minimum, "minimum"),):
+            _validate_worker_count(value, f"adapt({option}=...)")
+        if maximum != math.inf:
+            _validate_worker_count(maximum, "adapt(maximum=...)")
+        if minimum > maximum:
+            raise ValueError(f"adapt(minimum={minimum}, maximum={maximum}): minimum is larger than maximum; "
+                             "use minimum <= maximum")
+        previous = self._group_adaptives.pop(group, None)
+        if previous is not None:
+            previous.stop(reason="replaced")
+        cls = Adaptive or GroupAdaptive
+        adaptive = cls(cluster=GroupView(self, group), minimum=minimum, maximum=maximum, **kwargs)
+        self._group_adaptives[group] = adaptive
+        if group == "default":
+            self._adaptive = adaptive
+        return adaptive
+
     # Adaptive's view of the cluster: planned, requested (pods that exist) and observed (registered).
     @property
     def plan(self) -> set[str]:
@@ -317,6 +383,14 @@ class KubeSparkCluster(Cluster):
         raw = await self.scheduler_comm.k8s_status()  # type: ignore[union-attr]
         self._status_cache = ClusterStatus.from_dict(raw)
         return self._status_cache
+
+    async def _refresh_status_quietly(self) -> None:
+        if self.status != Status.running:
+            return
+        try:
+            await self._refresh_status()
+        except Exception as e:  # a transient RPC failure must not kill the periodic callback
+            logger.debug("refreshing the executors' status failed: %s", e)
 
     def refresh_status(self) -> ClusterStatus:
         return self.sync(self._refresh_status)

@@ -28,6 +28,7 @@ class ClusterStatus:
     executors: tuple[dict[str, Any], ...] = ()
     outstanding: int = 0
     error: str | None = None
+    errors: dict[str, str] = field(default_factory=dict)
     pending_reasons: dict[str, str] = field(default_factory=dict)
     events: tuple[str, ...] = ()
     pods_created: int = 0
@@ -46,6 +47,7 @@ class ClusterStatus:
             executors=tuple(raw.get("executors", ())),
             outstanding=int(raw.get("outstanding", 0)),
             error=raw.get("error"),
+            errors=dict(raw.get("errors", {})),
             pending_reasons=dict(raw.get("pending_reasons", {})),
             events=tuple(raw.get("events", ())),
             pods_created=int(raw.get("pods_created", 0)),
@@ -66,6 +68,14 @@ class ClusterStatus:
         names = self.requested_names()
         missing = max(0, self.target - len(names))
         return names + [f"planned-{i}" for i in range(missing)]
+
+    def group_blocked_all(self) -> bool:
+        """True when every group with a target has stopped creating pods after too many failures."""
+        wanted = [g for g, n in self.targets.items() if n > 0] or ["default"]
+        return all(g in self.errors for g in wanted)
+
+    def group_executors(self, group: str) -> list[dict[str, Any]]:
+        return [e for e in self.executors if e.get("group", "default") == group]
 
     def phase_counts(self) -> Counter[str]:
         return Counter(e["phase"] for e in self.executors)

@@ -51,7 +51,7 @@ async def wait_for_workers(cluster: KubeSparkCluster, n_workers: int, timeout: f
         if running >= n_workers:
             return
         status = await cluster._refresh_status()
-        if status.error:
+        if status.errors and status.group_blocked_all():
             raise ExecutorFailuresError(
                 f"{running} of {n_workers} workers are running and the cluster stopped creating pods: {status.error}"
             )

@@ -32,6 +32,7 @@ from ..pods.builder import AppSpec, build_executor_pod
 from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodState, PodSucceeded, PodTerminating
 from .components import BackendComponents, build_components
 from .gatekeeper import RegistrationGatekeeper
+from .groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,10 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         self.owner = owner
         self.scheduler: Any = None
         self.components: BackendComponents | None = None
+        self.groups = GroupRegistry(WorkerGroup(labels.DEFAULT_GROUP, settings, pod_template))
         self.gatekeeper = RegistrationGatekeeper(self)
         self.events: deque[str] = deque(maxlen=MAX_EVENTS)
-        self.error: str | None = None
+        self.errors: dict[str, str] = {}  # group -> why it stopped creating pods
         self.explanations: dict[int, str] = {}
         self._closing = False
 
@@ -83,6 +85,10 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
                 "k8s_status": self.status,
                 "k8s_logs": self.executor_log,
                 "k8s_shutdown": self.shutdown,
+                "k8s_add_worker_group": self.add_worker_group,
+                "k8s_remove_worker_group": self.remove_worker_group,
+                "k8s_adaptive_target": self.adaptive_target,
+                "k8s_workers_to_close": self.workers_to_close,
             }
         )
         self.gatekeeper.install(scheduler)
@@ -98,13 +104,14 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         return self.scheduler.address
 
     def build_pod(self, executor_id: int, group: str) -> dict:
+        recipe = self.groups[group]
         return build_executor_pod(
             executor_id=executor_id,
             app=self.app,
-            settings=self.settings,
+            settings=recipe.settings,
             scheduler_address=self.scheduler_address(),
             group=group,
-            template=self.pod_template,
+            template=recipe.template,
             owner=self.owner,
         )
 
@@ -140,7 +147,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             )
 
     def on_failure_limit(self, group: str, message: str) -> None:
-        self.error = message
+        self.errors[group] = message
         logger.error("%s", message)
         self.record(message)
 
@@ -148,33 +155,51 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
     async def request_total_executors(self, n: int, group: str = labels.DEFAULT_GROUP) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"scale(n): expected a whole number of workers >= 0, got {n!r}")
+        self.groups[group]  # an unknown group raises a KeyError naming the existing ones
         components = self._require_components()
         excess = components.count_alive(group) - n
         if excess > 0:
-            victims = self._choose_workers_to_retire(group, excess, components)
+            unregistered = components.alive_ids(group) - self.registered_executor_ids()
+            victims = self._workers_by_retirement_order(group)[: max(0, excess - len(unregistered))]
             if victims:
                 await self._retire(victims)
                 components.kill_executors(victims)
         components.set_target(n, group)
 
-    def _choose_workers_to_retire(self, group: str, excess: int, components: BackendComponents) -> list[int]:
-        """Pending pods unknown to the scheduler go first (the allocator's rule); then idle workers."""
-        unregistered = components.alive_ids(group) - self.registered_executor_ids()
-        excess -= len(unregistered)
-        if excess <= 0:
-            return []
-        group_workers = [
-            ws for ws in self.scheduler.workers.values() if components.group_of(self._executor_id(ws.name)) == group
-        ]
-        names = self.scheduler.workers_to_close(n=excess, attribute="name") if group_workers else []
-        chosen = [self._executor_id(n) for n in names if components.group_of(self._executor_id(n)) == group]
-        if len(chosen) < excess:  # workers_to_close keeps busy workers; take the youngest among the rest
-            rest = sorted(
-                (self._executor_id(ws.name) for ws in group_workers if self._executor_id(ws.name) not in chosen),
-                reverse=True,
-            )
-            chosen += rest[: excess - len(chosen)]
-        return [i for i in chosen if i >= 0]
+    def _group_workers(self, group: str) -> list[Any]:
+        components = self._require_components()
+        return [ws for ws in self.scheduler.workers.values() if components.group_of(self._executor_id(ws.name)) == group]
+
+    def _workers_by_retirement_order(self, group: str, idle_only: bool = False) -> list[int]:
+        """Idle workers holding the least data first, then the youngest busy ones (scale-down order)."""
+        workers = [ws for ws in self._group_workers(group) if not (idle_only and ws.processing)]
+        workers.sort(key=lambda ws: (bool(ws.processing), ws.nbytes, -self._executor_id(ws.name)))
+        return [self._executor_id(ws.name) for ws in workers]
+
+    # ------------------------------------------------------------------ worker groups
+    def add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None = None) -> None:
+        validate_group_name(name)
+        self.groups.add(WorkerGroup(name, group_settings(self.settings, worker_overrides), template))
+        self.record(f"worker group {name!r} added")
+
+    async def remove_worker_group(self, name: str) -> None:
+        await self.request_total_executors(0, name)
+        self.groups.remove(name)
+        self.record(f"worker group {name!r} removed")
+
+    def adaptive_target(self, group: str = labels.DEFAULT_GROUP, target_duration: float | None = None) -> int:
+        """Workers ``group`` should have: resource groups follow the demand for their resources."""
+        recipe = self.groups[group]
+        if recipe.resources:
+            waiting = (ts for ts in self.scheduler.tasks.values() if ts.state in ("processing", "no-worker"))
+            return demand_by_group(self.groups, waiting).get(group, 0)
+        return self.scheduler.adaptive_target(target_duration=target_duration)
+
+    def workers_to_close(self, group: str = labels.DEFAULT_GROUP, target: int = 0) -> list[str]:
+        """Idle workers of ``group`` above ``target`` (Adaptive retires them, then calls scale_down)."""
+        idle = self._workers_by_retirement_order(group, idle_only=True)
+        excess = len(self._group_workers(group)) - target
+        return [str(i) for i in idle[: max(0, excess)]]
 
     @staticmethod
     def _executor_id(name: Any) -> int:
@@ -210,7 +235,8 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             "targets": components.targets() if components else {},
             "executors": executors,
             "outstanding": components.outstanding() if components else 0,
-            "error": self.error,
+            "error": "; ".join(f"group {g!r}: {m}" if g != labels.DEFAULT_GROUP else m for g, m in sorted(self.errors.items())) or None,
+            "errors": dict(self.errors),
             "pending_reasons": pending,
             "events": list(self.events)[-50:],
             "pods_created": components.pods_created() if components else 0,
