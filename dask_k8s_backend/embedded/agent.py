@@ -1,8 +1,10 @@
 """What both embedded kubelets share: the Node object, the stream of this node's pods, status writes.
 
 Data flow: :meth:`KubeletBase.start` registers the node (capacity = allocatable, labels, taints,
-Ready) and subscribes to the store. The listener runs in the writer's thread, so it only puts
-changes of pods bound to this node on a queue; one dispatcher thread reads the queue in order
+Ready) and subscribes to the store's pod changes with ``store.subscribe`` (atomically: the pods
+that exist now, then every later change, as read-only stored objects, so nothing is copied per
+kubelet). The callback runs in the writer's thread, so it only puts changes of pods bound to
+this node on a queue; one dispatcher thread handles the initial pods, then the queue, in order,
 and calls the subclass hooks: :meth:`pod_added` for a new pod, :meth:`pod_deleting` when a
 pod gets ``deletionTimestamp``, :meth:`pod_removed` when it is gone from the store.
 Subclasses write pod status with :meth:`write_status` and events with :meth:`event`; both
@@ -76,12 +78,10 @@ class KubeletBase:
         self._started = True
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._register_node()
-        self._unsubscribe = self.store.add_listener(self._on_change)
-        pods, _, _ = self.store.list("pods")
-        for pod in pods:
-            if (pod.get("spec") or {}).get("nodeName") == self.node_name:
-                self._queue.put(("ADDED", pod))
-        self._dispatcher = threading.Thread(target=self._dispatch, name=f"kubelet-{self.node_name}", daemon=True)
+        backlog, self._unsubscribe = self.store.subscribe("pods", None, self._on_event)
+        initial = [("ADDED", e.entry.obj) for e in backlog if self._is_mine(e.entry.obj)]
+        self._dispatcher = threading.Thread(target=self._dispatch, args=(initial,), name=f"kubelet-{self.node_name}",
+                                            daemon=True)
         self._dispatcher.start()
         logger.info("kubelet %s: node registered (%s)", self.node_name, self.capacity)
 
@@ -125,13 +125,22 @@ class KubeletBase:
             self.store.mutate("nodes", None, self.node_name, overwrite)
 
     # ------------------------------------------------------------------ pod stream
-    def _on_change(self, event_type: str, obj: dict[str, Any]) -> None:
-        if (obj.get("spec") or {}).get("nodeName") == self.node_name and "containers" in (obj.get("spec") or {}):
-            self._queue.put((event_type, obj))
+    def _is_mine(self, pod: Pod) -> bool:
+        return (pod.get("spec") or {}).get("nodeName") == self.node_name
 
-    def _dispatch(self) -> None:
+    def _on_event(self, event: Any) -> None:
+        """Store callback (under the store's lock): queue this node's pod changes, nothing else."""
+        if event.resource == "pods" and self._is_mine(event.entry.obj):
+            self._queue.put((event.type, event.entry.obj))
+
+    def _dispatch(self, initial: list[tuple[str, Pod]]) -> None:
+        """The pods that existed at subscription first, then every later change, in store order.
+
+        Pods are the store's read-only objects: hooks must copy before changing anything.
+        """
+        pending = list(initial)
         while True:
-            item = self._queue.get()
+            item = pending.pop(0) if pending else self._queue.get()
             if item is _STOP:
                 return
             event_type, pod = item

@@ -1,8 +1,9 @@
 """The embedded kube-scheduler: binds pods that have no ``spec.nodeName`` to a node that fits.
 
-Data flow: a store listener puts every pod and node change on a queue (it never blocks the
-writer); one thread drains the queue in batches, keeps a cache of nodes, of the resources bound
-pods use on each node and of pending pods, and then tries the *active* pending pods in priority
+Data flow: a ``store.subscribe`` callback puts every pod and node change on a queue (it never
+blocks the writer, and gets the store's read-only objects, so nothing is copied); one thread
+first takes the pods and nodes that existed at subscription, then drains the queue in batches,
+keeps a cache of nodes, of the resources bound pods use on each node and of pending pods, and then tries the *active* pending pods in priority
 then arrival order. A pod that fits is bound with ``store.mutate`` (``spec.nodeName`` and
 ``PodScheduled=True``, a ``Scheduled`` event); one that does not gets ``PodScheduled=False``,
 reason ``Unschedulable``, the kube-scheduler's message and a ``FailedScheduling`` warning, and
@@ -31,19 +32,6 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]
 _FINISHED = ("Succeeded", "Failed")
 _STOP = object()
-
-
-def object_kind(obj: dict[str, Any]) -> str | None:
-    """``Pod``/``Node`` from ``kind``, or from the object's shape when the store omits it."""
-    kind = obj.get("kind")
-    if kind:
-        return kind
-    spec = obj.get("spec") or {}
-    if "containers" in spec:
-        return "Pod"
-    if "allocatable" in (obj.get("status") or {}) or "capacity" in (obj.get("status") or {}):
-        return "Node"
-    return None
 
 
 def pod_key(pod: dict[str, Any]) -> Key:
@@ -86,14 +74,10 @@ class EmbeddedScheduler:
         """Subscribe, load the current pods and nodes, and start the scheduling thread."""
         if self._thread is not None:
             return
-        self._unsubscribe = self._store.add_listener(self._on_change)
-        nodes, _, _ = self._store.list("nodes")
-        pods, _, _ = self._store.list("pods")
-        for node in nodes:
-            self._queue.put(("ADDED", {"kind": "Node", **node}))
-        for pod in pods:
-            self._queue.put(("ADDED", {"kind": "Pod", **pod}))
-        self._thread = threading.Thread(target=self._run, name="embedded-scheduler", daemon=True)
+        backlog, self._unsubscribe = self._store.subscribe("pods", None, self._on_event)
+        nodes = self._store.list_entries("nodes")[0]  # after subscribing: newer events are dropped as stale
+        initial = [("ADDED", "nodes", e.obj) for e in nodes] + [("ADDED", "pods", e.entry.obj) for e in backlog]
+        self._thread = threading.Thread(target=self._run, args=(initial,), name="embedded-scheduler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -112,22 +96,24 @@ class EmbeddedScheduler:
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """True once every queued change has been handled (for tests and the facade)."""
         self._idle.clear()
-        self._queue.put(("SYNC", None))
+        self._queue.put(("SYNC", None, None))
         return self._idle.wait(timeout)
 
-    def _on_change(self, event_type: str, obj: dict[str, Any]) -> None:
-        if object_kind(obj) in ("Pod", "Node"):
-            self._queue.put((event_type, obj))
+    def _on_event(self, event: Any) -> None:
+        """Store callback (under the store's lock): queue pod and node changes, nothing else."""
+        if event.resource in ("pods", "nodes"):
+            self._queue.put((event.type, event.resource, event.entry.obj))
 
     # ------------------------------------------------------------------ loop
-    def _run(self) -> None:
+    def _run(self, initial: list[tuple[str, str, dict[str, Any]]]) -> None:
         last_flush = time.monotonic()
+        batch: list[Any] = list(initial)
         while True:
-            try:
-                first = self._queue.get(timeout=self._flush_interval)
-            except queue.Empty:
-                first = None
-            batch = [first] if first is not None else []
+            if not batch:
+                try:
+                    batch.append(self._queue.get(timeout=self._flush_interval))
+                except queue.Empty:
+                    pass
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -139,11 +125,12 @@ class EmbeddedScheduler:
                 self._active.update(self._pending)
                 last_flush = time.monotonic()
             sync = False
-            for event_type, obj in batch:
+            for event_type, resource, obj in batch:
                 if event_type == "SYNC":
                     sync = True
                 else:
-                    self._apply(event_type, obj)
+                    self._apply(event_type, resource, obj)
+            batch = []
             try:
                 self._schedule_active()
             except Exception:
@@ -151,23 +138,23 @@ class EmbeddedScheduler:
             if sync and self._queue.empty():
                 self._idle.set()
             elif sync:
-                self._queue.put(("SYNC", None))
+                self._queue.put(("SYNC", None, None))
 
-    def _apply(self, event_type: str, obj: dict[str, Any]) -> None:
-        if self._is_stale(obj):
+    def _apply(self, event_type: str, resource: str, obj: dict[str, Any]) -> None:
+        if self._is_stale(resource, obj):
             return
-        if object_kind(obj) == "Node":
+        if resource == "nodes":
             self._apply_node(event_type, obj)
         else:
             self._apply_pod(event_type, obj)
 
-    def _is_stale(self, obj: dict[str, Any]) -> bool:
+    def _is_stale(self, resource: str, obj: dict[str, Any]) -> bool:
         """An event older than one already applied (the initial list races the first events)."""
         try:
             version = int((obj.get("metadata") or {}).get("resourceVersion") or 0)
         except ValueError:
             return False
-        slot = (object_kind(obj) or "", pod_key(obj))
+        slot = (resource, pod_key(obj))
         if version < self._versions.get(slot, 0):
             return True
         self._versions[slot] = version
