@@ -1,0 +1,211 @@
+"""Who is calling the embedded API server, and what they may do (a small RBAC).
+
+Data flow: the API server hands the bearer token of each request to :meth:`Identities.authenticate`
+and gets an :class:`Identity` (or None: 401). It maps the request to a verb with
+:func:`request_verb` and asks :meth:`Identity.allows` (``authorize`` below); a denied request is
+answered with :func:`forbidden` (403, kube-apiserver's message). ``POST
+/apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` is answered by :func:`access_review`
+from the same rules, so a client can ask before it acts, exactly as on a real cluster.
+
+The admin identity (the token in the embedded kubeconfig) may do everything. Restricted
+identities carry RBAC-like :class:`PolicyRule` lists (apiGroups, resources incl. subresources
+such as ``pods/log``, verbs, optional namespaces, ``*`` wildcards). As on a real cluster every
+authenticated identity may create SelfSubjectAccessReviews and read discovery (system:basic-user,
+system:discovery). Tokens are never stored on identities nor shown in reprs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+import logging
+import secrets
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .status import StatusError, bad_request
+from .status import forbidden as forbidden_status
+
+logger = logging.getLogger(__name__)
+
+ADMIN_USER = "admin"
+REVIEW_GROUP = "authorization.k8s.io"
+REVIEW_VERSION = "v1"
+REVIEW_RESOURCE = "selfsubjectaccessreviews"
+_READ_VERBS = ("get", "list", "watch")
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One RBAC rule; ``namespaces`` None means every namespace and the cluster scope (a ClusterRole)."""
+
+    verbs: tuple[str, ...]
+    resources: tuple[str, ...]
+    api_groups: tuple[str, ...] = ("",)
+    namespaces: tuple[str, ...] | None = None
+    resource_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, rule: Mapping[str, Any]) -> PolicyRule:
+        """From the YAML shape of a Role rule (apiGroups, resources, verbs, resourceNames) + namespaces."""
+        if isinstance(rule, PolicyRule):
+            return rule
+        unknown = set(rule) - {"verbs", "resources", "apiGroups", "namespaces", "resourceNames"}
+        if unknown or not rule.get("verbs") or not rule.get("resources"):
+            raise ValueError(
+                f"policy rule {dict(rule)!r}: expected a mapping with 'verbs' and 'resources' (and optional "
+                f"'apiGroups', 'namespaces', 'resourceNames'){'; unknown keys ' + str(sorted(unknown)) if unknown else ''}"
+            )
+        namespaces = rule.get("namespaces")
+        return cls(
+            verbs=tuple(rule["verbs"]),
+            resources=tuple(rule["resources"]),
+            api_groups=tuple(rule.get("apiGroups", [""])),
+            namespaces=None if namespaces is None else tuple(namespaces),
+            resource_names=tuple(rule.get("resourceNames") or ()),
+        )
+
+    def matches(self, verb: str, api_group: str, resource: str, namespace: str | None, name: str | None) -> bool:
+        if "*" not in self.verbs and verb not in self.verbs:
+            return False
+        if "*" not in self.api_groups and api_group not in self.api_groups:
+            return False
+        if "*" not in self.resources and resource not in self.resources:
+            group_wildcard = resource.split("/", 1)[0] + "/*" if "/" in resource else None
+            if group_wildcard not in self.resources:
+                return False
+        if self.namespaces is not None and namespace not in self.namespaces:
+            return False
+        return not self.resource_names or (name is not None and name in self.resource_names)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated user; ``rules`` None means unrestricted (the admin)."""
+
+    name: str
+    rules: tuple[PolicyRule, ...] | None = None
+    groups: tuple[str, ...] = ("system:authenticated",)
+
+    def allows(self, verb: str, resource: str, subresource: str = "", namespace: str | None = None,
+               *, api_group: str = "", name: str | None = None) -> bool:
+        return authorize(self, verb, resource, subresource, namespace, api_group=api_group, name=name)
+
+
+def authorize(user: Identity, verb: str, resource: str, subresource: str = "", namespace: str | None = None,
+              *, api_group: str = "", name: str | None = None) -> bool:
+    """May ``user`` do ``verb`` on ``resource[/subresource]`` in ``namespace`` (None: cluster scope)?"""
+    if user.rules is None:
+        return True
+    if api_group == REVIEW_GROUP and resource == REVIEW_RESOURCE and verb == "create":
+        return True  # system:basic-user: everyone may ask what they may do
+    full = f"{resource}/{subresource}" if subresource else resource
+    return any(rule.matches(verb, api_group, full, namespace, name) for rule in user.rules)
+
+
+def request_verb(method: str, *, has_name: bool, watch: bool = False) -> str:
+    """The RBAC verb of an HTTP request, as kube-apiserver derives it."""
+    method = method.upper()
+    if method == "GET" or method == "HEAD":
+        return "watch" if watch else ("get" if has_name else "list")
+    if method == "POST":
+        return "create"
+    if method == "PUT":
+        return "update"
+    if method == "PATCH":
+        return "patch"
+    if method == "DELETE":
+        return "delete" if has_name else "deletecollection"
+    return method.lower()
+
+
+def forbidden(user: Identity, verb: str, resource: str, subresource: str = "", namespace: str | None = None,
+              api_group: str = "") -> StatusError:
+    """kube-apiserver's 403 for a denied request."""
+    error = forbidden_status(user.name, verb, resource, namespace, subresource)
+    if api_group:
+        error.message = error.message.replace('in API group ""', f'in API group "{api_group}"')
+    return error
+
+
+def check(user: Identity, verb: str, resource: str, subresource: str = "", namespace: str | None = None,
+          *, api_group: str = "", name: str | None = None) -> None:
+    """Raise the 403 StatusError when ``user`` may not do this (and log the denial at debug level)."""
+    if not authorize(user, verb, resource, subresource, namespace, api_group=api_group, name=name):
+        logger.debug("denied %s %s/%s in %s to %s", verb, resource, subresource, namespace, user.name)
+        raise forbidden(user, verb, resource, subresource, namespace, api_group)
+
+
+def access_review(user: Identity, review: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer a SelfSubjectAccessReview body: the same object with ``status.allowed`` filled in."""
+    if not isinstance(review, Mapping) or not isinstance(review.get("spec"), Mapping):
+        raise bad_request("SelfSubjectAccessReview: the body needs a 'spec' with resourceAttributes or nonResourceAttributes")
+    spec = review["spec"]
+    out = copy.deepcopy(dict(review))
+    out.setdefault("apiVersion", f"{REVIEW_GROUP}/{REVIEW_VERSION}")
+    out.setdefault("kind", "SelfSubjectAccessReview")
+    out.setdefault("metadata", {})
+    attributes = spec.get("resourceAttributes")
+    if attributes:
+        allowed = authorize(
+            user, attributes.get("verb") or "", attributes.get("resource") or "", attributes.get("subresource") or "",
+            attributes.get("namespace") or None, api_group=attributes.get("group") or "", name=attributes.get("name") or None,
+        )
+    elif spec.get("nonResourceAttributes"):
+        verb = (spec["nonResourceAttributes"].get("verb") or "").lower()
+        allowed = user.rules is None or verb in _READ_VERBS  # system:discovery
+    else:
+        raise bad_request("SelfSubjectAccessReview: spec needs resourceAttributes or nonResourceAttributes")
+    status: dict[str, Any] = {"allowed": allowed}
+    if allowed and user.rules is not None:
+        status["reason"] = f'RBAC: allowed by the embedded rules of user "{user.name}"'
+    out["status"] = status
+    return out
+
+
+class Identities:
+    """Bearer token -> :class:`Identity`. Thread-safe; tokens are random and never logged."""
+
+    def __init__(self, admin_token: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._by_token: dict[str, Identity] = {}
+        self._tokens: dict[str, str] = {}
+        self.admin_token = self.add(Identity(ADMIN_USER), admin_token)
+
+    def add(self, identity: Identity, token: str | None = None) -> str:
+        """Register ``identity`` and return its token (a new random one unless given)."""
+        token = token or secrets.token_urlsafe(24)
+        with self._lock:
+            old = self._tokens.pop(identity.name, None)
+            if old is not None:
+                self._by_token.pop(old, None)
+            self._by_token[token] = identity
+            self._tokens[identity.name] = token
+        return token
+
+    def add_user(self, name: str, rules: Iterable[Mapping[str, Any] | PolicyRule]) -> str:
+        """A restricted identity named ``name`` with these RBAC-like rules; returns its token."""
+        if not name or name == ADMIN_USER:
+            raise ValueError(f"users: {name!r} cannot name a restricted user (empty or the admin's name); pick another name")
+        return self.add(Identity(name, tuple(PolicyRule.from_dict(r) for r in rules)))
+
+    def token_for(self, name: str) -> str:
+        with self._lock:
+            if name not in self._tokens:
+                raise KeyError(f"no user {name!r} in the embedded Kubernetes; known: {sorted(self._tokens)}")
+            return self._tokens[name]
+
+    def authenticate(self, token: str | None) -> Identity | None:
+        """The identity of this bearer token, or None (the API server answers 401)."""
+        if not token:
+            return None
+        with self._lock:
+            for known, identity in self._by_token.items():
+                if hmac.compare_digest(known.encode(), token.encode()):
+                    return identity
+        return None
+
+    def __repr__(self) -> str:
+        return f"Identities(users={sorted(self._tokens)})"

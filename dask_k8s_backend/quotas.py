@@ -1,0 +1,270 @@
+"""ResourceQuota and LimitRange rules, as kube-apiserver's admission plugins apply them to pods.
+
+Pure functions on plain dicts, shared by two callers so both sides agree on the numbers:
+
+* the embedded API server's admission (``embedded/admission.py``) applies LimitRange defaults,
+  refuses min/max violations and pods that would exceed a ResourceQuota (403, with the real
+  message shape ``exceeded quota: q, requested: ..., used: ..., limited: ...``);
+* the client-side preflight (``preflight.py``) asks, before any pod exists, how many worker pods
+  the namespace's quotas leave room for.
+
+Data flow: LimitRanges -> :func:`apply_limit_ranges` (defaults) -> :func:`pod_usage` (what the pod
+counts against each quota key) -> compared with ``hard`` minus :func:`namespace_usage` of the other
+non-terminal pods -> :func:`exceeded_keys` / :func:`quota_room`. Quantities are exact Decimals
+(cpu in cores, memory in bytes); :func:`format_quantity` prints them the way Kubernetes does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .embedded.resources import parse_quantity
+
+Usage = dict[str, Decimal]
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+# Quota keys that count pod requests under another name (kube: "cpu" is "requests.cpu").
+_REQUEST_ALIASES = {"cpu": "cpu", "memory": "memory", "ephemeral-storage": "ephemeral-storage"}
+_BINARY = (("Ei", 1 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
+
+
+# ------------------------------------------------------------------------------------ quantities
+def format_quantity(key: str, value: Decimal) -> str:
+    """``Decimal`` -> a Kubernetes quantity string: cpu in cores or millicores, memory in Gi/Mi/Ki."""
+    if value == value.to_integral_value():
+        whole = int(value)
+        if "memory" in key or "storage" in key:
+            for suffix, size in _BINARY:
+                if whole and whole % size == 0:
+                    return f"{whole // size}{suffix}"
+        return str(whole)
+    milli = value * 1000
+    if milli == milli.to_integral_value():
+        return f"{int(milli)}m"
+    return f"{int(math.ceil(milli))}m"
+
+
+def format_usage(usage: Mapping[str, Decimal], keys: Iterable[str]) -> str:
+    """``requests.cpu=2,requests.memory=1Gi`` for ``keys`` (sorted, as kube-apiserver prints them)."""
+    return ",".join(f"{k}={format_quantity(k, usage.get(k, Decimal(0)))}" for k in sorted(keys))
+
+
+def parse_hard(hard: Mapping[str, Any] | None, *, what: str = "spec.hard") -> Usage:
+    return {key: parse_quantity(value, what=f"{what}.{key}") for key, value in (hard or {}).items()}
+
+
+# ------------------------------------------------------------------------------------ LimitRange
+def container_defaults(limit_ranges: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(default limits, default requests) for containers, with the API's LimitRangeItem defaulting:
+    a missing default limit is the max, a missing default request is the default limit, else the min."""
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    for item in _container_items(limit_ranges):
+        item_limits = {**(item.get("max") or {}), **(item.get("default") or {})}
+        item_requests = {**(item.get("min") or {}), **item_limits, **(item.get("defaultRequest") or {})}
+        for key, value in item_limits.items():
+            limits.setdefault(key, value)
+        for key, value in item_requests.items():
+            requests.setdefault(key, value)
+    return limits, requests
+
+
+def _container_items(limit_ranges: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
+    for limit_range in limit_ranges:
+        for item in (limit_range.get("spec") or {}).get("limits") or []:
+            if item.get("type") == "Container":
+                yield item
+
+
+def apply_limit_ranges(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A copy of ``pod`` whose containers got the LimitRanges' default limits and requests.
+
+    As the API server does, a container's own limit stands in for its missing request first, so a
+    LimitRange default request only fills what the container leaves entirely unset.
+    """
+    default_limits, default_requests = container_defaults(list(limit_ranges))
+    out = copy.deepcopy(dict(pod))
+    spec = out.setdefault("spec", {})
+    for container in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
+        resources = container.setdefault("resources", {}) or {}
+        container["resources"] = resources
+        limits = dict(resources.get("limits") or {})
+        requests = {**limits, **(resources.get("requests") or {})}
+        for key, value in default_limits.items():
+            limits.setdefault(key, value)
+        for key, value in default_requests.items():
+            requests.setdefault(key, value)
+        if limits:
+            resources["limits"] = limits
+        if requests:
+            resources["requests"] = requests
+    return out
+
+
+def limit_range_violations(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Container min/max violations, in kube-apiserver's words ("minimum cpu usage per Container is ...")."""
+    problems: list[str] = []
+    spec = pod.get("spec") or {}
+    containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
+    for item in _container_items(limit_ranges):
+        for container in containers:
+            problems += _container_violations(container, item)
+    return problems
+
+
+def _container_violations(container: Mapping[str, Any], item: Mapping[str, Any]) -> list[str]:
+    resources = container.get("resources") or {}
+    limits = resources.get("limits") or {}
+    requests = {**limits, **(resources.get("requests") or {})}
+    problems = []
+    for key, minimum in (item.get("min") or {}).items():
+        low = parse_quantity(minimum)
+        if key not in requests:
+            problems.append(f"minimum {key} usage per Container is {minimum}.  No request is specified")
+        elif parse_quantity(requests[key]) < low:
+            problems.append(f"minimum {key} usage per Container is {minimum}, but request is {requests[key]}")
+        if key in limits and parse_quantity(limits[key]) < low:
+            problems.append(f"minimum {key} usage per Container is {minimum}, but limit is {limits[key]}")
+    for key, maximum in (item.get("max") or {}).items():
+        if key not in limits:
+            problems.append(f"maximum {key} usage per Container is {maximum}.  No limit is specified")
+        elif parse_quantity(limits[key]) > parse_quantity(maximum):
+            problems.append(f"maximum {key} usage per Container is {maximum}, but limit is {limits[key]}")
+    return problems
+
+
+def aggregate(problems: list[str]) -> str:
+    """One message for several problems, bracketed when there is more than one (utilerrors' format)."""
+    return problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+
+
+# ------------------------------------------------------------------------------------ ResourceQuota
+def _container_resources(container: Mapping[str, Any]) -> tuple[Usage, Usage]:
+    resources = container.get("resources") or {}
+    limits = {k: parse_quantity(v) for k, v in (resources.get("limits") or {}).items()}
+    requests = {**limits, **{k: parse_quantity(v) for k, v in (resources.get("requests") or {}).items()}}
+    return requests, limits
+
+
+def _pod_totals(pod: Mapping[str, Any]) -> tuple[Usage, Usage]:
+    """Sum over containers, at least the largest init container (they run one at a time)."""
+    spec = pod.get("spec") or {}
+    requests: Usage = {}
+    limits: Usage = {}
+    for container in spec.get("containers") or []:
+        r, lim = _container_resources(container)
+        for key, value in r.items():
+            requests[key] = requests.get(key, Decimal(0)) + value
+        for key, value in lim.items():
+            limits[key] = limits.get(key, Decimal(0)) + value
+    for container in spec.get("initContainers") or []:
+        r, lim = _container_resources(container)
+        for key, value in r.items():
+            requests[key] = max(requests.get(key, Decimal(0)), value)
+        for key, value in lim.items():
+            limits[key] = max(limits.get(key, Decimal(0)), value)
+    return requests, limits
+
+
+def pod_usage(pod: Mapping[str, Any], keys: Iterable[str]) -> Usage:
+    """What ``pod`` counts against each quota key among ``keys`` (pods, requests.*, limits.*, cpu, memory)."""
+    requests, limits = _pod_totals(pod)
+    usage: Usage = {}
+    for key in keys:
+        if key in ("pods", "count/pods"):
+            usage[key] = Decimal(1)
+        elif key.startswith("requests."):
+            usage[key] = requests.get(key[len("requests."):], Decimal(0))
+        elif key.startswith("limits."):
+            usage[key] = limits.get(key[len("limits."):], Decimal(0))
+        elif key in _REQUEST_ALIASES:
+            usage[key] = requests.get(key, Decimal(0))
+    return usage
+
+
+def is_terminal(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+
+
+def namespace_usage(pods: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> Usage:
+    """What the non-terminal ``pods`` use of each quota key (a quota's ``status.used``)."""
+    keys = list(keys)
+    used: Usage = {key: Decimal(0) for key in keys}
+    for pod in pods:
+        if is_terminal(pod):
+            continue
+        for key, value in pod_usage(pod, keys).items():
+            used[key] += value
+    return used
+
+
+_CONSTRAINED = {"requests.cpu": ("requests", "cpu"), "requests.memory": ("requests", "memory"),
+                "cpu": ("requests", "cpu"), "memory": ("requests", "memory"),
+                "limits.cpu": ("limits", "cpu"), "limits.memory": ("limits", "memory")}
+
+
+def missing_requirements(pod: Mapping[str, Any], hard_keys: Iterable[str]) -> list[str]:
+    """Quota keys every container must set but some do not, as 'requests.cpu for: worker'.
+
+    A quota on cpu or memory requests/limits makes kube-apiserver refuse pods that leave them unset.
+    """
+    out = []
+    containers = (pod.get("spec") or {}).get("containers") or []
+    for key in sorted(k for k in hard_keys if k in _CONSTRAINED):
+        section, name = _CONSTRAINED[key]
+        index = 0 if section == "requests" else 1
+        lacking = [c.get("name", "?") for c in containers if name not in _container_resources(c)[index]]
+        if lacking:
+            out.append(f"{key} for: {','.join(lacking)}")
+    return out
+
+
+def exceeded_keys(request: Mapping[str, Decimal], used: Mapping[str, Decimal], hard: Mapping[str, Decimal]) -> list[str]:
+    """Keys where used + request would go over hard (only keys the request actually uses)."""
+    return sorted(k for k, v in request.items() if v > 0 and k in hard and used.get(k, Decimal(0)) + v > hard[k])
+
+
+def exceeded_message(pod_name: str, quota_name: str, keys: list[str], request: Mapping[str, Decimal],
+                     used: Mapping[str, Decimal], hard: Mapping[str, Decimal]) -> str:
+    """kube-apiserver's text for a pod over a quota."""
+    return (f'pods "{pod_name}" is forbidden: exceeded quota: {quota_name}, '
+            f"requested: {format_usage(request, keys)}, used: {format_usage(used, keys)}, "
+            f"limited: {format_usage(hard, keys)}")
+
+
+@dataclass(frozen=True)
+class QuotaRoom:
+    """How many more pods like one ``per_pod`` fit under one ResourceQuota, and which key binds."""
+
+    quota: str
+    fits: int | None              # None: the quota constrains nothing this pod uses
+    binding: tuple[str, ...]      # keys that limit ``fits``
+    per_pod: Usage
+    used: Usage
+    hard: Usage
+
+    def describe(self) -> str:
+        keys = list(self.binding)
+        return (f"ResourceQuota {self.quota!r}: each worker pod requests {format_usage(self.per_pod, keys)}, "
+                f"used: {format_usage(self.used, keys)}, limited: {format_usage(self.hard, keys)}")
+
+
+def quota_room(quota: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], pod: Mapping[str, Any]) -> QuotaRoom:
+    """How many more copies of ``pod`` fit under ``quota`` given the namespace's current ``pods``."""
+    name = (quota.get("metadata") or {}).get("name", "?")
+    hard = parse_hard((quota.get("spec") or {}).get("hard"))
+    per_pod = pod_usage(pod, hard)
+    used = namespace_usage(pods, hard)
+    counts: dict[str, int] = {}
+    for key, value in per_pod.items():
+        if value > 0:
+            counts[key] = max(0, int((hard[key] - used[key]) // value))
+    if not counts:
+        return QuotaRoom(name, None, (), per_pod, used, hard)
+    fits = min(counts.values())
+    return QuotaRoom(name, fits, tuple(sorted(k for k, c in counts.items() if c == fits)), per_pod, used, hard)

@@ -1,0 +1,68 @@
+"""Embedded RBAC (dask_k8s_backend.embedded.authz): rules, verbs, SelfSubjectAccessReview answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from dask_k8s_backend.embedded.authz import Identities, PolicyRule, access_review, authorize, check, request_verb
+from dask_k8s_backend.embedded.status import StatusError
+
+POD_READER = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"], "namespaces": ["dask"]}]
+
+
+def test_admin_token_is_unrestricted_and_restricted_tokens_get_their_rules():
+    ids = Identities()
+    token = ids.add_user("reader", POD_READER)
+    admin, reader = ids.authenticate(ids.admin_token), ids.authenticate(token)
+    assert authorize(admin, "deletecollection", "pods", namespace="anything")
+    assert authorize(reader, "list", "pods", namespace="dask")
+    assert not authorize(reader, "create", "pods", namespace="dask")
+    assert not authorize(reader, "list", "pods", namespace="default")
+    assert not authorize(reader, "get", "pods", "log", namespace="dask")  # a subresource needs its own rule
+    assert ids.authenticate("not-a-token") is None and ids.authenticate(None) is None
+    assert token not in repr(ids) and ids.admin_token not in repr(ids)
+
+
+def test_wildcards_and_subresource_rules():
+    ids = Identities()
+    ids.add_user("ops", [{"resources": ["pods/*"], "verbs": ["*"]}, {"apiGroups": ["*"], "resources": ["*"], "verbs": ["list"]}])
+    ops = ids.authenticate(ids.token_for("ops"))
+    assert authorize(ops, "get", "pods", "log", namespace="x")
+    assert not authorize(ops, "create", "pods", namespace="x")
+    assert authorize(ops, "list", "deployments", namespace="x", api_group="apps")
+
+
+def test_http_methods_map_to_rbac_verbs():
+    assert request_verb("GET", has_name=True) == "get"
+    assert request_verb("GET", has_name=False) == "list"
+    assert request_verb("GET", has_name=False, watch=True) == "watch"
+    assert request_verb("DELETE", has_name=False) == "deletecollection"
+    assert request_verb("PATCH", has_name=True) == "patch"
+
+
+def test_denial_is_kube_apiservers_403():
+    ids = Identities()
+    reader = ids.authenticate(ids.add_user("reader", POD_READER))
+    with pytest.raises(StatusError) as info:
+        check(reader, "create", "pods", namespace="dask")
+    assert info.value.code == 403 and info.value.reason == "Forbidden"
+    assert info.value.message == 'pods is forbidden: User "reader" cannot create resource "pods" in API group "" in the namespace "dask"'
+
+
+def test_self_subject_access_review_answers_from_the_same_rules():
+    ids = Identities()
+    reader = ids.authenticate(ids.add_user("reader", POD_READER))
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"namespace": "dask", "verb": "watch", "resource": "pods"}}}
+    assert access_review(reader, review)["status"]["allowed"] is True
+    review["spec"]["resourceAttributes"]["verb"] = "delete"
+    assert access_review(reader, review)["status"]["allowed"] is False
+    with pytest.raises(StatusError):
+        access_review(reader, {"spec": {}})
+
+
+def test_bad_rules_are_rejected_with_the_rule_quoted():
+    with pytest.raises(ValueError, match="verbs"):
+        PolicyRule.from_dict({"resources": ["pods"]})
+    with pytest.raises(ValueError, match="admin"):
+        Identities().add_user("admin", POD_READER)
