@@ -1,0 +1,164 @@
+"""``EmbeddedKubernetes``: a whole Kubernetes in this process, started and stopped as one thing.
+
+It wires the parts together (docs/contracts.md): an :class:`ObjectStore`; one kubelet per node
+(``ProcessKubelet`` runs real processes, ``SimulatedKubelet`` only pretends; ``kubelet=None``
+runs with no nodes); the :class:`EmbeddedScheduler` binding pods to nodes; and the
+:class:`ApiServer` on 127.0.0.1 with TLS and a random bearer token by default, whose
+kubeconfig (mode 0600) kubectl and the official client use unchanged. Start order is store,
+API server, kubelets, scheduler; :meth:`EmbeddedKubernetes.stop` undoes it in reverse, is
+idempotent, and leaves no threads, ports or processes behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .apiserver import ApiServer
+from .faults import FaultInjector
+from .store import ObjectStore
+from .tls import Credentials, make_credentials, write_kubeconfig
+
+logger = logging.getLogger(__name__)
+
+KUBELETS = ("process", "simulated", None)
+
+
+class EmbeddedKubernetes:
+    """A local Kubernetes API with kubelets and a scheduler; a sync and async context manager."""
+
+    def __init__(self, kubelet: str | None = "process", nodes: int = 1, cpu: str = "4", memory: str = "8Gi",
+                 pods: int = 110, node_labels: dict[str, str] | None = None, node_taints: list[dict] | None = None,
+                 port: int = 0, tls: bool = True, faults: bool = False, work_dir: str | Path | None = None,
+                 **kubelet_options: Any) -> None:
+        if kubelet not in KUBELETS:
+            raise ValueError(f"EmbeddedKubernetes: kubelet must be 'process', 'simulated' or None, got {kubelet!r}.")
+        if not isinstance(nodes, int) or nodes < 0:
+            raise ValueError(f"EmbeddedKubernetes: nodes must be a whole number >= 0, got {nodes!r}.")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"EmbeddedKubernetes: port must be 0 (any free port) or 1-65535, got {port!r}.")
+        self.kubelet_kind = kubelet
+        self.node_count = nodes if kubelet is not None else 0
+        self._node_options = {"cpu": cpu, "memory": memory, "pods": pods, "labels": node_labels,
+                              "taints": node_taints, **kubelet_options}
+        self._port = port
+        self._tls = tls
+        self._own_work_dir = work_dir is None
+        self._work_dir_arg = work_dir
+        self.work_dir: Path | None = None
+        self.store = ObjectStore()
+        self.faults = FaultInjector(enabled=faults)
+        self.kubelets: dict[str, Any] = {}
+        self.scheduler: Any = None
+        self.apiserver: ApiServer | None = None
+        self._credentials: Credentials | None = None
+        self.kubeconfig: str | None = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        state = self.url if self.apiserver is not None else "stopped"
+        return f"EmbeddedKubernetes({state}, kubelet={self.kubelet_kind!r}, nodes={self.node_count})"
+
+    # -------------------------------------------------------------- accessors
+
+    @property
+    def url(self) -> str:
+        if self.apiserver is None:
+            raise RuntimeError("EmbeddedKubernetes is not started; call start() or use it as a context manager.")
+        return self.apiserver.url
+
+    @property
+    def token(self) -> str | None:
+        return self._credentials.token if self._credentials else None
+
+    @property
+    def ca_file(self) -> str | None:
+        return str(self._credentials.ca_file) if self._credentials else None
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> "EmbeddedKubernetes":
+        """Start every part; on failure, stop what started and re-raise."""
+        if self._started:
+            return self
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        if self._work_dir_arg is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="embedded-k8s-"))
+        else:
+            self.work_dir = Path(self._work_dir_arg)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self._tls:
+            self._credentials = make_credentials(self.work_dir / "pki")
+        self.apiserver = ApiServer(self.store, port=self._port, credentials=self._credentials,
+                                   kubelets=self.kubelets, faults=self.faults)
+        self.apiserver.start()
+        self.kubeconfig = str(write_kubeconfig(self.work_dir / "kubeconfig", server=self.apiserver.url,
+                                               ca_file=self._credentials.ca_file if self._credentials else None,
+                                               token=self.token))
+        for i in range(self.node_count):
+            name = f"node-{i + 1}"
+            kubelet = self._make_kubelet(name, i)
+            self.kubelets[name] = kubelet
+            kubelet.start()
+        if self.kubelet_kind is not None:
+            from .scheduler import EmbeddedScheduler
+            self.scheduler = EmbeddedScheduler(self.store)
+            self.scheduler.start()
+        logger.info("Embedded Kubernetes ready at %s with %d %s node(s)", self.apiserver.url, self.node_count,
+                    self.kubelet_kind)
+
+    def _make_kubelet(self, name: str, index: int) -> Any:
+        options = {k: v for k, v in self._node_options.items() if v is not None}
+        options["work_dir"] = self.work_dir / "nodes" / name  # type: ignore[operator]
+        if self.kubelet_kind == "process":
+            from .kubelet import ProcessKubelet
+            return ProcessKubelet(self.store, name, ip_block=index, **options)
+        from .simulated import SimulatedKubelet
+        return SimulatedKubelet(self.store, name, ip_block=index, **options)
+
+    def stop(self) -> None:
+        """Stop scheduler, kubelets (killing their processes) and API server; idempotent."""
+        if self.scheduler is not None:
+            self._quietly(self.scheduler.stop, "the scheduler")
+            self.scheduler = None
+        for name, kubelet in list(self.kubelets.items()):
+            self._quietly(kubelet.stop, f"kubelet {name}")
+        self.kubelets.clear()
+        if self.apiserver is not None:
+            self._quietly(self.apiserver.stop, "the API server")
+        if self._own_work_dir and self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir = None
+        self._started = False
+
+    @staticmethod
+    def _quietly(fn: Any, what: str) -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("Stopping %s of the embedded Kubernetes failed", what)
+
+    def __enter__(self) -> "EmbeddedKubernetes":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> "EmbeddedKubernetes":
+        import asyncio
+        return await asyncio.get_running_loop().run_in_executor(None, self.start)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        import asyncio
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)

@@ -1,0 +1,84 @@
+"""Discovery documents of the embedded API server: /version, /api, /api/v1, /apis and its groups.
+
+Clients (kubectl's RESTMapper, the official client) read these to learn which resources exist,
+whether they are namespaced and which verbs they take. Everything comes from the store's
+:data:`~dask_k8s_backend.embedded.store.RESOURCES` table, so serving a new resource is one
+line there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .store import RESOURCES, ResourceInfo
+
+KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-embedded", "gitCommit": "embedded",
+                "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
+                "compiler": "gc", "platform": "linux/amd64"}
+
+_OBJECT_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+_SUBRESOURCES = {
+    "pods": [("status", ["get", "patch", "update"]), ("log", ["get"]), ("binding", ["create"])],
+    "nodes": [("status", ["get", "patch", "update"])],
+    "namespaces": [("status", ["get", "patch", "update"])],
+    "services": [("status", ["get", "patch", "update"])],
+}
+AUTHZ_GROUP = "authorization.k8s.io"
+
+
+def _resource(info: ResourceInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": info.name, "singularName": info.kind.lower(), "namespaced": info.namespaced,
+                           "kind": info.kind, "verbs": list(_OBJECT_VERBS)}
+    if info.name == "namespaces":
+        doc["verbs"] = [v for v in _OBJECT_VERBS if v != "deletecollection"]
+    if info.short_names:
+        doc["shortNames"] = list(info.short_names)
+    if info.name == "pods":
+        doc["categories"] = ["all"]
+    return doc
+
+
+def core_v1_resources() -> dict[str, Any]:
+    """``GET /api/v1``: an APIResourceList with every resource and subresource."""
+    resources = []
+    for info in RESOURCES.values():
+        resources.append(_resource(info))
+        for sub, verbs in _SUBRESOURCES.get(info.name, []):
+            kind = "Binding" if sub == "binding" else info.kind
+            resources.append({"name": f"{info.name}/{sub}", "singularName": "", "namespaced": info.namespaced,
+                              "kind": kind, "verbs": verbs})
+    return {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
+
+
+def api_versions(server_address: str) -> dict[str, Any]:
+    """``GET /api``."""
+    return {"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]}
+
+
+def api_groups() -> dict[str, Any]:
+    """``GET /apis``: only authorization.k8s.io (for ``kubectl auth can-i``)."""
+    version = {"groupVersion": f"{AUTHZ_GROUP}/v1", "version": "v1"}
+    return {"kind": "APIGroupList", "apiVersion": "v1",
+            "groups": [{"name": AUTHZ_GROUP, "versions": [version], "preferredVersion": version}]}
+
+
+def authz_resources() -> dict[str, Any]:
+    """``GET /apis/authorization.k8s.io/v1``."""
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{AUTHZ_GROUP}/v1",
+            "resources": [{"name": "selfsubjectaccessreviews", "singularName": "selfsubjectaccessreview",
+                           "namespaced": False, "kind": "SelfSubjectAccessReview", "verbs": ["create"]},
+                          {"name": "selfsubjectrulesreviews", "singularName": "selfsubjectrulesreview",
+                           "namespaced": False, "kind": "SelfSubjectRulesReview", "verbs": ["create"]}]}
+
+
+def access_review(body: dict[str, Any]) -> dict[str, Any]:
+    """The embedded cluster has one all-powerful user: every review is allowed."""
+    review = dict(body)
+    review.setdefault("apiVersion", f"{AUTHZ_GROUP}/v1")
+    review["status"] = {"allowed": True, "reason": "the embedded Kubernetes has a single administrator"}
+    if review.get("kind") == "SelfSubjectRulesReview":
+        review["status"] = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
+    review.setdefault("metadata", {})
+    return review

@@ -1,0 +1,122 @@
+"""One watch stream of the embedded API server: from store events to newline-delimited JSON.
+
+A :class:`WatchStream` subscribes to the store (atomically getting the backlog to replay: the
+current objects for resourceVersion ""/"0", the recorded events after any other version), then
+receives each later event in the writer's thread, where it only appends to a deque and, at most
+once per batch, wakes the event loop. On the loop, :meth:`WatchStream.next_chunk` filters events
+(resource, namespace, label and field selectors; an object that starts or stops matching becomes
+ADDED/DELETED, as in kube-apiserver) and renders them as ``{"type":..,"object":..}\\n`` lines from
+the objects' cached JSON bytes. Bookmarks carry only the last resourceVersion seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from typing import Callable
+
+from .selectors import Selector
+from .store import ObjectStore, WatchEvent, resource_info
+
+
+class WatchStream:
+    """Filtered events of one watch request, consumed on the event loop."""
+
+    def __init__(self, store: ObjectStore, loop: asyncio.AbstractEventLoop, *, resource: str,
+                 namespace: str | None, labels: Selector, fields: Selector) -> None:
+        self.resource = resource
+        self.kind = resource_info(resource).kind
+        self._store = store
+        self._loop = loop
+        self._namespace = namespace
+        self._labels, self._fields = labels, fields
+        self._pending: collections.deque[WatchEvent] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._wake_scheduled = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self.closed = False
+        self.last_rv = 0
+
+    def start(self, resource_version: str | None) -> None:
+        """Subscribe; raises the store's 410 Gone when ``resource_version`` is too old."""
+        backlog, self._unsubscribe = self._store.subscribe(self.resource, resource_version, self._on_event)
+        self._pending.extendleft(reversed(backlog))
+        self.last_rv = max(int(self._store.resource_version), int(resource_version or 0))
+        if backlog:
+            self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop the stream (idempotent, loop thread); the handler's wait returns at once."""
+        self.closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._wakeup.set()
+
+    def _on_event(self, event: WatchEvent) -> None:
+        # writer's thread, under the store lock: queue, and wake the loop once per batch
+        self._pending.append(event)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # loop closed: the server is stopping
+                pass
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        self._wakeup.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until events arrive, the stream is closed, or ``timeout`` seconds pass."""
+        if self._pending or self.closed:
+            return
+        self._wakeup.clear()
+        if self._pending:
+            return
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def next_chunk(self) -> bytes:
+        """The lines of every queued event this watch should see (may be empty)."""
+        lines = []
+        while self._pending:
+            event = self._pending.popleft()
+            self.last_rv = max(self.last_rv, event.rv)
+            line = self._render(event)
+            if line is not None:
+                lines.append(line)
+        return b"".join(lines)
+
+    def _matches(self, obj: dict) -> bool:
+        if self._namespace is not None and obj["metadata"].get("namespace") != self._namespace:
+            return False
+        return self._labels(obj) and self._fields(obj)
+
+    def _render(self, event: WatchEvent) -> bytes | None:
+        if event.resource != self.resource:
+            return None
+        now = self._matches(event.entry.obj)
+        type_ = event.type
+        if type_ == "MODIFIED":
+            before = event.old is not None and self._matches(event.old.obj)
+            if now and not before:
+                type_ = "ADDED"
+            elif before and not now:
+                type_, now = "DELETED", True
+        if not now:
+            return None
+        return b'{"type":"' + type_.encode() + b'","object":' + event.entry.json() + b"}\n"
+
+    def bookmark(self) -> bytes:
+        """A BOOKMARK line with the last resourceVersion this watch has seen."""
+        obj = {"kind": self.kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(self.last_rv)}}
+        return json.dumps({"type": "BOOKMARK", "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def error_line(status: dict) -> bytes:
+    """An ERROR watch event carrying a Status (e.g. 410 Expired)."""
+    return json.dumps({"type": "ERROR", "object": status}, separators=(",", ":")).encode() + b"\n"
