@@ -269,7 +269,7 @@ def test_watch_from_the_list_version_sees_added_modified_and_deleted(kube):
 
         async def watch() -> None:
             async for e in api.watch_pods("test=kube-api", rv, 30):
-                if e["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                if e["type"] in ("ADDED", "MODIFIED", "DELETED") and e["object"]["metadata"]["name"] == "kapi-w":
                     seen.append((e["type"], e["object"]["metadata"].get("labels", {}).get("mark")))
                     if e["type"] == "DELETED":
                         done.set()
