@@ -28,6 +28,7 @@ from distributed.core import Status, rpc
 from tornado.ioloop import PeriodicCallback
 from distributed.deploy.cluster import Cluster
 from distributed.scheduler import Scheduler
+from distributed.security import Security
 from distributed.utils import Log, Logs
 
 from . import labels
@@ -63,7 +64,7 @@ def _kwargs_to_overrides(**kwargs: Any) -> dict[str, Any]:
     return {mapping[k]: v for k, v in kwargs.items() if v is not None}
 
 
-SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate")
+SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate", "security")
 
 
 def flatten_overrides(config: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +157,8 @@ class KubeSparkCluster(Cluster):
         self.scheduler: Scheduler | None = None
         self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
         self.pods_left_after_close = -1  # counted through the API by close()
+        self.security = Security()  # replaced by the app's own TLS Security when security.tls is set
+        self._tls_secret = False
         self._group_adaptives: dict[str, Any] = {}
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
         _LIVE_CLUSTERS.add(self)
@@ -193,7 +196,7 @@ class KubeSparkCluster(Cluster):
             address = await start_cluster_mode(self)
         else:
             address = await self._start_local_scheduler()
-        self.scheduler_comm = rpc(address)
+        self.scheduler_comm = rpc(address, connection_args=self.security.get_connection_args("client"))
         # Adaptive reads plan/requested/observed each tick: keep the executors' view fresh.
         self.periodic_callbacks["k8s-status"] = PeriodicCallback(self._refresh_status_quietly, STATUS_REFRESH_MS)
         await super()._start()
@@ -210,7 +213,10 @@ class KubeSparkCluster(Cluster):
         plugin = KubernetesSchedulerBackend(
             settings=self.settings, app=self.app, connection=self.connection, pod_template=self._pod_template
         )
+        protocol = await self._start_tls() if self.settings.security.tls else None
         self.scheduler = Scheduler(
+            security=self.security,
+            protocol=protocol,
             host=host,
             port=options.port,
             dashboard_address=options.dashboard_address,
@@ -220,6 +226,17 @@ class KubeSparkCluster(Cluster):
         )
         await self.scheduler
         return self.scheduler.address
+
+    async def _start_tls(self) -> str:
+        """Generate this app's certificates, store them in its Secret for the pods; returns "tls"."""
+        from .security import create_tls_secret, generate_tls_material, scheduler_security
+
+        assert self.connection is not None
+        material = await asyncio.to_thread(generate_tls_material, self.app.app_id)
+        await asyncio.to_thread(create_tls_secret, self.connection.api_client, self.app, material)
+        self._tls_secret = True
+        self.security = scheduler_security(material)
+        return "tls"
 
     @classmethod
     def from_name(
@@ -248,6 +265,11 @@ class KubeSparkCluster(Cluster):
             adaptive.stop(reason="cluster closing")
         if was_running and self.shutdown_on_close and self.scheduler_comm is not None:
             await self._shutdown_backend()
+        if self._tls_secret and self.shutdown_on_close and self.connection is not None:
+            from .security import delete_tls_secret
+
+            await self._guarded("deleting the TLS secret",
+                                asyncio.to_thread(delete_tls_secret, self.connection.api_client, self.app))
         if self.shutdown_on_close and self.settings.deploy_mode == "cluster" and self.connection is not None:
             from .cluster_mode import delete_scheduler_pod
 

@@ -103,6 +103,11 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    tls: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     master: str = "embedded://"
     namespace: str = "default"
@@ -116,17 +121,19 @@ class Settings:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     authenticate: AuthSettings = field(default_factory=AuthSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
 # ---------------------------------------------------------------------------- defaults
 
 PREFIX = "k8s-backend"
 YAML_PATH = Path(__file__).with_name("k8s-backend.yaml")
-SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate")
+SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate", "security")
 SECRET_KEYS = frozenset({"authenticate.oauth-token", "authenticate.client-key-file"})
 _SECTION_CLASSES: dict[str, type] = {
     "scheduler": SchedulerSettings, "worker": WorkerSettings, "allocation": AllocationSettings,
     "executor": ExecutorSettings, "api": ApiSettings, "authenticate": AuthSettings,
+    "security": SecuritySettings,
 }
 
 
@@ -348,6 +355,7 @@ SCHEMA: dict[str, Validator] = {
     "authenticate.ca-cert-file": _OPT_STR, "authenticate.client-cert-file": _OPT_STR,
     "authenticate.client-key-file": _OPT_STR, "authenticate.trust-certificates": _boolean,
     "authenticate.kubeconfig": _OPT_STR, "authenticate.context": _OPT_STR,
+    "security.tls": _boolean,
 }
 
 
@@ -414,6 +422,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> 
     if parsed["authenticate.oauth-token"] and parsed["authenticate.oauth-token-file"]:
         raise ValueError(f"{PREFIX}.authenticate.oauth-token and {PREFIX}.authenticate.oauth-token-file are "
                          "both set; set only one of them.")
+    if parsed["security.tls"] and parsed["deploy-mode"] == "cluster":
+        raise ValueError(f"{PREFIX}.security.tls: TLS between scheduler and workers is supported in deploy-mode "
+                         "'client' only; set deploy-mode to 'client' or security.tls to false.")
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
     for key, value in parsed.items():

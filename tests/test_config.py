@@ -8,7 +8,7 @@ import dask.config
 import pytest
 
 from dask_k8s_backend.config import (
-    SCHEMA, Settings, describe_config, load_settings, parse_cpu, parse_duration, parse_memory,
+    SCHEMA, SECTIONS, Settings, describe_config, load_settings, parse_cpu, parse_duration, parse_memory,
 )
 
 GI = 2**30
@@ -177,7 +177,7 @@ def test_every_settings_field_has_a_validated_key_and_back():
 
     expected = set()
     for top in fields(Settings):
-        if top.name in ("scheduler", "worker", "allocation", "executor", "api", "authenticate"):
+        if top.name in SECTIONS:
             expected |= {f"{top.name}.{f.name.replace('_', '-')}" for f in fields(getattr(Settings(), top.name))}
         else:
             expected.add(top.name.replace("_", "-"))

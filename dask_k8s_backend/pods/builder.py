@@ -332,6 +332,18 @@ def security_context_step(pod: Pod, ctx: ExecutorPodContext) -> Pod:
     return pod
 
 
+def tls_step(pod: Pod, ctx: ExecutorPodContext) -> Pod:
+    """With ``k8s-backend.security.tls``: the worker reads the app's TLS Secret into distributed's config."""
+    if not ctx.settings.security.tls:
+        return pod
+    from ..security import tls_env
+
+    pod = _clone(pod)
+    container = worker_container(pod, ctx)
+    container["env"] = _set_env(container.get("env") or [], tls_env(ctx.app))
+    return pod
+
+
 FEATURE_STEPS: tuple[FeatureStep, ...] = (
     basic_step,
     image_step,
@@ -342,6 +354,7 @@ FEATURE_STEPS: tuple[FeatureStep, ...] = (
     service_account_step,
     owner_reference_step,
     security_context_step,
+    tls_step,
 )
 
 
