@@ -84,6 +84,7 @@ class PodWorker:
         self.removed = False  # gone from the store: kill at once, write nothing
         self.stopping = False  # the kubelet is stopping
         self.end_lock = threading.Lock()  # orders "thread ended" against "deletion requested"
+        self.kill_at = float("inf")  # monotonic time of the SIGKILL once stopping has begun
         self.ended = False
         self.dir = kubelet.work_dir / "pods" / f"{self.key[0]}_{self.key[1]}_{self.uid}"
         self.thread = threading.Thread(target=self._main, name=f"pod-{self.key[1]}", daemon=True)
@@ -94,15 +95,21 @@ class PodWorker:
 
     # ------------------------------------------------------------------ signals from other threads
     def request_delete(self, pod: Pod) -> None:
+        """Deletion requested (or its grace period shortened by a second delete, as kubectl --now does)."""
         meta = pod.get("metadata") or {}
         grace = meta.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+        grace = float(grace)
         with self.end_lock:
-            self.grace = float(grace)
+            first = self.grace is None
+            if not first and grace >= (self.grace or 0.0):
+                return
+            self.grace = grace
+            self.kill_at = min(self.kill_at, time.monotonic() + grace)
             ended = self.ended
         self.wake.set()
-        if ended:  # the pod had already finished: nothing left to stop
+        if ended and first:  # the pod had already finished: nothing left to stop
             self.kubelet.finalize(self.key)
 
     def remove(self) -> None:
@@ -341,30 +348,30 @@ class PodWorker:
         return float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE))
 
     def _terminate_all(self, grace: float) -> None:
+        """SIGTERM every live tree, SIGKILL what is left when the (possibly shortened) grace period ends."""
         with self.lock:
-            live = {name: run for name, run in self.runs.items() if run.proc.poll() is None}
+            live = [(name, run) for name, run in self.runs.items() if run.proc.poll() is None]
         if not live:
             return
-        for name, run in live.items():
+        for name, run in live:
             self.event("Killing", f"Stopping container {name}")
             processes.signal_tree(run.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for run in live.values():
-            try:
-                run.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            if self.removed:
+        with self.end_lock:
+            self.kill_at = min(self.kill_at, time.monotonic() + grace)
+        while not self.removed and any(run.proc.poll() is None for _, run in live):
+            remaining = self.kill_at - time.monotonic()
+            if remaining <= 0:
                 break
+            self.wake.wait(remaining)
+            self.wake.clear()
         self.kill_all()
-        for run in live.values():
+        for _, run in live:
             try:
                 run.proc.wait(5)
             except subprocess.TimeoutExpired:
                 logger.warning("kubelet %s: process %s of pod %s/%s survived SIGKILL", self.kubelet.node_name,
                                run.proc.pid, *self.key)
 
-    # ------------------------------------------------------------------ writes
     def _write(self, phase: str | None = None) -> None:
         if self.removed or self.kubelet.closing:
             return
@@ -424,7 +431,7 @@ class ProcessKubelet(KubeletBase):
 
     def pod_deleting(self, pod: Pod) -> None:
         worker = self._workers.get(pod_key(pod))
-        if worker is not None and worker.uid == pod_uid(pod) and worker.grace is None:
+        if worker is not None and worker.uid == pod_uid(pod):
             worker.request_delete(pod)
 
     def pod_removed(self, pod: Pod) -> None:

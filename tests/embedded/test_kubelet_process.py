@@ -383,3 +383,17 @@ def test_restart_policy_always_shows_crash_loop_back_off_between_runs(cluster):
     assert p["status"]["phase"] == "Running"
     assert p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 2
     wait_for(lambda: get_pod(cluster.store, name)["status"]["containerStatuses"][0]["restartCount"] >= 2, timeout=10)
+
+
+def test_a_second_delete_with_a_shorter_grace_period_kills_sooner(cluster):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    name = cluster.run(pod("impatient", python(code)))
+    wait_phase(cluster.store, name, "Running")
+    wait_for(lambda: "ready" in (cluster.log(name) or ""))
+    cluster.store.delete("pods", "default", name, grace_period_seconds=30)
+    wait_for(lambda: any(e["reason"] == "Killing" for e in store_events(cluster.store, name)), what="SIGTERM sent")
+    started = time.monotonic()
+    cluster.store.delete("pods", "default", name, grace_period_seconds=1)
+    wait_for(lambda: cluster.gone(name), timeout=10)
+    assert time.monotonic() - started < 5
+    assert container_state(cluster.last_status(name))["terminated"]["exitCode"] == 137
