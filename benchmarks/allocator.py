@@ -163,6 +163,7 @@ async def pod_api(kind: str, pods: int, latency: float = 0.005):
             with contextlib.suppress(asyncio.CancelledError):
                 await kubelet
         return
+    from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
 
     from dask_k8s_backend.backend.kube_api import KubePodApi
@@ -171,7 +172,10 @@ async def pod_api(kind: str, pods: int, latency: float = 0.005):
     nodes = max(1, -(-pods // 500))
     kube = EmbeddedKubernetes(kubelet="simulated", nodes=nodes, cpu="1000", memory="1000Gi", pods=500)
     with kube:
-        api = KubePodApi(k8s_config.new_client_from_config(config_file=str(kube.kubeconfig)), "default", max_threads=32)
+        configuration = k8s_client.Configuration()
+        k8s_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
+        configuration.connection_pool_maxsize = 32  # one connection per API thread
+        api = KubePodApi(k8s_client.ApiClient(configuration), "default", max_threads=32)
         try:
             yield api
         finally:
