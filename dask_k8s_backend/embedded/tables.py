@@ -47,7 +47,8 @@ def _pod_row(pod: dict) -> list[Any]:
     ready = sum(1 for cs in statuses if cs.get("ready"))
     restarts = sum(int(cs.get("restartCount") or 0) for cs in statuses)
     return [pod["metadata"]["name"], f"{ready}/{total}", _pod_status(pod), restarts,
-            age(pod["metadata"].get("creationTimestamp"))]
+            age(pod["metadata"].get("creationTimestamp")), (pod.get("status") or {}).get("podIP") or "<none>",
+            (pod.get("spec") or {}).get("nodeName") or "<none>"]
 
 
 def table_for(info: ResourceInfo, objects: list[dict], resource_version: str, token: str | None) -> dict:
@@ -56,7 +57,8 @@ def table_for(info: ResourceInfo, objects: list[dict], resource_version: str, to
         columns = [_NAME, {"name": "Ready", "type": "string", "format": "", "priority": 0, "description": "Ready"},
                    {"name": "Status", "type": "string", "format": "", "priority": 0, "description": "Status"},
                    {"name": "Restarts", "type": "integer", "format": "", "priority": 0, "description": "Restarts"},
-                   _AGE]
+                   _AGE, {"name": "IP", "type": "string", "format": "", "priority": 1, "description": "Pod IP"},
+                   {"name": "Node", "type": "string", "format": "", "priority": 1, "description": "Node"}]
     else:
         columns = [_NAME, _AGE]
     rows = []
