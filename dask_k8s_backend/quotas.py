@@ -254,16 +254,19 @@ class QuotaRoom:
                 f"used: {format_usage(self.used, keys)}, limited: {format_usage(self.hard, keys)}")
 
 
-def quota_room(quota: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], pod: Mapping[str, Any]) -> QuotaRoom:
-    """How many more copies of ``pod`` fit under ``quota`` given the namespace's current ``pods``."""
+def quota_room(quota: Mapping[str, Any], pod: Mapping[str, Any], used: Mapping[str, Decimal] | None = None) -> QuotaRoom:
+    """How many more copies of ``pod`` fit under ``quota``; ``used`` defaults to the quota's ``status.used``.
+
+    The admission passes the usage it computed from the namespace's pods; the preflight trusts the
+    quota controller's ``status.used`` (it needs no permission to list every pod in the namespace).
+    """
     name = (quota.get("metadata") or {}).get("name", "?")
     hard = parse_hard((quota.get("spec") or {}).get("hard"))
+    if used is None:
+        used = parse_hard((quota.get("status") or {}).get("used"), what="status.used")
+    used = {key: used.get(key, Decimal(0)) for key in hard}
     per_pod = pod_usage(pod, hard)
-    used = namespace_usage(pods, hard)
-    counts: dict[str, int] = {}
-    for key, value in per_pod.items():
-        if value > 0:
-            counts[key] = max(0, int((hard[key] - used[key]) // value))
+    counts = {key: max(0, int((hard[key] - used[key]) // value)) for key, value in per_pod.items() if value > 0}
     if not counts:
         return QuotaRoom(name, None, (), per_pod, used, hard)
     fits = min(counts.values())

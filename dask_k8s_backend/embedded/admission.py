@@ -45,6 +45,7 @@ class Admission:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._unsubscribe: Any = None
+        self._quota_namespaces: set[str] = set()
 
     # ---------------------------------------------------------------- admission
     def create_pod(self, namespace: str, pod: dict) -> dict:
@@ -93,11 +94,11 @@ class Admission:
         """Keep quotas' status current from now on (idempotent)."""
         if self._thread is not None:
             return
-        self._unsubscribe = self.store.add_listener(self._on_change)
+        backlog, self._unsubscribe = self.store.subscribe("resourcequotas", None, self._on_event)
+        for event in backlog:
+            self._on_event(event)
         self._thread = threading.Thread(target=self._run, name="embedded-quota-controller", daemon=True)
         self._thread.start()
-        for namespace in {q["metadata"]["namespace"] for q in self.store.list("resourcequotas")[0]}:
-            self._queue.put(namespace)
 
     def stop(self) -> None:
         """Stop the controller thread and wait for it (idempotent)."""
@@ -109,11 +110,19 @@ class Admission:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def _on_change(self, event_type: str, obj: dict) -> None:
-        """Store listener (runs under the store's lock): only queue the namespace, never write here."""
-        if obj.get("kind") in ("Pod", "ResourceQuota"):
-            namespace = (obj.get("metadata") or {}).get("namespace")
-            if namespace:
+    def _on_event(self, event: Any) -> None:
+        """Store subscriber (runs under the store's lock, event read-only): only queue work here.
+
+        Pods matter only in namespaces with a quota, and only when they appear, go away or change phase.
+        """
+        obj = event.entry.obj
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        if event.resource == "resourcequotas":
+            self._quota_namespaces.add(namespace)
+            self._queue.put(namespace)
+        elif event.resource == "pods" and namespace in self._quota_namespaces:
+            old_phase = (event.old.obj.get("status") or {}).get("phase") if event.old is not None else None
+            if event.type != "MODIFIED" or old_phase != (obj.get("status") or {}).get("phase"):
                 self._queue.put(namespace)
 
     def _run(self) -> None:

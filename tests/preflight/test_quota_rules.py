@@ -94,11 +94,17 @@ def test_limit_range_min_and_max_violations_are_named():
 
 def test_quota_room_counts_how_many_more_workers_fit_and_which_key_binds():
     worker = pod(requests={"cpu": "2", "memory": "1Gi"})
-    room = quota_room(quota(requests_cpu="8", requests_memory="100Gi", pods="20"), [pod("a", {"cpu": "3"})], worker)
+    used = namespace_usage([pod("a", {"cpu": "3"})], ["requests.cpu", "requests.memory", "pods"])
+    room = quota_room(quota(requests_cpu="8", requests_memory="100Gi", pods="20"), worker, used)
     assert room.fits == 2 and room.binding == ("requests.cpu",)
     assert room.describe() == ("ResourceQuota 'q': each worker pod requests requests.cpu=2, used: requests.cpu=3, "
                                "limited: requests.cpu=8")
 
 
 def test_quota_room_is_unbounded_when_the_quota_constrains_nothing_the_pod_uses():
-    assert quota_room(quota(services="2"), [], pod(requests={"cpu": "1"})).fits is None
+    assert quota_room(quota(services="2"), pod(requests={"cpu": "1"})).fits is None
+
+
+def test_quota_room_reads_status_used_when_no_usage_is_given():
+    q = {**quota(pods="3"), "status": {"used": {"pods": "2"}}}
+    assert quota_room(q, pod()).fits == 1
