@@ -27,7 +27,7 @@ import tornado.iostream
 import tornado.netutil
 import tornado.web
 
-from . import discovery, openapi, podlogs
+from . import authz, discovery, openapi, podlogs
 from .faults import FaultInjector
 from .patch import apply_patch
 from .selectors import parse_field_selector, parse_label_selector
@@ -111,6 +111,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def initialize(self, server: "ApiServer") -> None:
         self.server = server
+        self.identity = authz.ADMIN
         self._stream: WatchStream | None = None
         self._client_gone = False
 
@@ -155,8 +156,14 @@ class ApiHandler(tornado.web.RequestHandler):
         if token is None or self.request.path in _PUBLIC_PATHS:
             return
         header = self.request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+        if not header.startswith("Bearer "):
             raise unauthorized()
+        if hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+            return
+        identity = self.server.identities.authenticate(header[7:].strip()) if self.server.identities else None
+        if identity is None:
+            raise unauthorized()
+        self.identity = identity  # a restricted user (embedded/authz.py)
 
     async def _handle(self) -> None:
         started = time.perf_counter()
@@ -192,6 +199,9 @@ class ApiHandler(tornado.web.RequestHandler):
                 review = self._body()
             except StatusError:  # kubectl may send protobuf; the answer is the same
                 review = {"kind": "SelfSubjectAccessReview"}
+            if self.identity.rules is not None and isinstance(review, dict) and review.get("spec"):
+                self._send(201, authz.access_review(self.identity, review))
+                return
             self._send(201, discovery.access_review(review if isinstance(review, dict) else {}))
             return
         if method != "GET":
@@ -224,6 +234,10 @@ class ApiHandler(tornado.web.RequestHandler):
     # -------------------------------------------------------------- resources
 
     async def _resource(self, route: Route, method: str) -> None:
+        if self.identity.rules is not None:
+            watch = route.watch_path or _bool(self.get_query_argument("watch", None))
+            verb = "get" if route.sub == "log" else authz.request_verb(method, has_name=route.name is not None, watch=watch)
+            authz.check(self.identity, verb, route.info.name, route.sub or "", route.namespace, name=route.name)
         if route.name is None:
             if method == "GET":
                 if route.watch_path or _bool(self.get_query_argument("watch", None)):
@@ -301,7 +315,10 @@ class ApiHandler(tornado.web.RequestHandler):
             raise method_not_allowed(f"create {route.info.name} in a namespace: POST "
                                      f"/api/v1/namespaces/<namespace>/{route.info.name}")
         body = self._check_body(route, self._body())
-        created = self.server.store.create(route.info.name, route.namespace, body)
+        if route.info.name == "pods" and self.server.admission is not None:  # LimitRange, ResourceQuota
+            created = self.server.admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
+        else:
+            created = self.server.store.create(route.info.name, route.namespace, body)
         self._send(201, _dumps(created))
 
     def _replace(self, route: Route) -> None:
@@ -504,8 +521,11 @@ class ApiServer:
 
     def __init__(self, store: ObjectStore, *, port: int = 0, credentials: Credentials | None = None,
                  kubelets: Mapping[str, Any] | None = None, faults: FaultInjector | None = None,
-                 bookmark_interval: float = 5.0, log_poll_interval: float = 0.1) -> None:
+                 bookmark_interval: float = 5.0, log_poll_interval: float = 0.1,
+                 identities: Any = None, admission: Any = None) -> None:
         self.store = store
+        self.identities = identities  # embedded/authz.py Identities: restricted users besides the admin token
+        self.admission = admission    # embedded/admission.py Admission for pod creations
         self.kubelets: Mapping[str, Any] = kubelets if kubelets is not None else {}
         self.faults = faults
         self.bookmark_interval = bookmark_interval

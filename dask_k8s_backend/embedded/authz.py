@@ -94,6 +94,9 @@ class Identity:
         return authorize(self, verb, resource, subresource, namespace, api_group=api_group, name=name)
 
 
+ADMIN = Identity(ADMIN_USER)  # the embedded kubeconfig's token: may do everything
+
+
 def authorize(user: Identity, verb: str, resource: str, subresource: str = "", namespace: str | None = None,
               *, api_group: str = "", name: str | None = None) -> bool:
     """May ``user`` do ``verb`` on ``resource[/subresource]`` in ``namespace`` (None: cluster scope)?"""
@@ -172,7 +175,7 @@ class Identities:
         self._lock = threading.Lock()
         self._by_token: dict[str, Identity] = {}
         self._tokens: dict[str, str] = {}
-        self.admin_token = self.add(Identity(ADMIN_USER), admin_token)
+        self.admin_token = self.add(ADMIN, admin_token)
 
     def add(self, identity: Identity, token: str | None = None) -> str:
         """Register ``identity`` and return its token (a new random one unless given)."""

@@ -17,7 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .admission import Admission
 from .apiserver import ApiServer
+from .authz import Identities, PolicyRule
 from .faults import FaultInjector
 from .store import ObjectStore
 from .tls import Credentials, make_credentials, write_kubeconfig
@@ -33,7 +35,7 @@ class EmbeddedKubernetes:
     def __init__(self, kubelet: str | None = "process", nodes: int = 1, cpu: str = "4", memory: str = "8Gi",
                  pods: int = 110, node_labels: dict[str, str] | None = None, node_taints: list[dict] | None = None,
                  port: int = 0, tls: bool = True, faults: bool = False, work_dir: str | Path | None = None,
-                 **kubelet_options: Any) -> None:
+                 users: dict[str, list[dict]] | None = None, **kubelet_options: Any) -> None:
         if kubelet not in KUBELETS:
             raise ValueError(f"EmbeddedKubernetes: kubelet must be 'process', 'simulated' or None, got {kubelet!r}.")
         if not isinstance(nodes, int) or nodes < 0:
@@ -41,6 +43,9 @@ class EmbeddedKubernetes:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedKubernetes: port must be 0 (any free port) or 1-65535, got {port!r}.")
         self.kubelet_kind = kubelet
+        # restricted users (embedded/authz.py), validated now; tokens are made at start (TLS only)
+        self._users = {name: [PolicyRule.from_dict(r) for r in rules] for name, rules in (users or {}).items()}
+        self.identities: Identities | None = None
         self.node_count = nodes if kubelet is not None else 0
         self._node_options = {"cpu": cpu, "memory": memory, "pods": pods, "labels": node_labels,
                               "taints": node_taints, **kubelet_options}
@@ -50,6 +55,7 @@ class EmbeddedKubernetes:
         self._work_dir_arg = work_dir
         self.work_dir: Path | None = None
         self.store = ObjectStore()
+        self.admission = Admission(self.store)  # LimitRange defaults and ResourceQuota on pod creation
         self.faults = FaultInjector(enabled=faults)
         self.kubelets: dict[str, Any] = {}
         self.scheduler: Any = None
@@ -73,6 +79,16 @@ class EmbeddedKubernetes:
     @property
     def token(self) -> str | None:
         return self._credentials.token if self._credentials else None
+
+    def kubeconfig_for(self, user: str) -> str:
+        """A kubeconfig (mode 0600) authenticating as the restricted ``user`` given in ``users=``."""
+        if self.identities is None or self.work_dir is None or self.apiserver is None:
+            raise RuntimeError("EmbeddedKubernetes is not started; call start() or use it as a context manager.")
+        if not self._tls:
+            raise ValueError("EmbeddedKubernetes(users=...) needs tls=True: tokens are only sent over https.")
+        return str(write_kubeconfig(self.work_dir / f"kubeconfig-{user}", server=self.apiserver.url,
+                                    ca_file=self._credentials.ca_file if self._credentials else None,
+                                    token=self.identities.token_for(user)))
 
     @property
     def ca_file(self) -> str | None:
@@ -100,8 +116,13 @@ class EmbeddedKubernetes:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         if self._tls:
             self._credentials = make_credentials(self.work_dir / "pki")
+        self.identities = Identities(admin_token=self.token)
+        for user, rules in self._users.items():
+            self.identities.add_user(user, rules)
+        self.admission.start()
         self.apiserver = ApiServer(self.store, port=self._port, credentials=self._credentials,
-                                   kubelets=self.kubelets, faults=self.faults)
+                                   kubelets=self.kubelets, faults=self.faults, identities=self.identities,
+                                   admission=self.admission)
         self.apiserver.start()
         self.kubeconfig = str(write_kubeconfig(self.work_dir / "kubeconfig", server=self.apiserver.url,
                                                ca_file=self._credentials.ca_file if self._credentials else None,
@@ -137,6 +158,7 @@ class EmbeddedKubernetes:
         self.kubelets.clear()
         if self.apiserver is not None:
             self._quietly(self.apiserver.stop, "the API server")
+        self._quietly(self.admission.stop, "the quota controller")
         if self._own_work_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self.work_dir = None
