@@ -188,6 +188,10 @@ class KubeSparkCluster(Cluster):
             return
         self.status = Status.starting
         self.connection = await asyncio.to_thread(self._manager.connect, self.settings.master, self.settings)
+        if not self._attach:  # RBAC, namespace, quotas: fail here, before anything is created
+            from .preflight import check_cluster
+
+            await check_cluster(self)
         if self._attach:
             address = await self._attach_to_running_scheduler()
         elif self.settings.deploy_mode == "cluster":

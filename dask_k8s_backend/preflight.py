@@ -80,11 +80,16 @@ CLUSTER_MODE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("get", "pods", why="the scheduler reads its own pod"),
     Permission("create", "services", why="the scheduler's service"),
 )
+TLS_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("create", "secrets", why="security.tls: the app's certificates"),
+    Permission("delete", "secrets", why="security.tls: removed at close"),
+)
 
 
-def required_permissions(deploy_mode: str) -> tuple[Permission, ...]:
-    """The permissions the backend uses in this deploy mode."""
-    return CLIENT_MODE_PERMISSIONS + (CLUSTER_MODE_PERMISSIONS if deploy_mode == "cluster" else ())
+def required_permissions(deploy_mode: str, tls: bool = False) -> tuple[Permission, ...]:
+    """The permissions the backend uses in this deploy mode (and with Dask comm TLS)."""
+    return (CLIENT_MODE_PERMISSIONS + (CLUSTER_MODE_PERMISSIONS if deploy_mode == "cluster" else ())
+            + (TLS_PERMISSIONS if tls else ()))
 
 
 def role_snippet(missing: Iterable[Permission], namespace: str) -> str:
@@ -135,9 +140,9 @@ async def _allowed(api_client: Any, permission: Permission, namespace: str) -> b
     return bool((review.get("status") or {}).get("allowed"))
 
 
-async def check_permissions(api_client: Any, namespace: str, deploy_mode: str = "client") -> None:
+async def check_permissions(api_client: Any, namespace: str, deploy_mode: str = "client", tls: bool = False) -> None:
     """Raise :class:`MissingPermissionsError` listing every permission the identity lacks."""
-    wanted = required_permissions(deploy_mode)
+    wanted = required_permissions(deploy_mode, tls)
     try:
         answers = await asyncio.gather(*(_allowed(api_client, p, namespace) for p in wanted))
     except (NotFound, Forbidden) as e:  # no SelfSubjectAccessReview API here: creation errors will tell
@@ -249,9 +254,20 @@ async def quota_shortfall(api_client: Any, namespace: str, pod: dict, n_workers:
 
 
 # ------------------------------------------------------------------------------------ entry point
-async def run_preflight(api_client: Any, *, namespace: str, deploy_mode: str, pod: dict, n_workers: int) -> None:
+async def run_preflight(api_client: Any, *, namespace: str, deploy_mode: str, pod: dict, n_workers: int,
+                        tls: bool = False) -> None:
     """All checks, in order (permissions, namespace, policies); the first failing one raises."""
-    await check_permissions(api_client, namespace, deploy_mode)
+    await check_permissions(api_client, namespace, deploy_mode, tls)
     await check_namespace(api_client, namespace)
     await check_policies(api_client, namespace, pod, n_workers)
     logger.debug("preflight passed for namespace %s (%d workers)", namespace, n_workers)
+
+
+async def check_cluster(cluster: Any) -> None:
+    """The preflight of a starting :class:`~dask_k8s_backend.cluster.KubeSparkCluster` (its connection is up)."""
+    from .pods.builder import check_executor_pod
+
+    pod = check_executor_pod(app=cluster.app, settings=cluster.settings, template=cluster._pod_template)
+    await run_preflight(cluster.connection.api_client, namespace=cluster.app.namespace,
+                        deploy_mode=cluster.settings.deploy_mode, pod=pod, n_workers=cluster._n_workers,
+                        tls=cluster.settings.security.tls)
