@@ -127,14 +127,26 @@ class KubePodApi:
 
     # ------------------------------------------------------------------ PodApi
     async def list_pods(self, label_selector: str) -> tuple[list[dict], str]:
-        """Paged list (``limit``/``continue``): the pages form one consistent snapshot."""
+        """Paged list (``limit``/``continue``): the pages form one consistent snapshot.
+
+        A continue token that expired between pages (410) restarts the list once without paging.
+        """
+        from ..errors import Gone
+
+        try:
+            return await self._list_pages(label_selector, LIST_PAGE_SIZE)
+        except Gone:
+            logger.info("the paged list of pods (%s) expired; listing them in one request", label_selector)
+            return await self._list_pages(label_selector, None)
+
+    async def _list_pages(self, label_selector: str, limit: int | None) -> tuple[list[dict], str]:
         items: list[dict] = []
         token: str | None = None
         while True:
             page = await self._json(
                 f"list pods ({label_selector}) in namespace {self.namespace}",
                 self._core.list_namespaced_pod, self.namespace, label_selector=label_selector,
-                limit=LIST_PAGE_SIZE, _continue=token,
+                limit=limit, _continue=token,
             )
             items += page.get("items") or []
             meta = page.get("metadata") or {}

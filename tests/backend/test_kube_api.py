@@ -191,6 +191,58 @@ def test_unreachable_api_server_raises_from_the_watch_and_leaves_no_thread():
     assert wait_until(lambda: not watch_threads(), 2.0)
 
 
+class _ExpiringListHandler(BaseHTTPRequestHandler):
+    """First page has a continue token; continuing answers 410 Expired; an unpaged list answers everything."""
+
+    protocol_version = "HTTP/1.1"
+    paths: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        if "continue=" in self.path:
+            status, body = 410, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired",
+                                 "message": "The provided continue parameter is too old", "code": 410}
+        elif "limit=" in self.path:
+            status, body = 200, {"kind": "PodList", "metadata": {"resourceVersion": "7", "continue": "tok"},
+                                 "items": [{"metadata": {"name": "a"}}]}
+        else:
+            status, body = 200, {"kind": "PodList", "metadata": {"resourceVersion": "9"},
+                                 "items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}]}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_expired_continue_token_restarts_the_list_without_paging():
+    handler = type("Handler", (_ExpiringListHandler,), {"paths": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+
+    async def run() -> tuple[list[dict], str]:
+        api = local_api(f"http://127.0.0.1:{server.server_port}")
+        try:
+            return await api.list_pods("x=y")
+        finally:
+            await api.close()
+
+    try:
+        pods, rv = asyncio.run(run())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert [p["metadata"]["name"] for p in pods] == ["a", "b"] and rv == "9"
+    assert len(handler.paths) == 3
+
+
 # ----------------------------------------------------------------------------- embedded Kubernetes
 @pytest.fixture(scope="module")
 def kube():
