@@ -302,12 +302,17 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
+def is_quota_exceeded(exc: BaseException) -> bool:
+    """A 403 from the ResourceQuota admission: the namespace is full, the pod is fine."""
+    return _status_code(exc) == 403 and "exceeded quota" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying later (throttling, server trouble, connection loss, a full quota), not the pod's fault."""
     code = _status_code(exc)
     if not code:
         return True  # unreachable API server (ApiUnreachable has code 0), timeouts
-    if code == 403 and "exceeded quota" in str(exc):
+    if is_quota_exceeded(exc):
         return True  # retried when capacity frees; the message carries the quota's numbers
     return code in TRANSIENT_CODES
 
@@ -342,6 +347,9 @@ class ExecutorPodsAllocator:
         self._snapshot = ExecutorPodsSnapshot()
         self._names: dict[int, tuple[str, str]] = {}  # executor id -> (pod name, group), for the plugin
         self._error_streak = 0
+        self._quota_hold: int | None = None  # our live pods when a creation hit a full quota
+        self._quota_message: str | None = None
+        self.quota_refusals = 0
         self._round_requested = False
         self._round_task: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -481,6 +489,19 @@ class ExecutorPodsAllocator:
             known_executors=frozenset(self.known_executors()),
             blocked_groups=self.failures.blocked_groups() | frozenset(g for g in state.targets if self.failures.is_blocked(g)),
         )
+        self._release_quota_hold()
+
+    def _live_pods(self) -> int:
+        return sum(len(self.alive_ids(g)) for g in self._state.targets)
+
+    def _release_quota_hold(self) -> None:
+        """One of our pods finished or went away since a creation hit the full quota: retry at once."""
+        if self._quota_hold is not None and self._live_pods() < self._quota_hold:
+            logger.info("quota capacity freed by our own pods; creating again")
+            self._quota_hold = None
+            self._quota_message = None
+            self._error_streak = 0
+            self._state = replace(self._state, creations_not_before=0.0)
 
     def _arm_timer(self, at: float) -> None:
         if self._timer is not None and not self._timer.done():
@@ -563,6 +584,9 @@ class ExecutorPodsAllocator:
 
     def _creation_failed(self, executor_id: int, group: str, pod: dict, exc: BaseException) -> None:
         self._state = replace(self._state, newly_created={i: c for i, c in self._state.newly_created.items() if i != executor_id})
+        if is_quota_exceeded(exc):
+            self._quota_refused(executor_id, exc)
+            return
         if is_transient(exc):
             logger.warning("creating pod %s for executor %s failed (%s); backing off", pod["metadata"]["name"], executor_id, exc)
             return
@@ -570,6 +594,19 @@ class ExecutorPodsAllocator:
                    f"{exc}. Fix the worker settings or pod template of this group.")
         logger.error("%s", message)
         self.failures.record_failure(group, executor_id, message)
+
+    def _quota_refused(self, executor_id: int, exc: BaseException) -> None:
+        """Report a full quota once per distinct message (it carries the quota's numbers)."""
+        self.quota_refusals += 1
+        message = (f"creating a worker pod was refused because the namespace's ResourceQuota is used up "
+                   f"({exc}); the backend creates it when capacity frees")
+        server = getattr(exc, "status", {}) or {}
+        key = server.get("message") if isinstance(server, dict) else None
+        if key is None or key != self._quota_message:
+            self._quota_message = key
+            logger.warning("%s", message)
+            if self.on_pending_reason is not None:
+                self.on_pending_reason(executor_id, message)
 
     def _after_creations(self, outcomes: list[BaseException | None], attempted: int) -> None:
         """Slow start: double the round size after a clean full round, halve it and back off after errors."""
@@ -581,9 +618,15 @@ class ExecutorPodsAllocator:
             delays = [d for d in (_retry_after(e) for e in errors) if d is not None]
             backoff = max(delays) if delays else min(MAX_BACKOFF, max(self.settings.batch_delay, 0.1) * 2 ** self._error_streak)
             allowance = max(1, allowance // 2) if self.settings.slow_start else allowance
+            if any(is_quota_exceeded(e) for e in errors):
+                # Wait for capacity: our own pods freeing it release the hold (_release_quota_hold);
+                # other apps' pods are noticed by one-pod probes at the growing backoff.
+                self._quota_hold = self._live_pods()
+                allowance = 1
             not_before = now + backoff
         else:
             self._error_streak = 0
+            self._quota_hold = self._quota_message = None
             if self.settings.slow_start and attempted >= allowance:
                 allowance = min(self.settings.batch_size, allowance * 2)
             not_before = now + self.settings.batch_delay

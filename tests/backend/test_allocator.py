@@ -360,3 +360,40 @@ async def test_an_unreachable_api_server_backs_off_instead_of_counting_failures(
     await h.tick(2.0)
     assert h.created() == [2]
     await h.stop()
+
+
+QUOTA_MESSAGE = ('pods "app-exec-2" is forbidden: exceeded quota: q, requested: requests.cpu=1, '
+                 "used: requests.cpu=1, limited: requests.cpu=1")
+
+
+@run_async
+async def test_an_exceeded_quota_is_reported_once_with_its_numbers_and_probed_one_pod_at_a_time():
+    h = Harness(batch_size=4)
+    h.api.fail_next("create_pod", make_error(Forbidden, QUOTA_MESSAGE, status={"message": QUOTA_MESSAGE}), times=100)
+    await h.set_target(4)
+    assert h.allocator.quota_refusals == 1 and h.failures.failure_count("default") == 0
+    assert len(h.reports) == 1 and "used: requests.cpu=1, limited: requests.cpu=1" in h.reports[0][1]
+    attempts = h.api.requests["create_pod"]
+    await h.set_target(5)  # asking for more does not hammer a full quota
+    await h.tick(1.0)
+    assert h.api.requests["create_pod"] == attempts
+    await h.tick(1.5)  # the backoff's probe: one pod, not a batch
+    assert h.api.requests["create_pod"] == attempts + 1
+    assert len(h.reports) == 1  # same quota, same numbers: not reported again
+    await h.stop()
+
+
+@run_async
+async def test_a_quota_hold_is_released_at_once_when_one_of_our_pods_finishes():
+    h = Harness(batch_size=4)
+    await h.set_target(1)
+    h.see_created("Running")
+    h.known = {1}
+    await h.deliver()
+    h.api.fail_next("create_pod", make_error(Forbidden, QUOTA_MESSAGE, status={"message": QUOTA_MESSAGE}), times=2)
+    await h.set_target(3)
+    assert h.allocator.quota_refusals == 2 and h.created() == [1]
+    h.see(failed_pod(1))  # capacity frees: no need to wait for the backoff
+    await h.deliver()
+    assert len(h.created()) == 2, h.created()
+    await h.stop()
