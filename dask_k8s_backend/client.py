@@ -220,10 +220,15 @@ def _in_cluster(environ: Any = os.environ) -> bool:
 def _base_configuration(servers: list[str] | None, settings: Settings) -> tuple[k8s.Configuration, list[str]]:
     """Configuration from kubeconfig/in-cluster (no servers) or a bare one for explicit servers."""
     cfg = k8s.Configuration()
+    auth = settings.authenticate
     if servers:
+        if auth.kubeconfig:  # explicit servers, credentials (token, CA, client cert) from the named kubeconfig
+            from kubernetes import config as kube_config
+
+            kube_config.load_kube_config(config_file=auth.kubeconfig, context=auth.context, client_configuration=cfg,
+                                         persist_config=False)
         cfg.host = servers[0].rstrip("/")
         return cfg, list(servers)
-    auth = settings.authenticate
     kubeconfig = auth.kubeconfig or os.environ.get("KUBECONFIG")
     if not kubeconfig and _in_cluster():
         InClusterConfigLoader(token_filename=str(SERVICE_ACCOUNT_DIR / "token"),
