@@ -1,0 +1,110 @@
+"""An embedded Kubernetes with restricted users, reached as a real cluster (k8s:// + kubeconfig).
+
+Each restricted user lacks exactly one permission the backend needs (``no-<verb>-<resource>``),
+``nothing`` has none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml: the refusal
+paths go through the real HTTP API with real tokens. Leak checks: no pod of a refused cluster
+exists (checked through the API) and no worker process outlives a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+import yaml
+
+from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, Permission
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def user_name(permission: Permission) -> str:
+    return f"no-{permission.verb}-{permission.full_resource.replace('/', '-')}"
+
+
+def rule(permission: Permission, namespace: str = "default") -> dict:
+    return {"apiGroups": [""], "resources": [permission.full_resource], "verbs": [permission.verb], "namespaces": [namespace]}
+
+
+def rbac_yaml_rules(namespace: str) -> list[dict]:
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "Role")
+    return [{**r, "namespaces": [namespace]} for r in role["rules"]]
+
+
+def restricted_users() -> dict[str, list[dict]]:
+    users = {user_name(p): [rule(q) for q in CLIENT_MODE_PERMISSIONS if q != p] for p in CLIENT_MODE_PERMISSIONS}
+    users["nothing"] = []
+    users["rbac-yaml"] = rbac_yaml_rules("default")
+    return users
+
+
+@pytest.fixture(scope="module")
+def kube():
+    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
+
+    with EmbeddedKubernetes(kubelet="process", nodes=1, cpu="16", memory="32Gi", users=restricted_users()) as k:
+        yield k
+
+
+@pytest.fixture(scope="module")
+def core_api(kube):
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig)
+    yield client.CoreV1Api(api_client)
+    api_client.close()
+
+
+def cluster_kwargs(kube, kubeconfig: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A small, fast KubeSparkCluster on the embedded server, as ``kubeconfig``'s user (default: admin)."""
+    kwargs: dict[str, Any] = dict(
+        master=f"k8s://{kube.url}", worker_memory="256MiB", worker_cores=1, quiet=True,
+        authenticate={"kubeconfig": kubeconfig or kube.kubeconfig},
+        executor={"delete-grace-period": "2s"}, worker={"death-timeout": "20s"},
+    )
+    kwargs.update(extra)
+    return kwargs
+
+
+def worker_pods(core_api, namespace: str = "default") -> list[dict]:
+    """Every worker pod of any app in ``namespace``, read through the API as the admin."""
+    response = core_api.list_namespaced_pod(namespace, label_selector="dask-k8s-backend/role=worker",
+                                            _preload_content=False)
+    return json.loads(response.data)["items"]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll a condition that has no event to await, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_worker_processes():
+    yield
+    me = psutil.Process(os.getpid())
+
+    def workers() -> list[psutil.Process]:
+        out = []
+        for child in me.children(recursive=True):
+            try:
+                line = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if "dask" in line and "worker" in line:
+                out.append(child)
+        return out
+
+    wait_until(lambda: not workers(), timeout=30, what="worker processes to exit")

@@ -1,0 +1,58 @@
+"""Preflight refusals on the embedded Kubernetes, through the real HTTP API, before any pod exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from dask_k8s_backend import KubeSparkCluster
+from dask_k8s_backend.preflight import (
+    CLIENT_MODE_PERMISSIONS,
+    MissingPermissionsError,
+    NamespaceNotFoundError,
+    QuotaError,
+)
+
+from .conftest import cluster_kwargs, user_name, wait_until, worker_pods
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("permission", CLIENT_MODE_PERMISSIONS, ids=lambda p: f"{p.verb}-{p.full_resource}")
+def test_each_missing_permission_is_refused_before_any_pod_exists(kube, core_api, permission):
+    before = worker_pods(core_api)
+    with pytest.raises(MissingPermissionsError) as info:
+        KubeSparkCluster(n_workers=2, **cluster_kwargs(kube, kube.kubeconfig_for(user_name(permission))))
+    assert info.value.missing == (permission,)
+    message = str(info.value)
+    assert f"  - {permission.describe()}" in message
+    assert f'resources: ["{permission.full_resource}"]\n    verbs: ["{permission.verb}"]' in message  # the Role
+    assert "namespace: default" in message and "nothing was created" in message
+    assert worker_pods(core_api) == before
+
+
+def test_every_missing_permission_is_listed_in_one_error(kube, core_api):
+    with pytest.raises(MissingPermissionsError) as info:
+        KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, kube.kubeconfig_for("nothing")))
+    assert info.value.missing == CLIENT_MODE_PERMISSIONS
+    listed = [line for line in str(info.value).splitlines() if line.startswith("  - ") and "apiGroups" not in line]
+    assert listed == [f"  - {p.describe()}" for p in CLIENT_MODE_PERMISSIONS]
+    assert 'resources: ["pods/log"]\n    verbs: ["get"]' in str(info.value)
+    assert worker_pods(core_api) == []
+
+
+def test_the_role_in_deploy_rbac_yaml_is_enough_to_run_workers(kube, core_api):
+    kwargs = cluster_kwargs(kube, kube.kubeconfig_for("rbac-yaml"))
+    with KubeSparkCluster(n_workers=1, **kwargs) as cluster:
+        cluster.wait_for_workers(1, timeout=60)
+        assert cluster.logs(1) is not None  # pods/log
+        app_id = cluster.app.app_id
+    assert cluster.pods_left_after_close == 0
+    assert [p for p in worker_pods(core_api) if p["metadata"]["labels"]["dask-k8s-backend/app-id"] == app_id] == []
+
+
+def test_a_missing_namespace_is_refused_before_any_pod_exists(kube, core_api):
+    with pytest.raises(NamespaceNotFoundError, match="namespace 'nowhere'.*kubectl create namespace nowhere"):
+        KubeSparkCluster(n_workers=1, namespace="nowhere", **cluster_kwargs(kube))
+    namespaces = {n.metadata.name for n in core_api.list_namespace().items}
+    assert "nowhere" not in namespaces
+
