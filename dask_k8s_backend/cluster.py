@@ -317,6 +317,9 @@ class KubeSparkCluster(Cluster):
         return self.sync(self._scale, n, group)
 
     async def _scale(self, n: int, group: str = "default") -> None:
+        from .preflight import warn_before_scale
+
+        await warn_before_scale(self, n, group)  # logs when the quota cannot hold the new pods
         await self.scheduler_comm.k8s_request_total_executors(n=n, group=group)  # type: ignore[union-attr]
         await self._refresh_status()
 

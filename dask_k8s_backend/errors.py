@@ -109,6 +109,9 @@ def _advice(cls: type[KubernetesApiError], status: dict[str, Any], action: str) 
     if cls is Unauthorized:
         return ("The API server rejected our credentials: check k8s-backend.authenticate.oauth-token / "
                 "oauth-token-file or the kubeconfig user (the token may have expired).")
+    if cls is Forbidden and "exceeded quota" in str(status.get("message", "")):
+        return ("The namespace's ResourceQuota has no room for this pod: wait for capacity to free, ask for fewer "
+                "or smaller workers, or have the quota raised.")
     if cls is Forbidden:
         details = status.get("details") or {}
         kind = details.get("kind") or "the resource"

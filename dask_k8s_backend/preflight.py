@@ -203,8 +203,12 @@ def effective_pod(pod: dict, limit_ranges: Iterable[dict] | None) -> dict:
 
 
 def policy_problems(pod: dict, limit_ranges: Iterable[dict] | None, resource_quotas: Iterable[dict] | None,
-                    n_workers: int, namespace: str, option: str = "n_workers") -> list[str]:
-    """Why ``n_workers`` copies of ``pod`` would be refused: LimitRange limits, quota requirements and room."""
+                    n_workers: int, namespace: str, asked: str | None = None) -> list[str]:
+    """Why ``n_workers`` copies of ``pod`` would be refused: LimitRange limits, quota requirements and room.
+
+    ``asked`` says who asks for them in the message (default "n_workers=N asks for N worker pods").
+    """
+    asked = asked or f"n_workers={n_workers} asks for {n_workers} worker pods"
     problems = []
     effective = effective_pod(pod, limit_ranges)
     violations = quotas.limit_range_violations(effective, limit_ranges or [])
@@ -218,19 +222,18 @@ def policy_problems(pod: dict, limit_ranges: Iterable[dict] | None, resource_quo
             problems.append(f"ResourceQuota {name!r} requires every container to set {'; '.join(missing)}; "
                             "set them in the pod template or ask for a LimitRange with defaults")
             continue
-        short = _shortfall(quota, effective, n_workers, namespace, option)
+        short = _shortfall(quota, effective, n_workers, namespace, asked)
         if short:
             problems.append(short)
     return problems
 
 
-def _shortfall(quota: dict, pod: dict, n_workers: int, namespace: str, option: str) -> str | None:
+def _shortfall(quota: dict, pod: dict, n_workers: int, namespace: str, asked: str) -> str | None:
     room = quotas.quota_room(quota, pod)
     if room.fits is None or room.fits >= n_workers:
         return None
-    return (f"{option}={n_workers} worker pods do not fit: {room.describe()} in namespace {namespace!r} leaves room "
-            f"for {room.fits}. Ask for at most {room.fits} workers, lower worker_cores / worker_memory, "
-            "or have the quota raised")
+    return (f"{asked}, but only {room.fits} fit: {room.describe()} (namespace {namespace!r}). "
+            f"Ask for at most {room.fits} more workers, lower worker_cores / worker_memory, or have the quota raised")
 
 
 async def check_policies(api_client: Any, namespace: str, pod: dict, n_workers: int) -> None:
@@ -242,14 +245,14 @@ async def check_policies(api_client: Any, namespace: str, pod: dict, n_workers: 
                          + "; ".join(problems) + ".")
 
 
-async def quota_shortfall(api_client: Any, namespace: str, pod: dict, n_workers: int, option: str = "scale(n)") -> str | None:
+async def quota_shortfall(api_client: Any, namespace: str, pod: dict, n_workers: int, asked: str) -> str | None:
     """A warning when ``n_workers`` pods would not fit the namespace's quotas now (None when they fit)."""
     try:
         limit_ranges, resource_quotas = await read_policies(api_client, namespace)
     except KubernetesApiError as e:
         logger.debug("quota check before scaling skipped: %s", e)
         return None
-    problems = policy_problems(pod, limit_ranges, resource_quotas, n_workers, namespace, option)
+    problems = policy_problems(pod, limit_ranges, resource_quotas, n_workers, namespace, asked)
     return "; ".join(problems) + "; the backend keeps retrying as capacity frees" if problems else None
 
 
@@ -271,3 +274,29 @@ async def check_cluster(cluster: Any) -> None:
     await run_preflight(cluster.connection.api_client, namespace=cluster.app.namespace,
                         deploy_mode=cluster.settings.deploy_mode, pod=pod, n_workers=cluster._n_workers,
                         tls=cluster.settings.security.tls)
+
+
+async def warn_before_scale(cluster: Any, n: int, group: str = "default") -> str | None:
+    """Before ``scale(n)``: warn (log) when the extra pods will not fit the quota; never raises.
+
+    Only the default group's pod recipe is known here; the backend reports refusals of any group
+    in the cluster's status events when they happen.
+    """
+    if group != "default" or cluster.connection is None:
+        return None
+    alive = sum(1 for e in cluster._status_cache.alive() if e.get("group", "default") == group)
+    extra = n - alive
+    if extra <= 0:
+        return None
+    try:
+        from .pods.builder import check_executor_pod
+
+        pod = check_executor_pod(app=cluster.app, settings=cluster.settings, template=cluster._pod_template)
+        warning = await quota_shortfall(cluster.connection.api_client, cluster.app.namespace, pod, extra,
+                                        asked=f"scale({n}) needs {extra} more worker pods")
+    except Exception as e:  # a warning must never break scaling
+        logger.debug("quota check before scale(%s) failed: %s", n, e)
+        return None
+    if warning:
+        logger.warning("%s", warning)
+    return warning

@@ -600,9 +600,9 @@ class ExecutorPodsAllocator:
         self.quota_refusals += 1
         message = (f"creating a worker pod was refused because the namespace's ResourceQuota is used up "
                    f"({exc}); the backend creates it when capacity frees")
-        server = getattr(exc, "status", {}) or {}
-        key = server.get("message") if isinstance(server, dict) else None
-        if key is None or key != self._quota_message:
+        text = str(exc)
+        key = text[text.find("exceeded quota"):]  # the quota's numbers, without the pod's name
+        if key != self._quota_message:
             self._quota_message = key
             logger.warning("%s", message)
             if self.on_pending_reason is not None:

@@ -1,0 +1,75 @@
+"""ResourceQuota and LimitRange on the embedded Kubernetes: refused up front, and at creation time."""
+
+from __future__ import annotations
+
+import pytest
+
+from dask_k8s_backend import KubeSparkCluster
+from dask_k8s_backend.preflight import QuotaError
+
+from .conftest import cluster_kwargs, wait_until, worker_pods
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def namespace(core_api, request):
+    """A fresh namespace for one test, deleted afterwards."""
+    name = request.node.name.replace("_", "-")[:40].strip("-").lower()
+    core_api.create_namespace({"metadata": {"name": name}})
+    yield name
+    core_api.delete_namespace(name)
+
+
+def make_quota(core_api, namespace, hard, name="compute"):
+    core_api.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
+
+
+def test_workers_that_cannot_fit_the_quota_are_refused_up_front_with_its_numbers(kube, core_api, namespace):
+    make_quota(core_api, namespace, {"requests.cpu": "2", "pods": "10"})
+    with pytest.raises(QuotaError) as info:
+        KubeSparkCluster(n_workers=3, namespace=namespace, **cluster_kwargs(kube))
+    message = str(info.value)
+    assert "n_workers=3 asks for 3 worker pods, but only 2 fit" in message
+    assert "ResourceQuota 'compute': each worker pod requests requests.cpu=1, used: requests.cpu=0, limited: requests.cpu=2" in message
+    assert "nothing was created" in message
+    assert worker_pods(core_api, namespace) == []
+
+
+def test_a_quota_on_limits_needs_them_set_and_limit_range_defaults_count(kube, core_api, namespace):
+    make_quota(core_api, namespace, {"limits.cpu": "3"})
+    with pytest.raises(QuotaError, match="requires every container to set limits.cpu for: "):
+        KubeSparkCluster(n_workers=1, namespace=namespace, **cluster_kwargs(kube))
+    core_api.create_namespaced_limit_range(namespace, {"metadata": {"name": "defaults"}, "spec": {"limits": [
+        {"type": "Container", "default": {"cpu": "2"}}]}})
+    with pytest.raises(QuotaError, match=r"limits.cpu=2, used: limits.cpu=0, limited: limits.cpu=3"):
+        KubeSparkCluster(n_workers=2, namespace=namespace, **cluster_kwargs(kube))  # 2 x the default 2 > 3
+    assert worker_pods(core_api, namespace) == []
+    with KubeSparkCluster(n_workers=1, namespace=namespace, **cluster_kwargs(kube)) as cluster:
+        pods = wait_until(lambda: worker_pods(core_api, namespace), what="the worker pod")
+        resources = pods[0]["spec"]["containers"][0]["resources"]
+        assert resources["limits"]["cpu"] == "2"  # the API server applied the LimitRange default
+        quota = core_api.read_namespaced_resource_quota("compute", namespace)
+        wait_until(lambda: core_api.read_namespaced_resource_quota("compute", namespace).status.used == {"limits.cpu": "2"},
+                   what="the quota's status.used")
+        assert quota.status.hard == {"limits.cpu": "3"}
+        cluster.wait_for_workers(1, timeout=60)
+
+
+def test_a_full_quota_at_creation_time_is_reported_and_retried_when_capacity_frees(kube, core_api, namespace):
+    make_quota(core_api, namespace, {"pods": "2"})
+    blocker = {"metadata": {"name": "blocker"},
+               "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "pause"}]}}
+    core_api.create_namespaced_pod(namespace, blocker)  # another app's pod, Pending forever, counts
+    with KubeSparkCluster(namespace=namespace, **cluster_kwargs(kube)) as cluster:
+        cluster.scale(3)
+        expected = 'exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2'
+        wait_until(lambda: any(expected in e for e in cluster.refresh_status().events), what="the quota refusal in status")
+        assert len(worker_pods(core_api, namespace)) == 1
+        allocator = cluster.scheduler.plugins["k8s-backend"].components.allocator
+        refusals = allocator.quota_refusals
+        assert sum(expected in e for e in cluster.refresh_status().events) == 1  # reported once
+        core_api.delete_namespaced_pod("blocker", namespace, grace_period_seconds=0)
+        wait_until(lambda: len(worker_pods(core_api, namespace)) == 2, timeout=30, what="a second worker pod")
+        assert allocator.quota_refusals - refusals <= 8, "a full quota must not be hammered"
+    assert worker_pods(core_api, namespace) == []
