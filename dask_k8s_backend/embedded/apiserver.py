@@ -427,13 +427,15 @@ class ApiHandler(tornado.web.RequestHandler):
                              namespace=route.namespace, labels=labels, fields=fields)
         self.set_status(200)
         self.set_header("Content-Type", JSON)
-        self.set_header("Transfer-Encoding", "chunked")
         try:
             stream.start(args("resourceVersion", None))
         except StatusError as e:
             if e.code != 410:
                 raise
-            self.finish(error_line(e.to_status()))
+            # Flush before finishing: finish() alone would add a Content-Length to a chunked response.
+            self.write(error_line(e.to_status()))
+            await self.flush()
+            self.finish()
             return
         self._stream = stream
         self.server.watches.add(stream)
