@@ -53,6 +53,7 @@ class FailureTracker:
         self._on_purpose: dict[int, str] = {}
         self._max_target: dict[str, int] = {}
         self._blocked: set[str] = set()
+        self._blocked_for_good: set[str] = set()  # block(): retrying cannot help, failures never age out
 
     # ------------------------------------------------------------------ inputs
     def note_target(self, group: str, target: int) -> None:
@@ -71,10 +72,24 @@ class FailureTracker:
         self._failures.setdefault(group, deque()).append(Failure(executor_id, group, explanation, self.clock.now()))
         self._check_limit(group)
 
+    def block(self, group: str, message: str) -> None:
+        """Stop replacing the group's workers now, whatever the count: e.g. its image runs other versions."""
+        self._blocked_for_good.add(group)
+        if group in self._blocked:
+            return
+        self._blocked.add(group)
+        logger.error("%s", message)
+        if self.on_failure_limit is not None:
+            try:
+                self.on_failure_limit(group, message)
+            except Exception:
+                logger.exception("on_failure_limit callback failed for worker group %s", group)
+
     def reset(self, group: str) -> None:
         """Forget a group's failures and unblock it (e.g. after the user fixed its template)."""
         self._failures.pop(group, None)
         self._blocked.discard(group)
+        self._blocked_for_good.discard(group)
 
     # ------------------------------------------------------------------ reads
     def max_failures(self, group: str) -> int:
@@ -86,7 +101,8 @@ class FailureTracker:
         return len(self._recent(group))
 
     def is_blocked(self, group: str) -> bool:
-        if group in self._blocked and self.failure_count(group) < self.max_failures(group):
+        if (group in self._blocked and group not in self._blocked_for_good
+                and self.failure_count(group) < self.max_failures(group)):
             self._blocked.discard(group)  # failures aged out of the validity window
             logger.info("worker group %s: failures aged out of the validity window; replacing workers again", group)
         return group in self._blocked

@@ -5,6 +5,11 @@ id of a pod of this app that is neither being deleted nor excluded, and its dask
 versions must match the scheduler's. Refused workers get the same ``{"status": "error"}``
 answer the scheduler gives a duplicate name, so the worker process exits with that message,
 and the refusal is recorded where the user sees it.
+
+A version mismatch is not a transient failure: every replacement would run the same image. So
+the first one blocks the worker's group at once with one error naming both versions and the
+image (``FailureTracker.block``), instead of replacing pods until ``max-failures`` is reached
+and reporting "the worker exited with code 1".
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKED_PACKAGES = ("dask", "distributed")
+
+
+def versions_text(versions: dict[str, Any]) -> str:
+    """'dask 2026.8.0 and distributed 2026.8.0'."""
+    packages = (versions or {}).get("packages", {})
+    return " and ".join(f"{pkg} {packages.get(pkg)}" for pkg in CHECKED_PACKAGES)
 
 
 def version_mismatch(scheduler_versions: dict[str, Any], worker_versions: dict[str, Any]) -> list[str]:
@@ -71,10 +82,37 @@ class RegistrationGatekeeper:
         mismatch = version_mismatch(self._versions, versions)
         if mismatch:
             return (
-                f"worker {name!r} refused: its image {self.backend.settings.image!r} runs different versions "
+                f"worker {name!r} refused: its image {self._image_of(executor_id)!r} runs different versions "
                 f"than the scheduler ({'; '.join(mismatch)}); use an image with the scheduler's versions"
             )
         return None
+
+    def _image_of(self, executor_id: int) -> str:
+        """The image of the executor's worker container as created (a group's template may pin its own)."""
+        components = self.backend.components
+        state = components.store.current.executor_pods.get(executor_id) if components is not None else None
+        containers = ((state.pod.get("spec") or {}).get("containers") or []) if state is not None else []
+        wanted = self.backend.settings.worker.pod_template_container_name
+        chosen = next((c for c in containers if c.get("name") == wanted), containers[0] if containers else {})
+        return chosen.get("image") or self.backend.settings.image
+
+    def _block_group(self, executor_id: int, versions: dict[str, Any]) -> None:
+        """Versions never fix themselves: stop creating pods for this group with one clear error."""
+        components = self.backend.components
+        if components is None:
+            return
+        group = components.group_of(executor_id) or "default"
+        packages = self._versions.get("packages", {})
+        pins = " and ".join(f"{pkg}=={packages.get(pkg)}" for pkg in CHECKED_PACKAGES)
+        message = (
+            f"Worker group {group!r} cannot run: its image {self._image_of(executor_id)!r} (executor {executor_id}) "
+            f"runs {versions_text(versions)}, but the scheduler runs {versions_text(self._versions)}. Workers with "
+            "other versions fail in obscure ways, so they are refused and no more pods are created for this group. "
+            f"Use an image with {pins} (or run the scheduler with the image's versions), then recreate the "
+            "cluster or the worker group."
+        )
+        components.failures.record_failure(group, executor_id, message)
+        components.failures.block(group, message)
 
     async def register_worker(self, comm: Any, **msg: Any) -> None:
         reason = self.refusal(msg.get("name"), msg.get("versions") or {})
@@ -83,6 +121,8 @@ class RegistrationGatekeeper:
         self.refused.append((str(msg.get("name")), reason))
         self.backend.record(reason)
         logger.warning("%s", reason)
+        if version_mismatch(self._versions, msg.get("versions") or {}) and not self._closed:
+            self._block_group(int(msg["name"]), msg.get("versions") or {})
         from distributed.metrics import time
 
         await comm.write({"status": "error", "message": reason, "time": time()})

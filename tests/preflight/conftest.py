@@ -68,7 +68,8 @@ def cluster_kwargs(kube, kubeconfig: str | None = None, **extra: Any) -> dict[st
         authenticate={"kubeconfig": kubeconfig or kube.kubeconfig},
         executor={"delete-grace-period": "2s"}, worker={"death-timeout": "20s"},
     )
-    kwargs.update(extra)
+    for key, value in extra.items():
+        kwargs[key] = {**kwargs[key], **value} if isinstance(value, dict) and isinstance(kwargs.get(key), dict) else value
     return kwargs
 
 
