@@ -1,0 +1,62 @@
+"""Preflight's pure parts: required permissions, the Role it suggests, policy problems; sticky blocks."""
+
+from __future__ import annotations
+
+import yaml
+
+from dask_k8s_backend.backend.failures import FailureTracker
+from dask_k8s_backend.clock import ManualClock
+from dask_k8s_backend.config import ExecutorSettings
+from dask_k8s_backend.preflight import (
+    CLIENT_MODE_PERMISSIONS,
+    Permission,
+    policy_problems,
+    required_permissions,
+    role_snippet,
+)
+
+
+def worker_pod(cpu="1"):
+    return {"metadata": {"name": "w"}, "spec": {"containers": [{"name": "worker", "resources": {"requests": {"cpu": cpu}}}]}}
+
+
+def test_cluster_mode_and_tls_need_more_permissions():
+    assert required_permissions("client") == CLIENT_MODE_PERMISSIONS
+    extra = set(required_permissions("cluster", tls=True)) - set(CLIENT_MODE_PERMISSIONS)
+    assert {(p.verb, p.full_resource) for p in extra} == {
+        ("get", "pods"), ("create", "services"), ("create", "secrets"), ("delete", "secrets")}
+
+
+def test_the_suggested_role_is_valid_yaml_granting_exactly_the_missing_permissions():
+    missing = [Permission("create", "pods"), Permission("get", "pods", "log"), Permission("delete", "pods")]
+    role = yaml.safe_load(role_snippet(missing, "team-a"))
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "team-a"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
+                             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
+
+
+def test_policy_problems_count_limit_range_defaults_and_name_the_binding_quota():
+    ranges = [{"spec": {"limits": [{"type": "Container", "defaultRequest": {"cpu": "2"}}]}}]
+    quota = {"metadata": {"name": "q"}, "spec": {"hard": {"requests.cpu": "5"}}, "status": {"used": {"requests.cpu": "1"}}}
+    pod = {"metadata": {"name": "w"}, "spec": {"containers": [{"name": "worker"}]}}
+    assert policy_problems(pod, ranges, [quota], 2, "ns") == []
+    [problem] = policy_problems(pod, ranges, [quota], 3, "ns")
+    assert problem.startswith("n_workers=3 asks for 3 worker pods, but only 2 fit: ResourceQuota 'q': each worker pod "
+                              "requests requests.cpu=2, used: requests.cpu=1, limited: requests.cpu=5")
+
+
+def test_policy_problems_without_permission_to_read_policies_are_none():
+    assert policy_problems(worker_pod(), None, None, 100, "ns") == []
+
+
+def test_a_blocked_group_stays_blocked_until_reset():
+    limits = []
+    tracker = FailureTracker(settings=ExecutorSettings(max_failures=3, failures_validity_interval=10), clock=ManualClock(),
+                             on_failure_limit=lambda g, m: limits.append((g, m)))
+    tracker.block("gpu", "image runs other versions")
+    tracker.block("gpu", "image runs other versions")
+    assert limits == [("gpu", "image runs other versions")]  # reported once
+    tracker.clock.advance(100)
+    assert tracker.is_blocked("gpu") and not tracker.is_blocked("default")  # no failures to age out
+    tracker.reset("gpu")
+    assert not tracker.is_blocked("gpu")
