@@ -7,6 +7,7 @@ take the idle cluster back to zero, print what happened, and close leaving no po
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -109,6 +110,8 @@ def run_demo(master: str | None = None, workers: int = 4, quiet: bool = False) -
     from .cluster import KubeSparkCluster
 
     say = (lambda _msg: None) if quiet else print
+    for noisy in ("distributed", "dask_k8s_backend"):  # the demo prints its own story
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     report = DemoReport()
     t0 = time.monotonic()
     say("Starting KubeSparkCluster" + (f" on {master}" if master else " on the embedded Kubernetes") + " ...")

@@ -125,6 +125,11 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
                 continue
         return ids
 
+    def worker_address(self, executor_id: int) -> str | None:
+        """The registered worker of an executor (dask turns numeric worker names into ints)."""
+        aliases = self.scheduler.aliases
+        return aliases.get(executor_id) or aliases.get(str(executor_id))
+
     def record(self, message: str) -> None:
         """A user-visible event: logged, kept for ``status`` and sent to the scheduler's event log."""
         self.events.append(message)
@@ -140,7 +145,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         """A pod reached a final state: remove its worker from the scheduler with the explanation."""
         self.explanations[executor_id] = explanation
         self.record(f"executor {executor_id} lost: {explanation}")
-        address = self.scheduler.aliases.get(str(executor_id))
+        address = self.worker_address(executor_id)
         if address is not None and address in self.scheduler.workers:
             await self.scheduler.remove_worker(
                 address=address, stimulus_id=f"k8s-executor-lost-{executor_id}-{time.time()}", close=False
@@ -209,7 +214,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             return -1
 
     async def _retire(self, executor_ids: list[int]) -> None:
-        names = [str(i) for i in executor_ids if str(i) in self.scheduler.aliases]
+        names = [str(i) for i in executor_ids if self.worker_address(i) is not None]
         if names:
             await self.scheduler.retire_workers(names=names, close_workers=True, remove=True, stimulus_id=f"k8s-scale-down-{time.time()}")
 
@@ -222,7 +227,20 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             ids.append(self._executor_id(ws.name if ws is not None else w))
         ids = [i for i in ids if i >= 0]
         await self._retire(ids)
+        self._lower_targets_for(ids, components)
         components.kill_executors(ids)
+
+    def _lower_targets_for(self, executor_ids: list[int], components: BackendComponents) -> None:
+        """Killing live executors on request shrinks their groups' targets (Spark's adjustTargetNumExecutors),
+        so they are not replaced."""
+        killed: dict[str, int] = {}
+        for executor_id in executor_ids:
+            group = components.group_of(executor_id)
+            if group is not None and executor_id in components.alive_ids(group):
+                killed[group] = killed.get(group, 0) + 1
+        targets = components.targets()
+        for group, count in killed.items():
+            components.set_target(max(0, targets.get(group, 0) - count), group)
 
     def status(self) -> dict[str, Any]:
         components = self.components
@@ -254,7 +272,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             reason = self.explanations.get(executor_id) or explain(state)
         else:
             reason = ""
-        address = self.scheduler.aliases.get(str(executor_id)) if self.scheduler else None
+        address = self.worker_address(executor_id) if self.scheduler else None
         return {
             "id": executor_id,
             "pod": meta.get("name", ""),
