@@ -105,3 +105,23 @@ def test_missing_command_is_explained_as_command_not_found(kube):
             await api.close()
 
     asyncio.run(asyncio.wait_for(run(), 100))
+
+
+def test_unschedulable_pod_reports_the_schedulers_message(kube):
+    from dask_k8s_backend.pods.exits import pending_reason
+
+    settings = Settings(worker=WorkerSettings(cores=64))  # the node has 4 cpus
+
+    async def run() -> None:
+        api = api_for(kube)
+        try:
+            pod = build_executor_pod(executor_id=4, app=APP, settings=settings, scheduler_address="tcp://127.0.0.1:1")
+            await api.create_pod(pod)
+            stuck = await wait_for_pod(api, pod["metadata"]["name"], lambda p: pending_reason(p) is not None, timeout=30)
+            reason = pending_reason(stuck)
+            assert reason.startswith("Unschedulable: ") and "Insufficient cpu" in reason, reason
+        finally:
+            await api.delete_pods(f"dask-k8s-backend/app-id={APP.app_id}")
+            await api.close()
+
+    asyncio.run(asyncio.wait_for(run(), 60))
