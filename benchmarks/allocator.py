@@ -99,8 +99,9 @@ class Result:
 
     def line(self) -> str:
         took = f"{self.seconds:7.2f} s" if self.seconds is not None else f"not reached ({self.running} running)"
+        pods = max(1, self.target if self.seconds is not None else self.running)  # per pod actually started
         return (f"{self.name:<6} target {self.target:>5}: {took}; create requests/pod "
-                f"{self.creates / self.target:.3f}; all requests/pod {self.requests / self.target:.3f}")
+                f"{self.creates / pods:.3f}; all requests/pod {self.requests / pods:.3f}")
 
 
 class Backend:
