@@ -120,6 +120,12 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", JSON)
         self.set_header("Cache-Control", "no-cache, private")
 
+    def prepare(self) -> None:
+        # answers go out at once: without this, header and body segments wait on delayed ACKs
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+
     def check_xsrf_cookie(self) -> None:  # an API, not a browser form
         pass
 
