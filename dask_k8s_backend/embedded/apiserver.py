@@ -31,7 +31,7 @@ from . import authz, discovery, openapi, podlogs
 from .faults import FaultInjector
 from .patch import apply_patch
 from .selectors import parse_field_selector, parse_label_selector
-from .status import StatusError, bad_request, conflict, method_not_allowed, not_found, unauthorized
+from .status import StatusError, bad_request, conflict, method_not_allowed, unauthorized
 from .store import RESOURCES, ObjectStore, ResourceInfo, _dumps
 from .tables import table_for
 from .tls import Credentials

@@ -154,7 +154,7 @@ class EmbeddedKubernetes:
             self._quietly(self.scheduler.stop, "the scheduler")
             self.scheduler = None
         for name, kubelet in list(self.kubelets.items()):
-            self._quietly(kubelet.stop, f"kubelet {name}")
+            self._quietly(lambda k=kubelet: k.stop(), f"kubelet {name}")
         self.kubelets.clear()
         if self.apiserver is not None:
             self._quietly(self.apiserver.stop, "the API server")
