@@ -200,9 +200,15 @@ def run_kill_chaos(kube: Any, *, seed: int = 7, target: int = 4, kills: int = 6,
                 if executor is not None:
                     report.kills.append((round(time.monotonic() - start, 2), method, executor))
             last_kill = time.monotonic()
-            report.result_correct = total.result(timeout=120) == sum(x * x for x in range(tasks))
-            wait_until(lambda: at_target(kube, cluster, target), timeout=60, what=f"{target} live registered workers")
+            killed = {executor for _, _, executor in report.kills}
+
+            def recovered() -> bool:  # the kills are noticed (their ids gone) and replaced
+                live = {p["metadata"]["labels"][labels.EXECUTOR_ID] for p in live_pods(kube, cluster.app.app_id)}
+                return not killed & (live | registered_ids(cluster)) and at_target(kube, cluster, target)
+
+            wait_until(recovered, timeout=60, what=f"{target} live registered workers")
             report.recovery_seconds = round(time.monotonic() - last_kill, 2)
+            report.result_correct = total.result(timeout=120) == sum(x * x for x in range(tasks))
             app_id = cluster.app.app_id
         report.pods_leaked = len(app_pods(kube, app_id))
         ids = creations.for_app(app_id)
@@ -258,7 +264,7 @@ def _delete_one(kube: Any, cluster: Any, rng: random.Random) -> None:
 
 
 def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float = 10.0,
-                   error_rate: float = 0.2) -> ApiFaultReport:
+                   error_rate: float = 0.2, deletions: int = 3) -> ApiFaultReport:
     """Dropped watches, 20% 429/503 answers and a 10 s outage while pods are deleted and scaled."""
     from dask_k8s_backend import KubeSparkCluster
 
@@ -272,10 +278,13 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
             wait_until(lambda: at_target(kube, cluster, target), timeout=60, what="initial workers")
             kube.faults.set_error_rate(error_rate, codes=(429, 503), retry_after=1)
             report.watch_drops += kube.faults.drop_watches()
-            _delete_one(kube, cluster, rng)
-            report.replacements += 1
             cluster.scale(target + 2)  # scaling through the faulty API
             wait_until(lambda: at_target(kube, cluster, target + 2), timeout=60, what="scale-up under 20% errors")
+            for _ in range(deletions):  # each replacement is created and watched through the faulty API
+                _delete_one(kube, cluster, rng)
+                report.replacements += 1
+                report.watch_drops += kube.faults.drop_watches()
+                wait_until(lambda: at_target(kube, cluster, target + 2), timeout=60, what="replacement under errors")
             report.watch_drops += kube.faults.drop_watches()
             kube.faults.pause(outage)
             outage_start = time.monotonic()
