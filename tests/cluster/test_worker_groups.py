@@ -98,6 +98,7 @@ def test_adapt_per_group_follows_demand_for_its_resources(kube):
 
         futures = client.map(slow, range(8), resources={"GPU": 1})
         assert sorted(client.gather(futures)) == list(range(8))
+        del futures
         status = cluster.refresh_status()
         assert status.group_executors("gpu") and not status.group_executors("default")
         wait_until(lambda: not client.scheduler_info()["workers"], timeout=90, what="gpu group adapts back to 0")
