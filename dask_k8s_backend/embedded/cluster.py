@@ -35,7 +35,8 @@ class EmbeddedKubernetes:
     def __init__(self, kubelet: str | None = "process", nodes: int = 1, cpu: str = "4", memory: str = "8Gi",
                  pods: int = 110, node_labels: dict[str, str] | None = None, node_taints: list[dict] | None = None,
                  port: int = 0, tls: bool = True, faults: bool = False, work_dir: str | Path | None = None,
-                 users: dict[str, list[dict]] | None = None, **kubelet_options: Any) -> None:
+                 users: dict[str, list[dict]] | None = None, node_specs: list[dict[str, Any]] | None = None,
+                 **kubelet_options: Any) -> None:
         if kubelet not in KUBELETS:
             raise ValueError(f"EmbeddedKubernetes: kubelet must be 'process', 'simulated' or None, got {kubelet!r}.")
         if not isinstance(nodes, int) or nodes < 0:
@@ -46,7 +47,10 @@ class EmbeddedKubernetes:
         # restricted users (embedded/authz.py), validated now; tokens are made at start (TLS only)
         self._users = {name: [PolicyRule.from_dict(r) for r in rules] for name, rules in (users or {}).items()}
         self.identities: Identities | None = None
-        self.node_count = nodes if kubelet is not None else 0
+        # node_specs: one dict per node ({"name", "cpu", "memory", "pods", "labels", "taints",
+        # "extended_resources"}) for heterogeneous nodes; the other node options are their defaults.
+        self._node_specs = [dict(spec) for spec in node_specs] if node_specs else None
+        self.node_count = (len(self._node_specs) if self._node_specs else nodes) if kubelet is not None else 0
         self._node_options = {"cpu": cpu, "memory": memory, "pods": pods, "labels": node_labels,
                               "taints": node_taints, **kubelet_options}
         self._port = port
@@ -128,8 +132,9 @@ class EmbeddedKubernetes:
                                                ca_file=self._credentials.ca_file if self._credentials else None,
                                                token=self.token))
         for i in range(self.node_count):
-            name = f"node-{i + 1}"
-            kubelet = self._make_kubelet(name, i)
+            spec = dict(self._node_specs[i]) if self._node_specs else {}
+            name = spec.pop("name", f"node-{i + 1}")
+            kubelet = self._make_kubelet(name, i, spec)
             self.kubelets[name] = kubelet
             kubelet.start()
         if self.kubelet_kind is not None:
@@ -139,8 +144,8 @@ class EmbeddedKubernetes:
         logger.info("Embedded Kubernetes ready at %s with %d %s node(s)", self.apiserver.url, self.node_count,
                     self.kubelet_kind)
 
-    def _make_kubelet(self, name: str, index: int) -> Any:
-        options = {k: v for k, v in self._node_options.items() if v is not None}
+    def _make_kubelet(self, name: str, index: int, spec: dict[str, Any] | None = None) -> Any:
+        options = {k: v for k, v in {**self._node_options, **(spec or {})}.items() if v is not None}
         options["work_dir"] = self.work_dir / "nodes" / name  # type: ignore[operator]
         if self.kubelet_kind == "process":
             from .kubelet import ProcessKubelet
