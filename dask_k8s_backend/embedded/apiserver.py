@@ -203,8 +203,8 @@ class ApiHandler(tornado.web.RequestHandler):
         if path.startswith("/apis/authorization.k8s.io/v1/") and method == "POST":
             try:
                 review = self._body()
-            except StatusError:  # kubectl may send protobuf; the answer is the same
-                review = {"kind": "SelfSubjectAccessReview"}
+            except StatusError:  # kubectl sends protobuf: read the review's attributes from it
+                review = authz.review_from_protobuf(self.request.body) or {"kind": "SelfSubjectAccessReview"}
             if self.identity.rules is not None and isinstance(review, dict) and review.get("spec"):
                 self._send(201, authz.access_review(self.identity, review))
                 return

@@ -56,3 +56,19 @@ def test_a_missing_namespace_is_refused_before_any_pod_exists(kube, core_api):
     namespaces = {n.metadata.name for n in core_api.list_namespace().items}
     assert "nowhere" not in namespaces
 
+
+
+def test_kubectl_auth_can_i_answers_from_the_restricted_users_rules(kube):
+    import subprocess
+
+    config = kube.kubeconfig_for("no-create-pods")
+
+    def can_i(verb: str, resource: str, *extra: str) -> str:
+        done = subprocess.run(["kubectl", "--kubeconfig", config, "auth", "can-i", verb, resource, "-n", "default", *extra],
+                              capture_output=True, text=True, timeout=30)
+        return done.stdout.strip()
+
+    assert can_i("create", "pods") == "no"
+    assert can_i("watch", "pods") == "yes"
+    assert can_i("get", "pods", "--subresource=log") == "yes"
+    assert can_i("get", "pods") == "no"  # the restricted rules grant get on pods/log only
