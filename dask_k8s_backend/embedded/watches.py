@@ -92,6 +92,8 @@ class WatchStream:
         return b"".join(lines)
 
     def _matches(self, obj: dict) -> bool:
+        if self._namespace is None and self._labels.empty and self._fields.empty:
+            return True
         if self._namespace is not None and obj["metadata"].get("namespace") != self._namespace:
             return False
         return self._labels(obj) and self._fields(obj)
@@ -99,10 +101,10 @@ class WatchStream:
     def _render(self, event: WatchEvent) -> bytes | None:
         if event.resource != self.resource:
             return None
-        now = self._matches(event.entry.obj)
+        now = self._matches(event.entry.view)
         type_ = event.type
         if type_ == "MODIFIED":
-            before = event.old is not None and self._matches(event.old.obj)
+            before = event.old is not None and self._matches(event.old.view)
             if now and not before:
                 type_ = "ADDED"
             elif before and not now:
