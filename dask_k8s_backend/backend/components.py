@@ -102,7 +102,7 @@ class BackendComponents:
         for i, created in sorted(self.allocator.state.newly_created.items()):
             if i not in pods:  # asked for, not yet seen by the watch
                 described.append({"id": i, "pod": created.name, "group": created.group, "phase": "Pending",
-                                  "node": None, "ip": None, "worker": None, "created": None, "reason": "creating"})
+                                  "node": None, "ip": None, "worker": None, "created": None, "reason": ""})
         return described
 
     # ------------------------------------------------------------------ shutdown

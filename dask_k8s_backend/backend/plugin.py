@@ -18,6 +18,7 @@ Kubernetes calls are asynchronous (``KubePodApi`` runs the blocking client in th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -184,6 +185,8 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
     # ------------------------------------------------------------------ worker groups
     def add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None = None) -> None:
         validate_group_name(name)
+        # Dask's RPC hands lists over as tuples; restore plain JSON shapes before validating them.
+        worker_overrides, template = json.loads(json.dumps([worker_overrides, template]))
         self.groups.add(WorkerGroup(name, group_settings(self.settings, worker_overrides), template))
         self.record(f"worker group {name!r} added")
 
