@@ -125,11 +125,15 @@ def request_verb(method: str, *, has_name: bool, watch: bool = False) -> str:
 
 
 def forbidden(user: Identity, verb: str, resource: str, subresource: str = "", namespace: str | None = None,
-              api_group: str = "") -> StatusError:
-    """kube-apiserver's 403 for a denied request."""
+              api_group: str = "", name: str | None = None) -> StatusError:
+    """kube-apiserver's 403 for a denied request (``pods "x" is forbidden: ...`` when it names an object)."""
     error = forbidden_status(user.name, verb, resource, namespace, subresource)
     if api_group:
         error.message = error.message.replace('in API group ""', f'in API group "{api_group}"')
+    if name:
+        full = f"{resource}/{subresource}" if subresource else resource
+        error.message = error.message.replace(f"{full} is forbidden", f'{full} "{name}" is forbidden', 1)
+        error.details["name"] = name
     return error
 
 
@@ -138,7 +142,7 @@ def check(user: Identity, verb: str, resource: str, subresource: str = "", names
     """Raise the 403 StatusError when ``user`` may not do this (and log the denial at debug level)."""
     if not authorize(user, verb, resource, subresource, namespace, api_group=api_group, name=name):
         logger.debug("denied %s %s/%s in %s to %s", verb, resource, subresource, namespace, user.name)
-        raise forbidden(user, verb, resource, subresource, namespace, api_group)
+        raise forbidden(user, verb, resource, subresource, namespace, api_group, name)
 
 
 def access_review(user: Identity, review: Mapping[str, Any]) -> dict[str, Any]:

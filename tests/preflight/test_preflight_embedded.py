@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
@@ -72,3 +74,24 @@ def test_kubectl_auth_can_i_answers_from_the_restricted_users_rules(kube):
     assert can_i("watch", "pods") == "yes"
     assert can_i("get", "pods", "--subresource=log") == "yes"
     assert can_i("get", "pods") == "no"  # the restricted rules grant get on pods/log only
+
+
+def test_a_restricted_token_gets_kube_apiservers_403_for_what_its_rules_do_not_grant(kube):
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig_for("no-delete-pods"))
+    try:
+        core = client.CoreV1Api(api_client)
+        assert core.list_namespaced_pod("default", limit=1).items is not None  # granted
+        with pytest.raises(client.ApiException) as info:
+            core.delete_namespaced_pod("anything", "default")
+        assert info.value.status == 403
+        status = json.loads(info.value.body)
+        assert (status["code"], status["reason"]) == (403, "Forbidden")
+        assert status["message"] == ('pods "anything" is forbidden: User "no-delete-pods" cannot delete resource "pods" '
+                                     'in API group "" in the namespace "default"')
+        with pytest.raises(client.ApiException) as info:
+            core.list_namespaced_pod("kube-system")  # rules are namespaced
+        assert info.value.status == 403
+    finally:
+        api_client.close()

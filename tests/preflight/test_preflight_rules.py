@@ -60,3 +60,11 @@ def test_a_blocked_group_stays_blocked_until_reset():
     assert tracker.is_blocked("gpu") and not tracker.is_blocked("default")  # no failures to age out
     tracker.reset("gpu")
     assert not tracker.is_blocked("gpu")
+
+
+def test_policy_problems_report_limit_range_violations_with_the_fix():
+    ranges = [{"spec": {"limits": [{"type": "Container", "max": {"cpu": "500m"}, "default": {"cpu": "500m"}}]}}]
+    pod = {"metadata": {"name": "w"}, "spec": {"containers": [{"name": "worker", "resources": {"limits": {"cpu": "2"}}}]}}
+    [problem] = policy_problems(pod, ranges, [], 1, "ns")
+    assert problem == ("the LimitRange of namespace 'ns' refuses the worker pod: maximum cpu usage per Container is 500m, "
+                       "but limit is 2; change worker_cores / worker_memory (or the pod template's resources) to fit it")
