@@ -66,7 +66,17 @@ class ExecutorPodContext:
 
     @property
     def pod_name(self) -> str:
-        return executor_pod_name(self.app.app_name, self.executor_id)
+        return executor_pod_name(app_name_prefix(self.app), self.executor_id)
+
+
+APP_ID_IN_NAME = 5
+
+
+def app_name_prefix(app: AppSpec) -> str:
+    """``<app name>-<start of the app id>``: two clusters given the same name (in one namespace)
+    never create pods with the same names, so neither can touch the other's pods (Spark adds a
+    unique part to its resource name prefix for the same reason)."""
+    return f"{app.app_name}-{app.app_id[:APP_ID_IN_NAME]}"
 
 
 FeatureStep = Callable[[Pod, ExecutorPodContext], Pod]

@@ -101,9 +101,9 @@ def test_label_value_is_valid_for_any_app_name():
 # ----------------------------------------------------------------------------- basic step
 def test_basic_step_sets_name_namespace_hostname_and_restart_policy_never():
     pod = basic_step(empty_pod(), ctx())
-    assert pod["metadata"]["name"] == "analytics-exec-7"
+    assert pod["metadata"]["name"] == "analytics-a1b2c-exec-7"
     assert pod["metadata"]["namespace"] == "team-ns"
-    assert pod["spec"]["hostname"] == "analytics-exec-7"
+    assert pod["spec"]["hostname"] == "analytics-a1b2c-exec-7"
     assert pod["spec"]["restartPolicy"] == "Never"
 
 
@@ -137,7 +137,7 @@ def test_basic_step_owns_restart_policy_and_drops_server_fields_of_the_template(
     template["spec"].update(restartPolicy="Always", nodeName="node-1")
     template["status"] = {"phase": "Running"}
     pod = basic_step(template, ctx())
-    assert pod["metadata"]["name"] == "analytics-exec-7"
+    assert pod["metadata"]["name"] == "analytics-a1b2c-exec-7"
     assert not {"uid", "resourceVersion", "creationTimestamp"} & set(pod["metadata"])
     assert pod["spec"]["restartPolicy"] == "Never" and "nodeName" not in pod["spec"] and "status" not in pod
 
@@ -364,7 +364,7 @@ def test_secure_defaults_can_be_switched_off():
 def test_build_without_template_gives_a_complete_worker_pod():
     pod = build_executor_pod(executor_id=3, app=APP, settings=Settings(), scheduler_address=ADDRESS)
     container = pod["spec"]["containers"][0]
-    assert pod["metadata"]["name"] == "analytics-exec-3" and pod["spec"]["restartPolicy"] == "Never"
+    assert pod["metadata"]["name"] == "analytics-a1b2c-exec-3" and pod["spec"]["restartPolicy"] == "Never"
     assert container["name"] == "dask-worker" and container["image"] == Settings().image
     assert container["args"][:3] == [ADDRESS, "--name", "3"]
     assert container["resources"]["limits"]["memory"] == "1408Mi"
