@@ -87,6 +87,17 @@ class RegistrationGatekeeper:
             )
         return None
 
+    def _wanted_executor(self, name: Any) -> int | None:
+        """The executor id of a worker this backend would admit but for its versions, else None."""
+        components = self.backend.components
+        try:
+            executor_id = int(name)
+        except (TypeError, ValueError):
+            return None
+        if self._closed or components is None or not components.is_wanted(executor_id):
+            return None
+        return executor_id
+
     def _image_of(self, executor_id: int) -> str:
         """The image of the executor's worker container as created (a group's template may pin its own)."""
         components = self.backend.components
@@ -121,8 +132,9 @@ class RegistrationGatekeeper:
         self.refused.append((str(msg.get("name")), reason))
         self.backend.record(reason)
         logger.warning("%s", reason)
-        if version_mismatch(self._versions, msg.get("versions") or {}) and not self._closed:
-            self._block_group(int(msg["name"]), msg.get("versions") or {})
+        executor_id = self._wanted_executor(msg.get("name"))
+        if executor_id is not None and version_mismatch(self._versions, msg.get("versions") or {}):
+            self._block_group(executor_id, msg.get("versions") or {})
         from distributed.metrics import time
 
         await comm.write({"status": "error", "message": reason, "time": time()})

@@ -11,10 +11,9 @@ from dask_k8s_backend.preflight import (
     CLIENT_MODE_PERMISSIONS,
     MissingPermissionsError,
     NamespaceNotFoundError,
-    QuotaError,
 )
 
-from .conftest import cluster_kwargs, user_name, wait_until, worker_pods
+from .conftest import cluster_kwargs, user_name, worker_pods
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -68,3 +68,32 @@ def test_policy_problems_report_limit_range_violations_with_the_fix():
     [problem] = policy_problems(pod, ranges, [], 1, "ns")
     assert problem == ("the LimitRange of namespace 'ns' refuses the worker pod: maximum cpu usage per Container is 500m, "
                        "but limit is 2; change worker_cores / worker_memory (or the pod template's resources) to fit it")
+
+
+def test_only_a_wanted_executor_with_other_versions_blocks_its_group():
+    import asyncio
+    from types import SimpleNamespace
+
+    from distributed.versions import get_versions
+
+    from dask_k8s_backend.backend.gatekeeper import RegistrationGatekeeper
+
+    blocked = []
+    components = SimpleNamespace(
+        is_wanted=lambda i: i == 1, group_of=lambda i: "gpu",
+        store=SimpleNamespace(current=SimpleNamespace(executor_pods={})),
+        failures=SimpleNamespace(record_failure=lambda g, i, m: None, block=lambda g, m: blocked.append((g, m))),
+    )
+    backend = SimpleNamespace(components=components, app=SimpleNamespace(app_id="a"), record=lambda m: None,
+                              settings=SimpleNamespace(image="img:1", worker=SimpleNamespace(pod_template_container_name=None)))
+    gatekeeper = RegistrationGatekeeper(backend)
+    other = {"packages": dict(get_versions()["packages"], dask="1.0")}
+
+    class Comm:
+        async def write(self, msg):
+            self.msg = msg
+
+    for name in ("not-an-id", "2", "1"):
+        asyncio.run(gatekeeper.register_worker(Comm(), name=name, versions=other))
+    assert [g for g, _ in blocked] == ["gpu"] and "image 'img:1' (executor 1) runs dask 1.0" in blocked[0][1]
+    assert [n for n, _ in gatekeeper.refused] == ["not-an-id", "2", "1"]

@@ -15,7 +15,7 @@ import pytest
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.waiting import ExecutorFailuresError
 
-from .conftest import cluster_kwargs, wait_until, worker_pods
+from .conftest import cluster_kwargs, worker_pods
 
 pytestmark = pytest.mark.timeout(120)
 
