@@ -265,27 +265,33 @@ class KubeSparkCluster(Cluster):
         if self.status in (Status.closed, Status.closing):
             return
         was_running = self.status == Status.running
+        # A cluster that failed to start removes whatever it created, whatever shutdown_on_close says.
+        shutdown = self.shutdown_on_close or not was_running
         for adaptive in list(self._group_adaptives.values()):
             adaptive.stop(reason="cluster closing")
-        if was_running and self.shutdown_on_close and self.scheduler_comm is not None:
+        if was_running and shutdown and self.scheduler_comm is not None:
             await self._shutdown_backend()
-        if self._tls_secret and self.shutdown_on_close and self.connection is not None:
+        if self._tls_secret and shutdown and self.connection is not None:
             from .security import delete_tls_secret
 
             await self._guarded("deleting the TLS secret",
                                 asyncio.to_thread(delete_tls_secret, self.connection.api_client, self.app))
-        if self.shutdown_on_close and self.settings.deploy_mode == "cluster" and self.connection is not None:
+        if shutdown and self.settings.deploy_mode == "cluster" and self.connection is not None and not self._attach_failed():
             from .cluster_mode import delete_scheduler_pod
 
             await self._guarded("deleting the scheduler pod", delete_scheduler_pod(self))
         await super()._close()
         self.status = Status.closing
-        if self.scheduler is not None and self.shutdown_on_close:
+        if self.scheduler is not None:
             await self._guarded("closing the scheduler", self.scheduler.close())
-        if self.connection is not None and self.shutdown_on_close:
+        if self.connection is not None and (shutdown or self.connection.embedded is None):
             await self._guarded("closing the Kubernetes connection", asyncio.to_thread(self.connection.close))
         self.status = Status.closed
         _LIVE_CLUSTERS.discard(self)
+
+    def _attach_failed(self) -> bool:
+        """from_name found no scheduler: there is nothing of ours to delete."""
+        return self._attach and self.scheduler_comm is None
 
     async def _shutdown_backend(self) -> None:
         """Retire workers (their data is not needed any more, so just close them) and delete every pod."""

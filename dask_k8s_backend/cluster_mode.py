@@ -139,12 +139,20 @@ async def _wait_for_scheduler_pod(core: Any, app: AppSpec, name: str, timeout: f
 
 def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnection, connect_via: str) -> str:
     if connect_via == "auto":
-        connect_via = "pod-ip" if connection.embedded is not None else "service"
+        connect_via = "pod-ip" if connection.embedded is not None or _api_server_is_local(connection) else "service"
     if connect_via == "pod-ip":
         return f"tcp://{pod['status']['podIP']}:{SCHEDULER_PORT}"
     if connect_via == "service":
         return f"tcp://{pod['metadata']['name']}.{app.namespace}.svc:{SCHEDULER_PORT}"
     return connect_via
+
+
+def _api_server_is_local(connection: KubeConnection) -> bool:
+    """An API server on the loopback runs its pods on this machine (the embedded Kubernetes via k8s://)."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(connection.api_client.configuration.host).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def _wait_for_scheduler(address: str, timeout: float) -> None:
@@ -153,11 +161,10 @@ async def _wait_for_scheduler(address: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            async with rpc(address, timeouts={"connect": "2s"}) as scheduler:
-                handlers = await scheduler.identity()
-                if handlers:
+            async with rpc(address, timeout=2) as scheduler:
+                if await scheduler.identity():
                     return
-        except OSError:
+        except (OSError, asyncio.TimeoutError):
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"could not reach the scheduler at {address} within {timeout:.0f} s; if the notebook is outside "
