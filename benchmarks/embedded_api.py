@@ -9,6 +9,8 @@
 
     python benchmarks/embedded_api.py            # all four
     python benchmarks/embedded_api.py --quick    # smaller counts, for a smoke run
+    python benchmarks/embedded_api.py --rss store        # RSS of server + store alone, fresh process
+    python benchmarks/embedded_api.py --rss simulated    # RSS with 10 simulated kubelets + scheduler too
 """
 
 from __future__ import annotations
@@ -127,11 +129,46 @@ def bench_rss(count: int) -> tuple[float, int]:
         return psutil.Process().memory_info().rss / 2**20, running
 
 
+def running_status() -> dict:
+    """What a kubelet writes for a running single-container pod."""
+    ts = "2026-01-01T00:00:00Z"
+    return {"phase": "Running", "podIP": "10.0.0.1", "hostIP": "127.0.0.1", "startTime": ts, "qosClass": "Burstable",
+            "conditions": [{"type": t, "status": "True", "lastTransitionTime": ts}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+            "containerStatuses": [{"name": "main", "ready": True, "restartCount": 0, "image": "x", "imageID": "y",
+                                   "containerID": "sim://abc", "started": True,
+                                   "state": {"running": {"startedAt": ts}}}]}
+
+
+def bench_store_rss(count: int) -> float:
+    """RSS of the API server and store alone: pods bound and Running written straight to the store."""
+    with EmbeddedKubernetes(kubelet=None) as kube:
+        store = kube.store
+        for i in range(count):
+            name = f"rss-{i}"
+            store.create("pods", "default", pod(name))
+            store.mutate("pods", "default", name, lambda o: o["spec"].__setitem__("nodeName", "node-1"))
+            store.mutate("pods", "default", name, lambda o: o["status"].update(running_status()), status_only=True)
+        gc.collect()
+        return psutil.Process().memory_info().rss / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts (smoke run)")
+    parser.add_argument("--rss", choices=["store", "simulated"], default=None,
+                        help="only the RSS figure (run each in a fresh process: RSS never shrinks)")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
+    if args.rss == "store":
+        print(f"RSS of API server + store with {10_000 // scale} Running pods (no kubelets): "
+              f"{bench_store_rss(10_000 // scale):.0f} MB   target < 300 MB", flush=True)
+        return
+    if args.rss == "simulated":
+        rss, running = bench_rss(10_000 // scale)
+        print(f"RSS with {10_000 // scale} simulated pods ({running} Running), kubelets and scheduler in-process: "
+              f"{rss:.0f} MB", flush=True)
+        return
     with EmbeddedKubernetes(kubelet=None) as kube:
         rate = bench_creates(kube, 1000 // scale)
         print(f"pod creates/s (one client, HTTPS+token): {rate:.0f}   target >= 300", flush=True)
