@@ -431,6 +431,7 @@ class ApiHandler(tornado.web.RequestHandler):
         bookmarks = _bool(args("allowWatchBookmarks", None))
         stream = WatchStream(self.server.store, asyncio.get_running_loop(), resource=route.info.name,
                              namespace=route.namespace, labels=labels, fields=fields)
+        stream.as_table = self._wants_table()
         self.set_status(200)
         self.set_header("Content-Type", JSON)
         try:

@@ -37,6 +37,7 @@ class WatchStream:
         self._unsubscribe: Callable[[], None] | None = None
         self.closed = False
         self.last_rv = 0
+        self.as_table = False  # kubectl get -w: each object as a one-row meta.k8s.io/v1 Table
 
     def start(self, resource_version: str | None) -> None:
         """Subscribe; raises the store's 410 Gone when ``resource_version`` is too old."""
@@ -111,7 +112,13 @@ class WatchStream:
                 type_, now = "DELETED", True
         if not now:
             return None
-        return b'{"type":"' + type_.encode() + b'","object":' + event.entry.json() + b"}\n"
+        body = event.entry.json()
+        if self.as_table:
+            from .tables import table_for
+            obj = event.entry.obj
+            body = json.dumps(table_for(resource_info(self.resource), [obj], obj["metadata"]["resourceVersion"], None),
+                              separators=(",", ":")).encode()
+        return b'{"type":"' + type_.encode() + b'","object":' + body + b"}\n"
 
     def bookmark(self) -> bytes:
         """A BOOKMARK line with the last resourceVersion this watch has seen."""

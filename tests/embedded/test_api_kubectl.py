@@ -73,3 +73,25 @@ def test_get_without_a_token_is_unauthorized(kube, tmp_path):
     result = subprocess.run(["kubectl", "--kubeconfig", str(path), "get", "pods"], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode != 0 and "You must be logged in to the server" in result.stderr
+
+
+def test_get_watch_prints_table_rows_for_each_change(kube, kubectl):
+    import subprocess
+    import time
+
+    watcher = subprocess.Popen(["kubectl", "--kubeconfig", kube.kubeconfig, "get", "pods", "-w"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # no event tells us kubectl's watch is open; a missed ADDED would still show as a row
+        ok(kubectl("create", "-f", "-", input=POD))
+        kube.store.mutate("pods", "default", "kp", lambda p: p["status"].__setitem__("phase", "Running"),
+                          status_only=True)
+        deadline = time.monotonic() + 10
+        lines: list[str] = []
+        while time.monotonic() < deadline and not any("Running" in line for line in lines):
+            lines.append(watcher.stdout.readline())
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=10)
+    assert lines[0].split()[:3] == ["NAME", "READY", "STATUS"]
+    assert any(line.split()[:3] == ["kp", "0/1", "Running"] for line in lines)
