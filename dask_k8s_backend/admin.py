@@ -1,4 +1,5 @@
-"""Operator commands: ``status`` (apps and their pods) and ``gc`` (delete what dead apps left).
+"""Operator commands: ``status`` (apps and their pods) and ``gc`` (delete what dead apps left:
+their pods, and the Secrets labelled with their app id, such as a TLS app's certificates).
 
 Every pod the project creates carries the app-id label (``labels.py``), so both commands work
 from labels alone, against any API server the master URL names, without any app running.
@@ -108,7 +109,33 @@ def collect_garbage(
                 if e.status != 404:
                     raise
     say(f"{len(garbage)} pod(s) {'to delete' if dry_run else 'deleted'}")
+    dead_apps = {p["metadata"]["labels"][labels.APP_ID] for p in garbage} | ({app_id} if app_id else set())
+    _collect_secrets(core, namespace, dead_apps, dry_run, say)
     return len(garbage)
+
+
+def _collect_secrets(core: Any, namespace: str | None, app_ids: set[str], dry_run: bool,
+                     say: Callable[[str], None]) -> None:
+    """Secrets of the dead apps (a TLS app's "dask-tls-<app id>"); a live app's are never touched."""
+    from kubernetes import client as k8s
+
+    if not app_ids:
+        return
+    if namespace:
+        response = core.list_namespaced_secret(namespace, label_selector=labels.APP_ID, _preload_content=False)
+    else:
+        response = core.list_secret_for_all_namespaces(label_selector=labels.APP_ID, _preload_content=False)
+    for secret in json.loads(response.data)["items"]:
+        meta = secret["metadata"]
+        if meta["labels"].get(labels.APP_ID) not in app_ids:
+            continue
+        say(f"{'would delete' if dry_run else 'deleting'} secret {meta['namespace']}/{meta['name']}")
+        if not dry_run:
+            try:
+                core.delete_namespaced_secret(meta["name"], meta["namespace"])
+            except k8s.ApiException as e:
+                if e.status != 404:
+                    raise
 
 
 def connect(master: str) -> Any:

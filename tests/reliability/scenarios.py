@@ -314,7 +314,7 @@ import sys, time
 from dask_k8s_backend import KubeSparkCluster
 from distributed import Client
 url, kubeconfig, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cluster = KubeSparkCluster(master="k8s://" + url, quiet=True, worker_memory="512MiB",
+cluster = KubeSparkCluster(master="k8s://" + url, quiet=True, worker_memory="512MiB", security={"tls": True},
                            authenticate={"kubeconfig": kubeconfig}, worker={"death-timeout": "10s"})
 cluster.scale(n)
 Client(cluster).wait_for_workers(n, timeout=60)
@@ -330,7 +330,7 @@ class SchedulerKillReport:
     exit_seconds: float = float("nan")  # SIGKILL -> every worker pod finished
     status_output: str = ""
     gc_output: str = ""
-    pods_leaked: int = -1
+    pods_leaked: int = -1  # pods and secrets left after gc
 
 
 def _finished(pod: dict) -> bool:
@@ -370,7 +370,8 @@ def run_scheduler_kill(kube: Any, *, workers: int = 2) -> SchedulerKillReport:
         report.status_output = run_cli(kube, "status", "--master", "k8s://")
         report.gc_output = run_cli(kube, "gc", "--master", "k8s://", "--app", app_id)
         wait_until(lambda: not app_pods(kube, app_id), timeout=15, what="gc to delete the pods")
-        report.pods_leaked = len(app_pods(kube, app_id))
+        secrets, _, _ = kube.store.list("secrets", "default", label_selector=f"{labels.APP_ID}={app_id}")
+        report.pods_leaked = len(app_pods(kube, app_id)) + len(secrets)  # the TLS secret counts too
     finally:
         if driver.poll() is None:
             driver.kill()

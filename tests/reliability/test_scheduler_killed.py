@@ -14,6 +14,7 @@ def test_workers_exit_after_their_scheduler_dies_and_gc_deletes_what_is_left(kub
 
     assert report.exit_seconds <= report.death_timeout + 15, report
     assert "2 pod(s) deleted" in report.gc_output, report.gc_output
+    assert "deleting secret default/dask-tls-" in report.gc_output, report.gc_output  # the app used TLS
     assert report.pods_leaked == 0
     status_lines = report.status_output.splitlines()
     assert any(line.startswith("app ") for line in status_lines), report.status_output
