@@ -60,3 +60,22 @@ def _pem_bodies(secret: dict) -> list[str]:
 
     key = base64.b64decode(secret["data"]["tls.key"]).decode()
     return [line for line in key.splitlines() if len(line) > 20 and not line.startswith("-----")]
+
+
+def test_embedded_api_server_is_local_tls_token_only_with_a_private_kubeconfig(kube):
+    import os
+    import ssl
+    import stat
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(kube.url)
+    assert parts.scheme == "https" and parts.hostname == "127.0.0.1"
+    assert stat.S_IMODE(os.stat(kube.kubeconfig).st_mode) == 0o600
+    assert kube.token not in repr(kube)
+    context = ssl.create_default_context(cafile=kube.ca_file)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{kube.url}/api/v1/namespaces/default/pods", context=context, timeout=5)
+    assert info.value.code == 401
+    info.value.close()
