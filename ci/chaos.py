@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     wrong = int(not kills.result_correct)
     leaked = kills.pods_leaked + faults.pods_leaked + dead.pods_leaked
     reused = kills.executor_ids_reused + faults.executor_ids_reused
+    gc_summary = "; ".join(line for line in dead.gc_output.splitlines() if "deleted" in line or "secret" in line)
     print(f"chaos summary (seed {args.seed}, {time.monotonic() - started:.0f} s)")
     print(f"  kills survived:        {len(kills.kills)} "
           f"({', '.join(f'{m} of executor {e} at {t:.1f}s' for t, m, e in kills.kills)})")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  pods created (faults): {faults.pods_created} <= target {faults.target} + replacements "
           f"{faults.replacements}; caught up {faults.caught_up_seconds:.1f} s after the outage")
     print(f"  scheduler SIGKILLed:   {dead.workers} worker pods exited in {dead.exit_seconds:.1f} s "
-          f"(death-timeout {dead.death_timeout:.0f} s), gc: {dead.gc_output.strip().splitlines()[-1]}")
+          f"(death-timeout {dead.death_timeout:.0f} s), gc: {gc_summary}")
     print(f"  executor ids reused:   {len(reused)}")
     print(f"  pods leaked:           {leaked}")
     print(f"  wrong results:         {wrong}")

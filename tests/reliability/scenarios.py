@@ -273,7 +273,9 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
     creations = PodCreations()
     unsubscribe = kube.store.add_listener(creations)
     try:
-        with KubeSparkCluster(**cluster_kwargs(kube, n_workers=target, api={"max-retries": 8})) as cluster, \
+        # polling every second keeps a steady stream of LISTs going through the faulty server
+        with KubeSparkCluster(**cluster_kwargs(kube, n_workers=target, api={"max-retries": 8},
+                                               executor={"api-polling-interval": "1s"})) as cluster, \
                 _CountingFaults(kube.faults) as counting:
             wait_until(lambda: at_target(kube, cluster, target), timeout=60, what="initial workers")
             kube.faults.set_error_rate(error_rate, codes=(429, 503), retry_after=1)
