@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +53,14 @@ def pod_overrides(overrides: dict[str, Any], connection: KubeConnection) -> dict
     """The configuration the scheduler pod runs with: the user's, minus secrets, plus how to reach the API."""
     clean = {k: v for k, v in overrides.items() if k not in SECRET_KEYS and not k.startswith("authenticate.")}
     clean["deploy-mode"] = "client"  # inside the pod the scheduler is local to the backend
-    if connection.embedded is not None:
-        # The embedded API server is on this machine: the scheduler "pod" (a local process) uses its
-        # kubeconfig (mode 0600) instead of a service-account token.
-        clean["master"] = f"k8s://{connection.embedded.url}"
-        clean["authenticate.kubeconfig"] = connection.embedded.kubeconfig
+    if connection.embedded is not None or _api_server_is_local(connection):
+        # The API server is on this machine (the embedded Kubernetes): the scheduler "pod" is a local
+        # process and uses the kubeconfig file (mode 0600) instead of a service-account token.
+        clean["master"] = f"k8s://{connection.api_client.configuration.host}"
+        clean["authenticate.kubeconfig"] = (
+            connection.embedded.kubeconfig if connection.embedded
+            else connection.kubeconfig or overrides.get("authenticate.kubeconfig") or os.environ.get("KUBECONFIG")
+        )
     else:
         clean["master"] = "k8s://"  # in-cluster service account of the scheduler pod
     return clean
@@ -155,16 +159,29 @@ def _api_server_is_local(connection: KubeConnection) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-async def _wait_for_scheduler(address: str, timeout: float) -> None:
+async def _scheduler_pod_failure(core: Any, app: AppSpec, name: str) -> str | None:
+    """If the scheduler pod has ended, why (with the end of its log)."""
+    pod = json.loads((await asyncio.to_thread(core.read_namespaced_pod, name, app.namespace, _preload_content=False)).data)
+    if pod.get("status", {}).get("phase") not in ("Failed", "Succeeded"):
+        return None
+    log = (await asyncio.to_thread(core.read_namespaced_pod_log, name, app.namespace, tail_lines=15, _preload_content=False)).data
+    return f"the scheduler pod {name} exited before the scheduler was ready; its log ends with:\n{log.decode(errors='replace')}"
+
+
+async def _wait_for_scheduler(address: str, timeout: float, core: Any, app: AppSpec, name: str) -> None:
+    """Wait until the scheduler answers with the backend plugin installed, or fail with the reason."""
     from distributed.core import rpc
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             async with rpc(address, timeout=2) as scheduler:
-                if await scheduler.identity():
-                    return
-        except (OSError, asyncio.TimeoutError):
+                await scheduler.k8s_status()  # answers only once the backend plugin is installed
+                return
+        except (OSError, asyncio.TimeoutError, KeyError):
+            failure = await _scheduler_pod_failure(core, app, name)
+            if failure:
+                raise RuntimeError(failure) from None
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"could not reach the scheduler at {address} within {timeout:.0f} s; if the notebook is outside "
@@ -191,23 +208,29 @@ async def start_cluster_mode(cluster: KubeSparkCluster) -> str:
     await asyncio.to_thread(core.create_namespaced_service, cluster.app.namespace, service, _preload_content=False)
     running = await _wait_for_scheduler_pod(core, cluster.app, name, cluster.settings.allocation.pending_timeout)
     address = scheduler_address(running, cluster.app, connection, cluster.settings.scheduler.connect_via)
-    await _wait_for_scheduler(address, timeout=120)
+    await _wait_for_scheduler(address, 120, core, cluster.app, name)
     return address
 
 
-async def delete_scheduler_pod(cluster: KubeSparkCluster) -> None:
-    """Delete the scheduler pod (its Service and any worker left go with it, by ownerReference)."""
+async def delete_scheduler_pod(cluster: KubeSparkCluster, timeout: float = 60) -> None:
+    """Delete the scheduler pod and wait until it is gone (its Service and workers go with it)."""
     from kubernetes import client as k8s
 
     connection = cluster.connection
     assert connection is not None
     core = k8s.CoreV1Api(connection.api_client)
     name = scheduler_pod_name(cluster.app)
-    try:
-        await asyncio.to_thread(core.delete_namespaced_pod, name, cluster.app.namespace, _preload_content=False)
-    except k8s.ApiException as e:
-        if e.status != 404:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await asyncio.to_thread(core.delete_namespaced_pod, name, cluster.app.namespace, _preload_content=False)
+        except k8s.ApiException as e:
+            if e.status == 404:
+                return
             raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the scheduler pod {name} was still present {timeout:.0f} s after it was deleted")
+        await asyncio.sleep(0.2)
 
 
 async def find_scheduler_pod(connection: KubeConnection, namespace: str, name: str) -> dict[str, Any]:

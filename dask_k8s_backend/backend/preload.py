@@ -32,6 +32,16 @@ def _own_pod_name(settings: Any) -> str:
 
 
 async def dask_setup(scheduler: Any) -> None:
+    """Install the backend; a scheduler pod without it is useless, so any failure ends the process."""
+    try:
+        await _install_backend(scheduler)
+    except BaseException:
+        logger.exception("cluster mode: could not install the Kubernetes backend; the scheduler pod exits")
+        logging.shutdown()
+        os._exit(1)
+
+
+async def _install_backend(scheduler: Any) -> None:
     from kubernetes import client as k8s
 
     from ..cluster_mode import APP_ENV, OVERRIDES_ENV, owner_reference
