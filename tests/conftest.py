@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import dask.config
 import pytest
@@ -11,6 +12,17 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run tests marked slow (benchmarks, soaks)")
+    # Like Spark's spark.kubernetes.test.master: run the cluster integration tests against any
+    # Kubernetes (kind, minikube, EKS, ...) instead of the embedded one.
+    parser.addoption("--k8s-master", default=os.environ.get("DASK_K8S_TEST_MASTER"),
+                     help="k8s://... master for tests/cluster (default: an embedded Kubernetes per module); "
+                          "credentials come from KUBECONFIG or --k8s-kubeconfig")
+    parser.addoption("--k8s-kubeconfig", default=os.environ.get("DASK_K8S_TEST_KUBECONFIG"),
+                     help="kubeconfig for --k8s-master")
+    parser.addoption("--k8s-image", default=os.environ.get("DASK_K8S_TEST_IMAGE"),
+                     help="worker image for --k8s-master (must match this environment's dask/distributed)")
+    parser.addoption("--k8s-namespace", default=os.environ.get("DASK_K8S_TEST_NAMESPACE", "default"),
+                     help="namespace for --k8s-master")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

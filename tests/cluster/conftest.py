@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
@@ -18,8 +19,31 @@ import pytest
 from dask_k8s_backend import labels
 
 
+@dataclass
+class ExternalKubernetes:
+    """A cluster named with --k8s-master: the same tests, a real (or separately started) Kubernetes."""
+
+    master: str
+    kubeconfig: str | None
+    image: str | None
+    namespace: str
+
+    @property
+    def url(self) -> str:
+        return self.master.removeprefix("k8s://")
+
+
 @pytest.fixture(scope="module")
-def kube():
+def kube(request):
+    master = request.config.getoption("--k8s-master")
+    if master:
+        yield ExternalKubernetes(
+            master=master,
+            kubeconfig=request.config.getoption("--k8s-kubeconfig") or os.environ.get("KUBECONFIG"),
+            image=request.config.getoption("--k8s-image"),
+            namespace=request.config.getoption("--k8s-namespace"),
+        )
+        return
     from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
 
     with EmbeddedKubernetes(kubelet="process", nodes=1, cpu="16", memory="32Gi") as k:
@@ -36,15 +60,20 @@ def core_api(kube):
 
 
 def cluster_kwargs(kube, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments for a small, fast KubeSparkCluster on the embedded server."""
+    """Keyword arguments for a small, fast KubeSparkCluster on the test's Kubernetes."""
     kwargs: dict[str, Any] = dict(
-        master=f"k8s://{kube.url}",
+        master=getattr(kube, "master", None) or f"k8s://{kube.url}",
         worker_memory="512MiB",
         quiet=True,
-        authenticate={"kubeconfig": kube.kubeconfig},
         executor={"delete-grace-period": "5s"},
         worker={"death-timeout": "20s"},
     )
+    if kube.kubeconfig:
+        kwargs["authenticate"] = {"kubeconfig": kube.kubeconfig}
+    if getattr(kube, "image", None):
+        kwargs["image"] = kube.image
+    if getattr(kube, "namespace", None):
+        kwargs["namespace"] = kube.namespace
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
             kwargs[key] = {**kwargs[key], **value}
