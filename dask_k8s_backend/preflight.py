@@ -277,7 +277,7 @@ async def check_cluster(cluster: Any) -> None:
 
 
 async def warn_before_scale(cluster: Any, n: int, group: str = "default") -> str | None:
-    """Before ``scale(n)``: warn (log) when the extra pods will not fit the quota; never raises.
+    """Before ``scale(n)``: warn when the extra pods will not fit the quota; never raises.
 
     Only the default group's pod recipe is known here; the backend reports refusals of any group
     in the cluster's status events when they happen.
@@ -299,4 +299,5 @@ async def warn_before_scale(cluster: Any, n: int, group: str = "default") -> str
         return None
     if warning:
         logger.warning("%s", warning)
+        cluster._log(warning)  # shown to the notebook user (unless quiet) and kept in cluster.get_logs()
     return warning

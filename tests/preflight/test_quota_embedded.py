@@ -61,8 +61,13 @@ def test_a_full_quota_at_creation_time_is_reported_and_retried_when_capacity_fre
     blocker = {"metadata": {"name": "blocker"},
                "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "pause"}]}}
     core_api.create_namespaced_pod(namespace, blocker)  # another app's pod, Pending forever, counts
+    wait_until(lambda: (core_api.read_namespaced_resource_quota("compute", namespace).status.used or {}).get("pods") == "1",
+               what="the quota controller to count the blocker")
     with KubeSparkCluster(namespace=namespace, **cluster_kwargs(kube)) as cluster:
         cluster.scale(3)
+        cluster_log = str(cluster.get_logs(scheduler=False, workers=False)["Cluster"])
+        assert ("scale(3) needs 3 more worker pods, but only 1 fit: ResourceQuota 'compute': each worker pod requests "
+                "pods=1, used: pods=1, limited: pods=2") in cluster_log
         expected = 'exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2'
         wait_until(lambda: any(expected in e for e in cluster.refresh_status().events), what="the quota refusal in status")
         assert len(worker_pods(core_api, namespace)) == 1
