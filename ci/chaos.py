@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         kills = run_kill_chaos(kube, seed=args.seed, target=4, kills=args.kills)
         faults = run_api_faults(kube, seed=args.seed + 4, target=3)
         dead = run_scheduler_kill(kube, workers=2)
-    wrong = int(not kills.result_correct)
+    wrong = int(not kills.result_correct) + int(not faults.result_correct)
     leaked = kills.pods_leaked + faults.pods_leaked + dead.pods_leaked
     reused = kills.executor_ids_reused + faults.executor_ids_reused
     gc_summary = "; ".join(line for line in dead.gc_output.splitlines() if "deleted" in line or "secret" in line)

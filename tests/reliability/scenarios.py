@@ -232,6 +232,7 @@ class ApiFaultReport:
     pods_created: int = 0
     executor_ids_reused: list[str] = field(default_factory=list)
     caught_up_seconds: float = float("nan")  # end of the outage -> back at target
+    result_correct: bool = False  # a computation running through the outage
     pods_leaked: int = -1
 
 
@@ -266,6 +267,8 @@ def _delete_one(kube: Any, cluster: Any, rng: random.Random) -> None:
 def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float = 10.0,
                    error_rate: float = 0.2, deletions: int = 3) -> ApiFaultReport:
     """Dropped watches, 20% 429/503 answers and a 10 s outage while pods are deleted and scaled."""
+    from distributed import Client
+
     from dask_k8s_backend import KubeSparkCluster
 
     rng = random.Random(seed)
@@ -276,7 +279,7 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
         # polling every second keeps a steady stream of LISTs going through the faulty server
         with KubeSparkCluster(**cluster_kwargs(kube, n_workers=target, api={"max-retries": 8},
                                                executor={"api-polling-interval": "1s"})) as cluster, \
-                _CountingFaults(kube.faults) as counting:
+                _CountingFaults(kube.faults) as counting, Client(cluster) as client:
             wait_until(lambda: at_target(kube, cluster, target), timeout=60, what="initial workers")
             kube.faults.set_error_rate(error_rate, codes=(429, 503), retry_after=1)
             report.watch_drops += kube.faults.drop_watches()
@@ -288,6 +291,8 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
                 report.watch_drops += kube.faults.drop_watches()
                 wait_until(lambda: at_target(kube, cluster, target + 2), timeout=60, what="replacement under errors")
             report.watch_drops += kube.faults.drop_watches()
+            # the Dask comm does not go through the API server: work goes on during the outage
+            squares = client.map(slow_square_task(0.05), range(200), pure=False)
             kube.faults.pause(outage)
             outage_start = time.monotonic()
             time.sleep(min(2.0, outage / 2))
@@ -299,6 +304,7 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
             wait_until(lambda: at_target(kube, cluster, target + 2), timeout=60, what="catching up after the outage")
             report.caught_up_seconds = round(time.monotonic() - back, 2)
             report.errors_injected = counting.count
+            report.result_correct = client.submit(sum, squares).result(timeout=60) == sum(x * x for x in range(200))
             app_id = cluster.app.app_id
         report.pods_leaked = len(app_pods(kube, app_id))
         ids = creations.for_app(app_id)

@@ -16,4 +16,5 @@ def test_backend_survives_api_faults_without_duplicate_pods_and_catches_up(kube)
     assert report.pods_created <= report.target + report.replacements, report
     assert report.executor_ids_reused == [], report
     assert report.caught_up_seconds <= 30, report
+    assert report.result_correct, report
     assert report.pods_leaked == 0, report
