@@ -8,7 +8,7 @@ import pytest
 from distributed import Client
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.security import secret_name
+from dask_k8s_backend.security import generate_tls_material, scheduler_security, secret_name
 
 from .scenarios import app_pods, cluster_kwargs
 
@@ -28,8 +28,9 @@ def test_tls_cluster_computes_over_tls_and_refuses_plain_clients(kube):
         assert all(address.startswith("tls://") for address in client.scheduler_info()["workers"])
         assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
         assert [s["metadata"]["name"] for s in _secrets(kube, cluster.app.app_id)] == [secret_name(cluster.app)]
-        with pytest.raises(Exception):  # no certificate of this app's CA: no connection
-            Client(cluster.scheduler_address, timeout=3)
+        intruder = scheduler_security(generate_tls_material("intruder"))  # valid TLS, another app's CA
+        with pytest.raises((OSError, TimeoutError)):
+            Client(cluster.scheduler_address, security=intruder, timeout=3)
         app_id = cluster.app.app_id
     assert _secrets(kube, app_id) == [] and app_pods(kube, app_id) == []
 
