@@ -157,8 +157,8 @@ async def check_namespace(api_client: Any, namespace: str) -> None:
     """Raise :class:`NamespaceNotFoundError` when ``namespace`` does not exist.
 
     Reading namespaces is cluster-scoped and often not granted; then a one-item list of pods in the
-    namespace stands in (the embedded server answers 404 for a missing namespace; a real one may
-    answer an empty list, and the first creation's 404 names the namespace instead).
+    namespace stands in. It is only conclusive when it answers 404: kube-apiserver (and the embedded
+    one) answer an empty list for a missing namespace, and then the first creation's 404 names it.
     """
     from kubernetes import client as k8s
 
