@@ -217,6 +217,8 @@ def policy_problems(pod: dict, limit_ranges: Iterable[dict] | None, resource_quo
                         "change worker_cores / worker_memory (or the pod template's resources) to fit it")
     for quota in resource_quotas or []:
         name = quota["metadata"]["name"]
+        if not quotas.quota_applies(quota, effective):
+            continue
         missing = quotas.missing_requirements(effective, quotas.parse_hard((quota.get("spec") or {}).get("hard")))
         if missing:
             problems.append(f"ResourceQuota {name!r} requires every container to set {'; '.join(missing)}; "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .embedded.resources import parse_quantity
+from .embedded.resources import parse_quantity, qos_class
 
 Usage = dict[str, Decimal]
 
@@ -191,12 +191,45 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
 
 
-def namespace_usage(pods: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> Usage:
-    """What the non-terminal ``pods`` use of each quota key (a quota's ``status.used``)."""
+# ------------------------------------------------------------------------------------ quota scopes
+def _scope_matches(scope: str, operator: str, values: list[str], pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec") or {}
+    if scope == "PriorityClass":
+        name = spec.get("priorityClassName")
+        if operator == "In":
+            return name in values
+        if operator == "NotIn":
+            return name not in values
+        return (name is not None) == (operator != "DoesNotExist")
+    simple = {
+        "Terminating": spec.get("activeDeadlineSeconds") is not None,
+        "NotTerminating": spec.get("activeDeadlineSeconds") is None,
+        "BestEffort": qos_class(pod) == "BestEffort",
+        "NotBestEffort": qos_class(pod) != "BestEffort",
+    }
+    return simple.get(scope, True)  # unknown scopes: assume the quota applies (never under-count)
+
+
+def quota_applies(quota: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Does ``quota`` track ``pod``? Its ``spec.scopes`` and ``spec.scopeSelector`` must all match."""
+    spec = quota.get("spec") or {}
+    for scope in spec.get("scopes") or []:
+        if not _scope_matches(scope, "Exists", [], pod):
+            return False
+    for expression in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
+        if not _scope_matches(expression.get("scopeName", ""), expression.get("operator", "Exists"),
+                              list(expression.get("values") or []), pod):
+            return False
+    return True
+
+
+def namespace_usage(pods: Iterable[Mapping[str, Any]], keys: Iterable[str],
+                    quota: Mapping[str, Any] | None = None) -> Usage:
+    """What the non-terminal ``pods`` (those ``quota``'s scopes track) use of each key (``status.used``)."""
     keys = list(keys)
     used: Usage = {key: Decimal(0) for key in keys}
     for pod in pods:
-        if is_terminal(pod):
+        if is_terminal(pod) or (quota is not None and not quota_applies(quota, pod)):
             continue
         for key, value in pod_usage(pod, keys).items():
             used[key] += value
@@ -262,6 +295,8 @@ def quota_room(quota: Mapping[str, Any], pod: Mapping[str, Any], used: Mapping[s
     """
     name = (quota.get("metadata") or {}).get("name", "?")
     hard = parse_hard((quota.get("spec") or {}).get("hard"))
+    if not quota_applies(quota, pod):
+        return QuotaRoom(name, None, (), {}, {}, hard)
     if used is None:
         used = parse_hard((quota.get("status") or {}).get("used"), what="status.used")
     used = {key: used.get(key, Decimal(0)) for key in hard}

@@ -76,13 +76,15 @@ class Admission:
     @staticmethod
     def _check_quota(name: str, pod: dict, quota: dict, pods: list[dict]) -> None:
         quota_name = quota["metadata"]["name"]
+        if not quotas.quota_applies(quota, pod):
+            return
         hard = quotas.parse_hard((quota.get("spec") or {}).get("hard"))
         missing = quotas.missing_requirements(pod, hard)
         if missing:
             raise _forbidden(f'pods "{name}" is forbidden: failed quota: {quota_name}: must specify '
                              f"{'; '.join(missing)}", name)
         request = quotas.pod_usage(pod, hard)
-        used = quotas.namespace_usage(pods, hard)
+        used = quotas.namespace_usage(pods, hard, quota)
         keys = quotas.exceeded_keys(request, used, hard)
         if keys:
             message = quotas.exceeded_message(name, quota_name, keys, request, used, hard)
@@ -157,7 +159,7 @@ class Admission:
         pods = self.store.list("pods", namespace)[0]
         for quota in resource_quotas:
             hard_raw = dict((quota.get("spec") or {}).get("hard") or {})
-            used = quotas.namespace_usage(pods, quotas.parse_hard(hard_raw))
+            used = quotas.namespace_usage(pods, quotas.parse_hard(hard_raw), quota)
             status = {"hard": hard_raw, "used": {k: quotas.format_quantity(k, v) for k, v in used.items()}}
             if quota.get("status") == status:
                 continue

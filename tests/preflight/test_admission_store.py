@@ -114,3 +114,13 @@ def test_quota_status_used_follows_pods(store):
     finally:
         admission.stop()
     assert not any(t.name == "embedded-quota-controller" for t in threading.enumerate())
+
+
+def test_a_scoped_quota_only_limits_the_pods_it_tracks(store):
+    store.create("resourcequotas", "dask", {"metadata": {"name": "no-best-effort"},
+                                            "spec": {"hard": {"pods": "0"}, "scopes": ["BestEffort"]}})
+    admission = Admission(store)
+    admission.create_pod("dask", pod("burstable", "1"))  # requests cpu: not BestEffort, not tracked
+    best_effort = {"metadata": {"name": "be"}, "spec": {"containers": [{"name": "worker", "image": "x"}]}}
+    with pytest.raises(StatusError, match="exceeded quota: no-best-effort, requested: pods=1, used: pods=0, limited: pods=0"):
+        admission.create_pod("dask", best_effort)

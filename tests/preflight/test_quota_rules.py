@@ -108,3 +108,20 @@ def test_quota_room_is_unbounded_when_the_quota_constrains_nothing_the_pod_uses(
 def test_quota_room_reads_status_used_when_no_usage_is_given():
     q = {**quota(pods="3"), "status": {"used": {"pods": "2"}}}
     assert quota_room(q, pod()).fits == 1
+
+
+def test_quota_scopes_decide_which_pods_a_quota_tracks():
+    from dask_k8s_backend.quotas import quota_applies
+
+    burstable = pod(requests={"cpu": "1"})
+    best_effort = pod()
+    high = {**pod(requests={"cpu": "1"}), "spec": {**pod(requests={"cpu": "1"})["spec"], "priorityClassName": "high"}}
+    assert not quota_applies({"spec": {"scopes": ["BestEffort"]}}, burstable)
+    assert quota_applies({"spec": {"scopes": ["BestEffort"]}}, best_effort)
+    assert quota_applies({"spec": {"scopes": ["NotTerminating", "NotBestEffort"]}}, burstable)
+    selector = {"spec": {"scopeSelector": {"matchExpressions": [
+        {"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}}
+    assert quota_applies(selector, high) and not quota_applies(selector, burstable)
+    scoped = {**quota(pods="0"), "spec": {"hard": {"pods": "0"}, "scopes": ["BestEffort"]}}
+    assert quota_room(scoped, burstable).fits is None  # a BestEffort-only quota leaves our workers alone
+    assert namespace_usage([best_effort, burstable], ["pods"], scoped) == {"pods": 1}
