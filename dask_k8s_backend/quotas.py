@@ -75,10 +75,7 @@ def container_defaults(limit_ranges: Iterable[Mapping[str, Any]]) -> tuple[dict[
 
 
 def _container_items(limit_ranges: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
-    for limit_range in limit_ranges:
-        for item in (limit_range.get("spec") or {}).get("limits") or []:
-            if item.get("type") == "Container":
-                yield item
+    return _items(limit_ranges, "Container")
 
 
 def apply_limit_ranges(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -107,34 +104,50 @@ def apply_limit_ranges(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[st
 
 
 def limit_range_violations(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Container min/max violations, in kube-apiserver's words ("minimum cpu usage per Container is ...")."""
+    """Container and Pod min/max/maxLimitRequestRatio violations, in kube-apiserver's words."""
+    limit_ranges = list(limit_ranges)
     problems: list[str] = []
     spec = pod.get("spec") or {}
     containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
     for item in _container_items(limit_ranges):
         for container in containers:
-            problems += _container_violations(container, item)
+            resources = container.get("resources") or {}
+            limits = resources.get("limits") or {}
+            problems += _violations("Container", {**limits, **(resources.get("requests") or {})}, limits, item)
+    for item in _items(limit_ranges, "Pod"):
+        requests, limits = _pod_totals(pod)
+        problems += _violations("Pod", {k: format_quantity(k, v) for k, v in requests.items()},
+                                {k: format_quantity(k, v) for k, v in limits.items()}, item)
     return problems
 
 
-def _container_violations(container: Mapping[str, Any], item: Mapping[str, Any]) -> list[str]:
-    resources = container.get("resources") or {}
-    limits = resources.get("limits") or {}
-    requests = {**limits, **(resources.get("requests") or {})}
+def _items(limit_ranges: Iterable[Mapping[str, Any]], kind: str) -> Iterable[Mapping[str, Any]]:
+    for limit_range in limit_ranges:
+        for item in (limit_range.get("spec") or {}).get("limits") or []:
+            if item.get("type") == kind:
+                yield item
+
+
+def _violations(kind: str, requests: Mapping[str, Any], limits: Mapping[str, Any], item: Mapping[str, Any]) -> list[str]:
     problems = []
     for key, minimum in (item.get("min") or {}).items():
         low = parse_quantity(minimum)
         if key not in requests:
-            problems.append(f"minimum {key} usage per Container is {minimum}.  No request is specified")
+            problems.append(f"minimum {key} usage per {kind} is {minimum}.  No request is specified")
         elif parse_quantity(requests[key]) < low:
-            problems.append(f"minimum {key} usage per Container is {minimum}, but request is {requests[key]}")
+            problems.append(f"minimum {key} usage per {kind} is {minimum}, but request is {requests[key]}")
         if key in limits and parse_quantity(limits[key]) < low:
-            problems.append(f"minimum {key} usage per Container is {minimum}, but limit is {limits[key]}")
+            problems.append(f"minimum {key} usage per {kind} is {minimum}, but limit is {limits[key]}")
     for key, maximum in (item.get("max") or {}).items():
         if key not in limits:
-            problems.append(f"maximum {key} usage per Container is {maximum}.  No limit is specified")
+            problems.append(f"maximum {key} usage per {kind} is {maximum}.  No limit is specified")
         elif parse_quantity(limits[key]) > parse_quantity(maximum):
-            problems.append(f"maximum {key} usage per Container is {maximum}, but limit is {limits[key]}")
+            problems.append(f"maximum {key} usage per {kind} is {maximum}, but limit is {limits[key]}")
+    for key, ratio in (item.get("maxLimitRequestRatio") or {}).items():
+        if key in limits and key in requests and parse_quantity(requests[key]) > 0:
+            actual = parse_quantity(limits[key]) / parse_quantity(requests[key])
+            if actual > parse_quantity(ratio):
+                problems.append(f"{key} max limit to request ratio per {kind} is {ratio}, but provided ratio is {float(actual):f}")
     return problems
 
 

@@ -125,3 +125,14 @@ def test_quota_scopes_decide_which_pods_a_quota_tracks():
     scoped = {**quota(pods="0"), "spec": {"hard": {"pods": "0"}, "scopes": ["BestEffort"]}}
     assert quota_room(scoped, burstable).fits is None  # a BestEffort-only quota leaves our workers alone
     assert namespace_usage([best_effort, burstable], ["pods"], scoped) == {"pods": 1}
+
+
+def test_pod_limits_and_limit_to_request_ratios_are_checked():
+    two = {"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "a", "resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "2"}}},
+        {"name": "b", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}}
+    ranges = [{"spec": {"limits": [{"type": "Pod", "max": {"cpu": "2"}},
+                                   {"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}]}}]
+    assert limit_range_violations(two, ranges) == [
+        "cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000",
+        "maximum cpu usage per Pod is 2, but limit is 3"]
