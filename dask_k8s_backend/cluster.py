@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import math
+import time
 import logging
 import uuid
 import weakref
@@ -471,9 +472,38 @@ class KubeSparkCluster(Cluster):
         return f"KubeSparkCluster({self.app.app_name!r}, master={self.settings.master!r}, {text}, status={self.status.name})"
 
 
+def delete_app_pods_now(connection: KubeConnection, namespace: str, app_id: str, timeout: float = 30) -> int:
+    """Synchronously delete every pod of an app and wait until none is listed; returns how many remain.
+
+    For interpreter exit: by then Python's thread pools refuse new work, so the asynchronous
+    shutdown path cannot run; this uses the blocking client directly.
+    """
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(connection.api_client)
+    selector = f"{labels.APP_ID}={app_id}"
+    deadline = time.monotonic() + timeout
+    while True:
+        core.delete_collection_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        remaining = len(core.list_namespaced_pod(namespace, label_selector=selector).items)
+        if remaining == 0 or time.monotonic() > deadline:
+            return remaining
+        time.sleep(0.2)
+
+
 @atexit.register
 def _close_live_clusters() -> None:
-    """At interpreter exit, close clusters the user forgot so no pod is left behind."""
+    """At interpreter exit, delete the pods of clusters the user forgot to close: no pod is left behind."""
     for cluster in list(_LIVE_CLUSTERS):
-        with suppress(Exception):
-            cluster.close(timeout=30)
+        if cluster.status == Status.closed or cluster.connection is None or not cluster.shutdown_on_close:
+            continue
+        try:
+            remaining = delete_app_pods_now(cluster.connection, cluster.app.namespace, cluster.app.app_id)
+            if remaining:
+                logger.warning("%d pods of app %s were still present at exit", remaining, cluster.app.app_id)
+        except Exception as e:
+            logger.warning("deleting the pods of app %s at exit failed: %s; run `python -m dask_k8s_backend gc "
+                           "--app %s`", cluster.app.app_id, e, cluster.app.app_id)
+        finally:
+            with suppress(Exception):
+                cluster.connection.close()

@@ -172,3 +172,19 @@ def test_async_cluster_context_manager(kube):
                 return await client.submit(lambda x: x + 1, 1)
 
     assert asyncio.run(main()) == 2
+
+
+def test_interpreter_exit_without_close_deletes_the_pods(kube, core_api, tmp_path):
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import sys\n"
+        "from dask_k8s_backend import KubeSparkCluster\n"
+        f"cluster = KubeSparkCluster(n_workers=1, **{cluster_kwargs(kube)!r})\n"
+        "cluster.wait_for_workers(1, timeout=120)\n"
+        "print('APP', cluster.app.app_id, flush=True)\n"
+        "sys.exit(0)  # no close(): the atexit hook must clean up\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    app_id = proc.stdout.split("APP ", 1)[1].split()[0]
+    assert app_pods(core_api, app_id) == []
