@@ -265,7 +265,7 @@ def _delete_one(kube: Any, cluster: Any, rng: random.Random) -> None:
 
 
 def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float = 10.0,
-                   error_rate: float = 0.2, deletions: int = 3) -> ApiFaultReport:
+                   error_rate: float = 0.2, deletions: int = 3, min_errors: int = 5) -> ApiFaultReport:
     """Dropped watches, 20% 429/503 answers and a 10 s outage while pods are deleted and scaled."""
     from distributed import Client
 
@@ -276,14 +276,15 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
     creations = PodCreations()
     unsubscribe = kube.store.add_listener(creations)
     try:
-        # polling every second keeps a steady stream of LISTs going through the faulty server
+        # polling 4 times a second keeps a steady stream of LISTs going through the faulty server
         with KubeSparkCluster(**cluster_kwargs(kube, n_workers=target, api={"max-retries": 8},
-                                               executor={"api-polling-interval": "1s"})) as cluster, \
+                                               executor={"api-polling-interval": "250ms"})) as cluster, \
                 _CountingFaults(kube.faults) as counting, Client(cluster) as client:
             wait_until(lambda: at_target(kube, cluster, target), timeout=60, what="initial workers")
             kube.faults.set_error_rate(error_rate, codes=(429, 503), retry_after=1)
             report.watch_drops += kube.faults.drop_watches()
             cluster.scale(target + 2)  # scaling through the faulty API
+            wait_until(lambda: counting.count >= min_errors, timeout=30, what=f"{min_errors} injected errors")
             wait_until(lambda: at_target(kube, cluster, target + 2), timeout=60, what="scale-up under 20% errors")
             for _ in range(deletions):  # each replacement is created and watched through the faulty API
                 _delete_one(kube, cluster, rng)
