@@ -16,7 +16,6 @@ Written async-first; distributed's ``SyncMethodMixin`` gives the blocking API.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import math
 import time
 import logging
@@ -41,7 +40,6 @@ from .status_view import ClusterStatus, format_status_table, render_status_html
 logger = logging.getLogger(__name__)
 
 STATUS_REFRESH_MS = 500
-_LIVE_CLUSTERS: weakref.WeakSet[KubeSparkCluster] = weakref.WeakSet()
 
 
 def _kwargs_to_overrides(**kwargs: Any) -> dict[str, Any]:
@@ -162,7 +160,7 @@ class KubeSparkCluster(Cluster):
         self._tls_secret = False
         self._group_adaptives: dict[str, Any] = {}
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
-        _LIVE_CLUSTERS.add(self)
+        self._pod_reaper: weakref.finalize | None = None
         if not self.called_from_running_loop:
             self._loop_runner.start()
             try:
@@ -202,6 +200,10 @@ class KubeSparkCluster(Cluster):
         else:
             address = await self._start_local_scheduler()
         self.scheduler_comm = rpc(address, connection_args=self.security.get_connection_args("client"))
+        if self.shutdown_on_close:
+            # An unclosed cluster still deletes its pods when collected or at interpreter exit (weakref.finalize
+            # runs at exit too); the callback holds only what deletion needs, never self.
+            self._pod_reaper = weakref.finalize(self, _reap_pods, self.connection, self.app.namespace, self.app.app_id)
         # Adaptive reads plan/requested/observed each tick: keep the executors' view fresh.
         self.periodic_callbacks["k8s-status"] = PeriodicCallback(self._refresh_status_quietly, STATUS_REFRESH_MS)
         await super()._start()
@@ -288,7 +290,8 @@ class KubeSparkCluster(Cluster):
         if self.connection is not None and (shutdown or self.connection.embedded is None):
             await self._guarded("closing the Kubernetes connection", asyncio.to_thread(self.connection.close))
         self.status = Status.closed
-        _LIVE_CLUSTERS.discard(self)
+        if self._pod_reaper is not None and (shutdown or not self.shutdown_on_close):
+            self._pod_reaper.detach()  # closed properly (or deliberately left running)
 
     def _attach_failed(self) -> bool:
         """from_name found no scheduler: there is nothing of ours to delete."""
@@ -491,19 +494,15 @@ def delete_app_pods_now(connection: KubeConnection, namespace: str, app_id: str,
         time.sleep(0.2)
 
 
-@atexit.register
-def _close_live_clusters() -> None:
-    """At interpreter exit, delete the pods of clusters the user forgot to close: no pod is left behind."""
-    for cluster in list(_LIVE_CLUSTERS):
-        if cluster.status == Status.closed or cluster.connection is None or not cluster.shutdown_on_close:
-            continue
-        try:
-            remaining = delete_app_pods_now(cluster.connection, cluster.app.namespace, cluster.app.app_id)
-            if remaining:
-                logger.warning("%d pods of app %s were still present at exit", remaining, cluster.app.app_id)
-        except Exception as e:
-            logger.warning("deleting the pods of app %s at exit failed: %s; run `python -m dask_k8s_backend gc "
-                           "--app %s`", cluster.app.app_id, e, cluster.app.app_id)
-        finally:
-            with suppress(Exception):
-                cluster.connection.close()
+def _reap_pods(connection: KubeConnection, namespace: str, app_id: str) -> None:
+    """Runs when a cluster that was never closed is garbage-collected or the interpreter exits."""
+    try:
+        remaining = delete_app_pods_now(connection, namespace, app_id)
+        if remaining:
+            logger.warning("%d pods of app %s were still present after cleanup", remaining, app_id)
+    except Exception as e:
+        logger.warning("deleting the pods of app %s failed: %s; run `python -m dask_k8s_backend gc --app %s`",
+                       app_id, e, app_id)
+    finally:
+        with suppress(Exception):
+            connection.close()
