@@ -1,7 +1,8 @@
 """``kubectl get`` tables: the ``meta.k8s.io/v1 Table`` the API server answers ``Accept: ...;as=Table`` with.
 
 kubectl asks for server-side printing; we build the columns kubectl shows for a real cluster
-(pods: NAME READY STATUS RESTARTS AGE; everything else: NAME AGE) from the stored objects.
+(pods: NAME READY STATUS RESTARTS AGE [IP NODE]; nodes: NAME STATUS ROLES AGE VERSION; everything else:
+NAME AGE) from the stored objects.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def _pod_status(pod: dict) -> str:
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         detail = state.get("waiting") or state.get("terminated") or {}
-        if detail.get("reason") and detail.get("reason") != "Completed":
+        if detail.get("reason"):  # kubectl shows the container's reason, "Completed" included
             reason = detail["reason"]
+        elif state.get("terminated"):
+            reason = f"ExitCode:{state['terminated'].get('exitCode', 0)}"
     return reason or status.get("phase") or "Unknown"
 
 
@@ -51,6 +54,21 @@ def _pod_row(pod: dict) -> list[Any]:
             (pod.get("spec") or {}).get("nodeName") or "<none>"]
 
 
+def _column(name: str, type_: str = "string", priority: int = 0) -> dict[str, Any]:
+    return {"name": name, "type": type_, "format": "", "priority": priority, "description": name}
+
+
+def _node_row(node: dict) -> list[Any]:
+    conditions = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
+    status = "Ready" if conditions.get("Ready") == "True" else "NotReady"
+    if (node.get("spec") or {}).get("unschedulable"):
+        status += ",SchedulingDisabled"
+    labels = node["metadata"].get("labels") or {}
+    roles = ",".join(sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))) or "<none>"
+    version = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion") or "<none>"
+    return [node["metadata"]["name"], status, roles, age(node["metadata"].get("creationTimestamp")), version]
+
+
 def table_for(info: ResourceInfo, objects: list[dict], resource_version: str, token: str | None) -> dict:
     """A Table with one row per object (each row carries a PartialObjectMetadata)."""
     if info.name == "pods":
@@ -59,12 +77,18 @@ def table_for(info: ResourceInfo, objects: list[dict], resource_version: str, to
                    {"name": "Restarts", "type": "integer", "format": "", "priority": 0, "description": "Restarts"},
                    _AGE, {"name": "IP", "type": "string", "format": "", "priority": 1, "description": "Pod IP"},
                    {"name": "Node", "type": "string", "format": "", "priority": 1, "description": "Node"}]
+    elif info.name == "nodes":
+        columns = [_NAME, _column("Status"), _column("Roles"), _AGE, _column("Version")]
     else:
         columns = [_NAME, _AGE]
     rows = []
     for obj in objects:
-        cells = _pod_row(obj) if info.name == "pods" else [obj["metadata"]["name"],
-                                                            age(obj["metadata"].get("creationTimestamp"))]
+        if info.name == "pods":
+            cells = _pod_row(obj)
+        elif info.name == "nodes":
+            cells = _node_row(obj)
+        else:
+            cells = [obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))]
         rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                                                 "metadata": obj["metadata"]}})
     meta: dict[str, Any] = {"resourceVersion": resource_version}
