@@ -7,12 +7,13 @@ stops everything it started.
 
 from __future__ import annotations
 
-import shutil
+import os
 import signal
 import threading
 from pathlib import Path
 
 from .cluster import EmbeddedKubernetes
+from .tls import write_private
 
 
 def run(kubeconfig: str, kubelet: str, nodes: int, cpu: str, memory: str, port: int, tls: bool) -> int:
@@ -25,8 +26,10 @@ def run(kubeconfig: str, kubelet: str, nodes: int, cpu: str, memory: str, port: 
                                 tls=tls) as kube:
             target = Path(kubeconfig).expanduser()
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(kube.kubeconfig, target)  # type: ignore[arg-type]
-            target.chmod(0o600)
+            # Written 0600 under a temporary name, then renamed: a reader never sees it partial or readable.
+            partial = target.with_name(f".{target.name}.partial")
+            write_private(partial, Path(kube.kubeconfig).read_bytes())  # type: ignore[arg-type]
+            os.replace(partial, target)
             print(f"Embedded Kubernetes serving at {kube.url} ({nodes} {kubelet} node(s))", flush=True)
             print(f"kubeconfig: {target}  (try: kubectl --kubeconfig {target} get nodes)", flush=True)
             print("Press Ctrl-C to stop.", flush=True)

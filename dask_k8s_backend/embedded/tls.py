@@ -38,7 +38,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -80,7 +80,7 @@ def make_credentials(directory: str | Path, *, days: int = 30) -> Credentials:
                         secrets.token_urlsafe(32))
     creds.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     creds.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(creds.key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(creds.key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
     return creds
 
@@ -101,6 +101,6 @@ def write_kubeconfig(path: str | Path, *, server: str, ca_file: Path | None, tok
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
+    write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
     os.chmod(path, 0o600)
     return path

@@ -7,16 +7,13 @@ server outlives each cluster: "no pods left after close" is checked through the 
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-import psutil
 import pytest
 
-from dask_k8s_backend import labels
+from k8s_helpers import assert_no_worker_processes_left, merge_kwargs
 
 
 @dataclass
@@ -74,47 +71,11 @@ def cluster_kwargs(kube, **extra: Any) -> dict[str, Any]:
         kwargs["image"] = kube.image
     if getattr(kube, "namespace", None):
         kwargs["namespace"] = kube.namespace
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
-            kwargs[key] = {**kwargs[key], **value}
-        else:
-            kwargs[key] = value
-    return kwargs
-
-
-def app_pods(core_api, app_id: str, namespace: str = "default") -> list[dict]:
-    response = core_api.list_namespaced_pod(
-        namespace, label_selector=f"{labels.APP_ID}={app_id}", _preload_content=False
-    )
-    return json.loads(response.data)["items"]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll a condition that has no event to await, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return merge_kwargs(kwargs, extra)
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_worker_processes():
     """Every test must end with no worker process of ours still running."""
     yield
-    me = psutil.Process(os.getpid())
-
-    def workers() -> list[psutil.Process]:
-        out = []
-        for child in me.children(recursive=True):
-            try:
-                if "dask" in " ".join(child.cmdline()) and "worker" in " ".join(child.cmdline()):
-                    out.append(child)
-            except psutil.Error:
-                continue
-        return out
-
-    wait_until(lambda: not workers(), timeout=30, what="worker processes to exit")
+    assert_no_worker_processes_left()

@@ -12,7 +12,9 @@ from distributed import Client, Event, wait
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.waiting import WorkersNotReadyError
 
-from .conftest import app_pods, cluster_kwargs, wait_until
+from k8s_helpers import app_pods, wait_until
+
+from .conftest import cluster_kwargs
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,15 +8,12 @@ exists (checked through the API) and no worker process outlives a test.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import psutil
 import pytest
 import yaml
+from k8s_helpers import assert_no_worker_processes_left, list_pods, merge_kwargs
 
 from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, Permission
 
@@ -68,44 +65,15 @@ def cluster_kwargs(kube, kubeconfig: str | None = None, **extra: Any) -> dict[st
         authenticate={"kubeconfig": kubeconfig or kube.kubeconfig},
         executor={"delete-grace-period": "2s"}, worker={"death-timeout": "20s"},
     )
-    for key, value in extra.items():
-        kwargs[key] = {**kwargs[key], **value} if isinstance(value, dict) and isinstance(kwargs.get(key), dict) else value
-    return kwargs
+    return merge_kwargs(kwargs, extra)
 
 
 def worker_pods(core_api, namespace: str = "default") -> list[dict]:
     """Every worker pod of any app in ``namespace``, read through the API as the admin."""
-    response = core_api.list_namespaced_pod(namespace, label_selector="dask-k8s-backend/role=worker",
-                                            _preload_content=False)
-    return json.loads(response.data)["items"]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll a condition that has no event to await, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return list_pods(core_api, "dask-k8s-backend/role=worker", namespace)
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_worker_processes():
     yield
-    me = psutil.Process(os.getpid())
-
-    def workers() -> list[psutil.Process]:
-        out = []
-        for child in me.children(recursive=True):
-            try:
-                line = " ".join(child.cmdline())
-            except psutil.Error:
-                continue
-            if "dask" in line and "worker" in line:
-                out.append(child)
-        return out
-
-    wait_until(lambda: not workers(), timeout=30, what="worker processes to exit")
+    assert_no_worker_processes_left()

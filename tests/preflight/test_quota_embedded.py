@@ -7,7 +7,9 @@ import pytest
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.preflight import QuotaError
 
-from .conftest import cluster_kwargs, wait_until, worker_pods
+from k8s_helpers import wait_until
+
+from .conftest import cluster_kwargs, worker_pods
 
 pytestmark = pytest.mark.timeout(120)
 
