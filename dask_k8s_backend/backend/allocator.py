@@ -475,7 +475,23 @@ class ExecutorPodsAllocator:
         future = [d for d in deadlines if d > now]
         return min(future) if future else None
 
+    def _count_new_failures(self) -> None:
+        """Count failed pods the moment a round sees them, before replacing them.
+
+        The lifecycle manager counts them too, on its own interval; ``record_failure`` counts each
+        executor once, so whichever sees a failure first counts it. Without this a round could replace
+        a failed pod before the failure was counted and so create pods past ``max-failures``.
+        """
+        from .lifecycle import explain, is_failure
+
+        for executor_id, pod_state in self._snapshot.executor_pods.items():
+            if not pod_state.is_final or self.failures.deletion_reason(executor_id) is not None:
+                continue
+            if is_failure(pod_state):
+                self.failures.record_failure(group_of_pod(pod_state.pod), executor_id, explain(pod_state, executor_id))
+
     def _refresh_state(self) -> None:
+        self._count_new_failures()
         snapshot, state = self._snapshot, self._state
         present = snapshot.executor_pods
         finished = {i for i in state.deleting if i in snapshot.seen_ids and (i not in present or present[i].is_final)}

@@ -297,11 +297,29 @@ async def test_a_blocked_group_gets_no_pods_while_another_group_is_still_replace
     h.failures.record_failure("gpu", 1, "executor 1 failed: ErrImagePull")
     h.see_created("Running")
     h.see(failed_pod(1, group="gpu"))
-    h.see(failed_pod(2, group="cpu"))
+    h.see(executor_pod(2, group="cpu", phase="Succeeded"))  # ended without failing: replaced, not counted
     await h.deliver()
     await h.tick(1.0)
     assert [h.allocator.group_of(i) for i in h.created()[2:]] == ["cpu"]
     assert h.limits and h.limits[0][0] == "gpu"
+    await h.stop()
+
+
+@run_async
+async def test_a_failure_is_counted_before_the_failed_pod_is_replaced():
+    h = Harness(max_failures=2)
+    await h.set_target(2)
+    h.see_created("Running")
+    await h.deliver()
+    await h.tick(1.0)  # slow start: the second pod comes in the next round
+    h.see_created("Running")
+    assert h.created() == [1, 2]
+    h.see(failed_pod(1))
+    h.see(failed_pod(2))  # the lifecycle manager has not run: the round itself counts both failures
+    await h.deliver()
+    await h.tick(1.0)
+    assert h.created() == [1, 2]  # the limit (2) was reached before any replacement
+    assert h.limits and h.limits[0][0] == "default"
     await h.stop()
 
 
