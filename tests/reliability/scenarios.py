@@ -15,11 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
+
+from k8s_helpers import wait_until as _wait_until
 
 from dask_k8s_backend import labels
 
@@ -54,22 +57,13 @@ def app_pods(kube: Any, app_id: str, namespace: str = "default") -> list[dict]:
     return items
 
 
+wait_until = partial(_wait_until, interval=0.1)  # the shared poll-with-deadline, at this module's pace
+
+
 def live_pods(kube: Any, app_id: str) -> list[dict]:
     """Running pods not being deleted."""
     return [p for p in app_pods(kube, app_id)
             if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll a condition that has no event to await, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
