@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
+from .tasks import cancel_and_wait
 from ..clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,4 @@ class ExecutorPodsPollingSource:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
