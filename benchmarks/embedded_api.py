@@ -121,7 +121,7 @@ def bench_rss(count: int) -> tuple[float, int]:
             kube.store.create("pods", "default", pod(f"rss-{i}"))
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            running = len(kube.store.list("pods", field_selector="status.phase=Running")[0])
+            running = len(kube.store.list_entries("pods", field_selector="status.phase=Running")[0])  # no copies
             if running >= count:
                 break
             time.sleep(1)

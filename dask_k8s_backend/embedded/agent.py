@@ -79,7 +79,7 @@ class KubeletBase:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._register_node()
         backlog, self._unsubscribe = self.store.subscribe("pods", None, self._on_event)
-        initial = [("ADDED", e.entry.obj) for e in backlog if self._is_mine(e.entry.obj)]
+        initial = [("ADDED", e.entry) for e in backlog if self._is_mine(e.entry.view)]
         self._dispatcher = threading.Thread(target=self._dispatch, args=(initial,), name=f"kubelet-{self.node_name}",
                                             daemon=True)
         self._dispatcher.start()
@@ -130,20 +130,22 @@ class KubeletBase:
 
     def _on_event(self, event: Any) -> None:
         """Store callback (under the store's lock): queue this node's pod changes, nothing else."""
-        if event.resource == "pods" and self._is_mine(event.entry.obj):
-            self._queue.put((event.type, event.entry.obj))
+        if event.resource == "pods" and self._is_mine(event.entry.view):
+            self._queue.put((event.type, event.entry))
 
-    def _dispatch(self, initial: list[tuple[str, Pod]]) -> None:
+    def _dispatch(self, initial: list[tuple[str, Any]]) -> None:
         """The pods that existed at subscription first, then every later change, in store order.
 
-        Pods are the store's read-only objects: hooks must copy before changing anything.
+        The queue holds the store's entries (serialized, small); each is parsed once, here. Pods
+        are read-only to the hooks: they must copy before changing anything.
         """
         pending = list(initial)
         while True:
             item = pending.pop(0) if pending else self._queue.get()
             if item is _STOP:
                 return
-            event_type, pod = item
+            event_type, entry = item
+            pod = entry.obj
             try:
                 self._handle(event_type, pod)
             except Exception:

@@ -1,7 +1,10 @@
 """The embedded kube-scheduler: binds pods that have no ``spec.nodeName`` to a node that fits.
 
-Data flow: a ``store.subscribe`` callback puts every pod and node change on a queue (it never
-blocks the writer, and gets the store's read-only objects, so nothing is copied); one thread
+Data flow: a ``store.subscribe`` callback records the newest version of every changed pod and
+node and queues its key once (it never blocks the writer, and gets the store's read-only objects,
+so nothing is copied). Like client-go's DeltaFIFO it compresses: a pod changed five times while the
+scheduler was busy is handled once, at its newest version, so a burst of 10,000 pods holds one
+reference per pod instead of one superseded copy per change. One thread
 first takes the pods and nodes that existed at subscription, then drains the queue in batches,
 keeps a cache of nodes, of the resources bound pods use on each node and of pending pods, and then tries the *active* pending pods in priority
 then arrival order. A pod that fits is bound with ``store.mutate`` (``spec.nodeName`` and
@@ -58,6 +61,8 @@ class EmbeddedScheduler:
         self._name = name
         self._clock = clock
         self._queue: queue.Queue = queue.Queue()
+        self._newest: dict[tuple[str, Key], tuple[str, Any]] = {}  # queued key -> (type, newest store entry)
+        self._newest_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._nodes: dict[str, NodeInfo] = {}
@@ -76,7 +81,7 @@ class EmbeddedScheduler:
             return
         backlog, self._unsubscribe = self._store.subscribe("pods", None, self._on_event)
         nodes = self._store.list_entries("nodes")[0]  # after subscribing: newer events are dropped as stale
-        initial = [("ADDED", "nodes", e.obj) for e in nodes] + [("ADDED", "pods", e.entry.obj) for e in backlog]
+        initial = [("ADDED", "nodes", e) for e in nodes] + [("ADDED", "pods", e.entry) for e in backlog]
         self._thread = threading.Thread(target=self._run, args=(initial,), name="embedded-scheduler", daemon=True)
         self._thread.start()
 
@@ -100,12 +105,23 @@ class EmbeddedScheduler:
         return self._idle.wait(timeout)
 
     def _on_event(self, event: Any) -> None:
-        """Store callback (under the store's lock): queue pod and node changes, nothing else."""
-        if event.resource in ("pods", "nodes"):
-            self._queue.put((event.type, event.resource, event.entry.obj))
+        """Store callback (under the store's lock): remember the newest change, queue its key once."""
+        if event.resource not in ("pods", "nodes"):
+            return
+        meta = event.entry.meta
+        slot = (event.resource, (meta.get("namespace") or "default", meta.get("name", "")))
+        with self._newest_lock:
+            queued = slot in self._newest
+            self._newest[slot] = (event.type, event.entry)
+        if not queued:
+            self._queue.put(("CHANGED", slot, None))
+
+    def _take_newest(self, slot: tuple[str, Key]) -> tuple[str, Any] | None:
+        with self._newest_lock:
+            return self._newest.pop(slot, None)
 
     # ------------------------------------------------------------------ loop
-    def _run(self, initial: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def _run(self, initial: list[tuple[str, str, Any]]) -> None:
         last_flush = time.monotonic()
         batch: list[Any] = list(initial)
         while True:
@@ -128,8 +144,12 @@ class EmbeddedScheduler:
             for event_type, resource, obj in batch:
                 if event_type == "SYNC":
                     sync = True
+                elif event_type == "CHANGED":
+                    change = self._take_newest(resource)
+                    if change is not None:
+                        self._apply(change[0], resource[0], change[1].obj)
                 else:
-                    self._apply(event_type, resource, obj)
+                    self._apply(event_type, resource, obj.obj)
             batch = []
             try:
                 self._schedule_active()
@@ -177,6 +197,7 @@ class EmbeddedScheduler:
         key = pod_key(pod)
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         phase = (pod.get("status") or {}).get("phase")
+        self._forget_replaced(key, meta.get("uid", ""))
         gone = event_type == "DELETED"
         if gone or spec.get("nodeName") or meta.get("deletionTimestamp"):
             self._pending.pop(key, None)
@@ -188,6 +209,17 @@ class EmbeddedScheduler:
             self._track_bound(key, spec["nodeName"], pod)
         elif not meta.get("deletionTimestamp") and key not in self._pending and self._is_mine(spec):
             self._add_pending(key, pod)
+
+    def _forget_replaced(self, key: Key, uid: str) -> None:
+        """A pod deleted and re-created under the same name while queued arrives as one change: the
+        old pod's pending entry and the resources it held on its node belong to it, not to the new one."""
+        pending = self._pending.get(key)
+        if pending is not None and pending.info.uid != uid:
+            del self._pending[key]
+            self._active.discard(key)
+        bound = self._bound.get(key)
+        if bound is not None and bound[2] != uid:
+            self._release(key, bound[2])
 
     def _is_mine(self, spec: dict[str, Any]) -> bool:
         """Pods naming another ``schedulerName`` are left to that scheduler, as in Kubernetes."""

@@ -86,9 +86,12 @@ def _dumps(obj: Any) -> bytes:
 class Entry:
     """One stored version of an object; never mutated after it is committed.
 
-    While current it holds the dict; once superseded (it then lives only in the watch history)
-    :meth:`freeze` keeps just its JSON bytes and a small view for selectors, which is what keeps
-    a store of 10,000 busy pods small. ``obj`` of a frozen entry is parsed on demand.
+    Like etcd, the store keeps objects serialized: once a version is committed and its
+    subscribers have seen it, :meth:`freeze` keeps only its JSON bytes (what LIST and WATCH
+    send anyway) and a small view (metadata plus the fields selectors read), and drops the
+    parsed dict, which costs six times the bytes. That is what keeps 10,000 busy pods small.
+    ``obj`` of a frozen entry is parsed on each call: hot paths read :attr:`meta` or
+    :attr:`view`, which never parse.
     """
 
     __slots__ = ("_obj", "_json", "_view")
@@ -100,15 +103,20 @@ class Entry:
 
     @property
     def obj(self) -> dict:
-        """The object (read-only)."""
+        """The object (read-only; parsed anew on each call once frozen)."""
         obj = self._obj
         return obj if obj is not None else json.loads(self._json)  # type: ignore[arg-type]
 
     @property
     def view(self) -> dict:
-        """Enough of the object for label and field selectors."""
+        """Enough of the object for label and field selectors (read-only)."""
         obj = self._obj
         return obj if obj is not None else self._view  # type: ignore[return-value]
+
+    @property
+    def meta(self) -> dict:
+        """The object's metadata (read-only)."""
+        return self.view["metadata"]
 
     def json(self) -> bytes:
         """The object's JSON bytes, serialized once (racing threads compute the same bytes)."""
@@ -121,24 +129,27 @@ class Entry:
         return json.loads(self.json())
 
     def freeze(self, resource: str) -> None:
-        """Superseded: keep the bytes and a selector view, drop the dict."""
+        """Keep the bytes and a selector view, drop the dict."""
         obj = self._obj
         if obj is None:
             return
         self.json()
         view: dict = {"metadata": obj.get("metadata") or {}}
-        for path in FIELDS.get(resource, ()):
+        for parts in _FIELD_PATHS.get(resource, ()):
             value: Any = obj
-            for part in path.split("."):
+            for part in parts:
                 value = value.get(part) if isinstance(value, dict) else None
             if value is not None:
                 node = view
-                parts = path.split(".")
                 for part in parts[:-1]:
                     node = node.setdefault(part, {})
                 node[parts[-1]] = value
         self._view = view
         self._obj = None
+
+
+_FIELD_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    resource: tuple(tuple(path.split(".")) for path in sorted(paths)) for resource, paths in FIELDS.items()}
 
 
 class WatchEvent:
@@ -244,9 +255,9 @@ class ObjectStore:
                 keys = [k for k in keys if k[0] == namespace]
             if start is not None:
                 keys = [k for k in keys if (k[0] or "", k[1]) > (start[0] or "", start[1])]
-            matched = [objects[k] for k in keys if _matches(objects[k].obj, labels, fields)]
+            matched = [objects[k] for k in keys if _matches(objects[k].view, labels, fields)]
         if limit and limit > 0 and len(matched) > limit:
-            last = matched[limit - 1].obj["metadata"]
+            last = matched[limit - 1].meta
             return (matched[:limit], str(list_rv), encode_continue(list_rv, (last.get("namespace"), last["name"])),
                     len(matched) - limit)
         return matched, str(list_rv), None, None
@@ -266,7 +277,7 @@ class ObjectStore:
         """
         with self._lock:
             if resource_version in (None, "", "0"):
-                backlog = [WatchEvent("ADDED", resource, e, None, int(e.obj["metadata"]["resourceVersion"]))
+                backlog = [WatchEvent("ADDED", resource, e, None, int(e.meta["resourceVersion"]))
                            for e in self._objects[resource].values()]
                 backlog.sort(key=lambda ev: ev.rv)
             else:
@@ -317,7 +328,7 @@ class ObjectStore:
                 raise bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the "
                                   f"URL ({name})")
             rv = meta.get("resourceVersion")
-            if rv not in (None, "") and str(rv) != old.obj["metadata"]["resourceVersion"]:
+            if rv not in (None, "") and str(rv) != old.meta["resourceVersion"]:
                 raise conflict(resource, name, "the object has been modified; please apply your changes to the "
                                                "latest version and try again")
             if status_only:
@@ -325,7 +336,7 @@ class ObjectStore:
                 merged["status"] = new.get("status") or {}
                 new = merged
             else:
-                _keep_system_metadata(meta, old.obj["metadata"])
+                _keep_system_metadata(meta, old.meta)
                 if info.has_status:
                     new["status"] = old.copy().get("status", {})
                 new["kind"], new["apiVersion"] = info.kind, "v1"
@@ -350,7 +361,7 @@ class ObjectStore:
             else:
                 new = work
                 new["metadata"] = new.get("metadata") or {}
-                _keep_system_metadata(new["metadata"], old.obj["metadata"])
+                _keep_system_metadata(new["metadata"], old.meta)
             return self._update(info, key, old, new).copy()
 
     def delete(self, resource: str, namespace: str | None, name: str, *, grace_period_seconds: int | None = None,
@@ -374,7 +385,7 @@ class ObjectStore:
                                                  field_selector=field_selector)
             deleted = []
             for entry in entries:
-                meta = entry.obj["metadata"]
+                meta = entry.meta
                 try:
                     deleted.append(self.delete(resource, meta.get("namespace"), meta["name"],
                                                grace_period_seconds=grace_period_seconds,
@@ -392,7 +403,7 @@ class ObjectStore:
             entry = self._objects[resource].get(key)
             if entry is None:
                 return
-            if not entry.obj["metadata"].get("finalizers"):
+            if not entry.meta.get("finalizers"):
                 self._remove_object(info, key, entry)
 
     def record_event(self, namespace: str, involved: dict, reason: str, message: str,
@@ -454,7 +465,7 @@ class ObjectStore:
         ns_entry = self._objects["namespaces"].get((None, namespace))
         if ns_entry is None:
             raise not_found("namespaces", namespace)
-        if ns_entry.obj["metadata"].get("deletionTimestamp"):
+        if ns_entry.meta.get("deletionTimestamp"):
             raise StatusError(403, "Forbidden", f"unable to create new content in namespace {namespace} because "
                                                 "it is being terminated",
                               {"name": namespace, "kind": "namespaces",
@@ -489,7 +500,7 @@ class ObjectStore:
     def _update(self, info: ResourceInfo, key: Key, old: Entry, new: dict) -> Entry:
         """Commit ``new`` over ``old`` (no-op when unchanged); remove it when its last finalizer went."""
         new_meta = new["metadata"]
-        new_meta["resourceVersion"] = old.obj["metadata"]["resourceVersion"]
+        new_meta["resourceVersion"] = old.meta["resourceVersion"]
         if new == old.obj:
             return old
         entry = self._commit("MODIFIED", info, key, old, new)
@@ -525,13 +536,12 @@ class ObjectStore:
                 logger.exception("Store listener %r failed on a %s event", listener, type_)
         if old is not None:
             old.freeze(info.name)
-        if type_ == "DELETED":
-            entry.freeze(info.name)
+        entry.freeze(info.name)
         return entry
 
     def _index_owners(self, resource: str, key: Key, old: Entry | None, new: Entry | None) -> None:
         for entry, add in ((old, False), (new, True)):
-            for ref in (entry.obj["metadata"].get("ownerReferences") or []) if entry else ():
+            for ref in (entry.meta.get("ownerReferences") or []) if entry else ():
                 uid = ref.get("uid")
                 if not uid:
                     continue
@@ -552,7 +562,7 @@ class ObjectStore:
 
     def _delete(self, info: ResourceInfo, key: Key, entry: Entry, grace: int | None,
                 propagation: str | None) -> Entry:
-        meta = entry.obj["metadata"]
+        meta = entry.meta
         policy = (propagation or "Background").lower()
         if policy == ORPHAN:
             self._orphan_dependents(meta["uid"])
@@ -562,7 +572,7 @@ class ObjectStore:
             if meta.get("deletionTimestamp"):
                 return entry
             return self._mark_deleting(info, key, entry, 0)
-        if info.name == "pods" and self._needs_graceful_stop(entry.obj, grace):
+        if info.name == "pods" and self._needs_graceful_stop(entry.view, grace):
             return self._delete_pod_gracefully(info, key, entry, grace)
         return self._remove_object(info, key, entry)
 
@@ -575,8 +585,8 @@ class ObjectStore:
     def _delete_pod_gracefully(self, info: ResourceInfo, key: Key, entry: Entry, grace: int | None) -> Entry:
         if grace is None:
             grace = int(entry.obj["spec"].get("terminationGracePeriodSeconds", 30))
-        current = entry.obj["metadata"].get("deletionGracePeriodSeconds")
-        if entry.obj["metadata"].get("deletionTimestamp") and current is not None and current <= grace:
+        current = entry.meta.get("deletionGracePeriodSeconds")
+        if entry.meta.get("deletionTimestamp") and current is not None and current <= grace:
             return entry
         self._awaiting_kubelet.add(key)
         return self._mark_deleting(info, key, entry, grace)
@@ -593,7 +603,7 @@ class ObjectStore:
 
     def _delete_foreground(self, info: ResourceInfo, key: Key, entry: Entry) -> Entry:
         entry = self._mark_deleting(info, key, entry, 0, FOREGROUND)
-        for resource, dep_key in sorted(self._dependents.get(entry.obj["metadata"]["uid"], ()),
+        for resource, dep_key in sorted(self._dependents.get(entry.meta["uid"], ()),
                                         key=lambda d: (d[0], d[1][0] or "", d[1][1])):
             dep = self._objects[resource].get(dep_key)
             if dep is not None:
@@ -602,7 +612,7 @@ class ObjectStore:
 
     def _finish_foreground(self, info: ResourceInfo, key: Key) -> Entry | None:
         entry = self._objects[info.name].get(key)
-        if entry is None or self._dependents.get(entry.obj["metadata"]["uid"]):
+        if entry is None or self._dependents.get(entry.meta["uid"]):
             return entry
         new = entry.copy()
         new["metadata"]["finalizers"] = [f for f in new["metadata"].get("finalizers", []) if f != FOREGROUND]
@@ -626,18 +636,18 @@ class ObjectStore:
     def _remove_object(self, info: ResourceInfo, key: Key, entry: Entry) -> Entry:
         self._awaiting_kubelet.discard(key)
         deleted = self._commit("DELETED", info, key, entry, entry.obj)
-        self._collect_garbage(entry.obj)
+        self._collect_garbage(entry.meta)
         self._after_removal(key)
         return deleted
 
-    def _collect_garbage(self, owner: dict) -> None:
+    def _collect_garbage(self, owner_meta: dict) -> None:
         """Background cascade: dependents of a removed owner go; owners waiting in foreground advance."""
-        uid = owner["metadata"]["uid"]
+        uid = owner_meta["uid"]
         for resource, dep_key in sorted(self._dependents.get(uid, ()), key=lambda d: (d[0], d[1][0] or "", d[1][1])):
             dep = self._objects[resource].get(dep_key)
-            if dep is not None and not dep.obj["metadata"].get("deletionTimestamp"):
+            if dep is not None and not dep.meta.get("deletionTimestamp"):
                 self._delete(RESOURCES[resource], dep_key, dep, None, None)
-        for ref in owner["metadata"].get("ownerReferences") or []:
+        for ref in owner_meta.get("ownerReferences") or []:
             self._advance_foreground_owner(ref)
 
     def _advance_foreground_owner(self, ref: dict) -> None:
@@ -645,7 +655,7 @@ class ObjectStore:
             if info.kind != ref.get("kind"):
                 continue
             for key, entry in list(self._objects[resource].items()):
-                meta = entry.obj["metadata"]
+                meta = entry.meta
                 if meta.get("uid") == ref.get("uid") and FOREGROUND in (meta.get("finalizers") or []):
                     self._finish_foreground(info, key)
 
@@ -654,7 +664,7 @@ class ObjectStore:
         if namespace is None:
             return
         ns = self._objects["namespaces"].get((None, namespace))
-        if ns is not None and ns.obj["metadata"].get("deletionTimestamp") and self._namespace_empty(namespace):
+        if ns is not None and ns.meta.get("deletionTimestamp") and self._namespace_empty(namespace):
             self._remove_object(RESOURCES["namespaces"], (None, namespace), ns)
 
     def _namespace_empty(self, namespace: str) -> bool:
@@ -666,7 +676,7 @@ class ObjectStore:
         if name in _PROTECTED_NAMESPACES:
             raise StatusError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be '
                                                 "deleted", {"name": name, "kind": "namespaces"})
-        if entry.obj["metadata"].get("deletionTimestamp"):
+        if entry.meta.get("deletionTimestamp"):
             return entry
         new = entry.copy()
         new["metadata"]["deletionTimestamp"] = rfc3339(self._clock())
@@ -676,7 +686,7 @@ class ObjectStore:
         for resource, info in RESOURCES.items():
             if info.namespaced:
                 for dep_key, dep in list(self._objects[resource].items()):
-                    if dep_key[0] == name and not dep.obj["metadata"].get("deletionTimestamp"):
+                    if dep_key[0] == name and not dep.meta.get("deletionTimestamp"):
                         self._delete(info, dep_key, dep, None, None)
         if self._namespace_empty(name) and key in self._objects["namespaces"]:
             return self._remove_object(RESOURCES["namespaces"], key, self._objects["namespaces"][key])

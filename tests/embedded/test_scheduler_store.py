@@ -188,3 +188,45 @@ def test_a_scheduler_started_late_counts_pods_bound_before_it_and_schedules_the_
         assert wait_for(lambda: node_of(store, "waiting")) == "node-1"
     finally:
         late.stop()
+
+
+def test_changes_queued_while_the_scheduler_is_busy_are_compressed_to_the_newest(store):
+    """Like client-go's DeltaFIFO: one queued key per pod, whatever the number of changes behind it."""
+    idle = EmbeddedScheduler(store)  # not started: nothing drains its queue
+    _, unsubscribe = store.subscribe("pods", None, idle._on_event)
+    try:
+        store.create("pods", "default", pod("p", ["true"]))
+        store.mutate("pods", "default", "p", lambda o: o["metadata"].setdefault("labels", {}).update(a="1"))
+        store.delete("pods", "default", "p", grace_period_seconds=0)
+        recreated = store.create("pods", "default", pod("p", ["true"]))
+    finally:
+        unsubscribe()
+    assert idle._queue.qsize() == 1
+    event_type, entry = idle._take_newest(("pods", ("default", "p")))
+    assert event_type == "ADDED" and entry.meta["uid"] == recreated["metadata"]["uid"]
+
+
+def test_a_pod_recreated_under_the_same_name_does_not_inherit_the_old_pods_place(store):
+    """Delete + re-create compressed into one change: the old pod's node resources are freed."""
+    sched = EmbeddedScheduler(store)  # driven by hand: _apply is the state machine the thread runs
+    add_node(store, "node-1", cpu="2")
+    sched._apply("ADDED", "nodes", store.get("nodes", None, "node-1"))
+    old = pod("p", ["true"], cpu="2", node_name="node-1")
+    old["metadata"]["uid"], old["metadata"]["resourceVersion"] = "old-uid", "10"
+    sched._apply("ADDED", "pods", old)
+    assert sched._used["node-1"]["cpu"] == 2000
+    new = pod("p", ["true"], cpu="2")
+    new["metadata"]["uid"], new["metadata"]["resourceVersion"] = "new-uid", "12"
+    sched._apply("ADDED", "pods", new)
+    assert sched._used["node-1"].get("cpu", 0) == 0
+    assert sched._pending[("default", "p")].info.uid == "new-uid"
+
+
+def test_a_pending_pod_recreated_under_the_same_name_is_scheduled_as_the_new_pod(store, scheduler):
+    add_node(store, "node-1", cpu="2")
+    store.create("pods", "default", pod("p", ["true"], cpu="4"))
+    assert wait_for(lambda: unschedulable_message(store, "p"))
+    store.delete("pods", "default", "p", grace_period_seconds=0)
+    recreated = store.create("pods", "default", pod("p", ["true"], cpu="1"))
+    assert wait_for(lambda: node_of(store, "p")) == "node-1"
+    assert get_pod(store, "p")["metadata"]["uid"] == recreated["metadata"]["uid"]
