@@ -292,13 +292,18 @@ def test_kubeconfig_env_var_is_used(servers, clients, tmp_path, monkeypatch):
     assert len(server.requests) == 1
 
 
-def test_in_cluster_service_account_is_used_in_a_pod(servers, clients, pki, tmp_path, monkeypatch):
-    server = servers(pki["context"])
+def mount_service_account(tmp_path, pki, monkeypatch):
+    """What the kubelet mounts in a pod: the service account's token and the cluster CA."""
     account = tmp_path / "serviceaccount"
     account.mkdir()
     (account / "token").write_text(TOKEN)
     (account / "ca.crt").write_text(Path(pki["ca"]).read_text())
     monkeypatch.setattr(client_mod, "SERVICE_ACCOUNT_DIR", account)
+
+
+def test_in_cluster_service_account_is_used_in_a_pod(servers, clients, pki, tmp_path, monkeypatch):
+    server = servers(pki["context"])
+    mount_service_account(tmp_path, pki, monkeypatch)
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", server.url.rsplit(":", 1)[1])
@@ -308,11 +313,7 @@ def test_in_cluster_service_account_is_used_in_a_pod(servers, clients, pki, tmp_
 
 def test_explicit_master_in_a_pod_uses_the_mounted_service_account(servers, clients, pki, tmp_path, monkeypatch):
     server = servers(pki["context"])
-    account = tmp_path / "serviceaccount"
-    account.mkdir()
-    (account / "token").write_text(TOKEN)
-    (account / "ca.crt").write_text(Path(pki["ca"]).read_text())
-    monkeypatch.setattr(client_mod, "SERVICE_ACCOUNT_DIR", account)
+    mount_service_account(tmp_path, pki, monkeypatch)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     k8s.CoreV1Api(clients([server.url])).list_namespace()
     assert server.requests[0][2]["authorization"] == f"Bearer {TOKEN}"

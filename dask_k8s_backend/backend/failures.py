@@ -75,15 +75,8 @@ class FailureTracker:
     def block(self, group: str, message: str) -> None:
         """Stop replacing the group's workers now, whatever the count: e.g. its image runs other versions."""
         self._blocked_for_good.add(group)
-        if group in self._blocked:
-            return
-        self._blocked.add(group)
-        logger.error("%s", message)
-        if self.on_failure_limit is not None:
-            try:
-                self.on_failure_limit(group, message)
-            except Exception:
-                logger.exception("on_failure_limit callback failed for worker group %s", group)
+        if group not in self._blocked:
+            self._stop_group(group, message)
 
     def reset(self, group: str) -> None:
         """Forget a group's failures and unblock it (e.g. after the user fixed its template)."""
@@ -130,8 +123,11 @@ class FailureTracker:
         count, limit = self.failure_count(group), self.max_failures(group)
         if count < limit or group in self._blocked:
             return
+        self._stop_group(group, self._limit_message(group, count, limit))
+
+    def _stop_group(self, group: str, message: str) -> None:
+        """Block the group, say why once, and tell the owner (the cluster shows it to the user)."""
         self._blocked.add(group)
-        message = self._limit_message(group, count, limit)
         logger.error("%s", message)
         if self.on_failure_limit is not None:
             try:

@@ -147,6 +147,14 @@ class KillReport:
     pods_leaked: int = -1
 
 
+def _count_pods(report: Any, kube: Any, creations: Any, app_id: str) -> None:
+    """After close: what leaked, how many pods the app created, and any executor id used twice."""
+    report.pods_leaked = len(app_pods(kube, app_id))
+    ids = creations.for_app(app_id)
+    report.pods_created = len(ids)
+    report.executor_ids_reused = sorted({i for i in ids if ids.count(i) > 1})
+
+
 def _kill_one(kube: Any, cluster: Any, rng: random.Random, method: str, core_api: Any) -> str | None:
     candidates = sorted(live_pods(kube, cluster.app.app_id), key=lambda p: p["metadata"]["name"])
     if not candidates:
@@ -204,10 +212,7 @@ def run_kill_chaos(kube: Any, *, seed: int = 7, target: int = 4, kills: int = 6,
             report.recovery_seconds = round(time.monotonic() - last_kill, 2)
             report.result_correct = total.result(timeout=120) == sum(x * x for x in range(tasks))
             app_id = cluster.app.app_id
-        report.pods_leaked = len(app_pods(kube, app_id))
-        ids = creations.for_app(app_id)
-        report.pods_created = len(ids)
-        report.executor_ids_reused = sorted({i for i in ids if ids.count(i) > 1})
+        _count_pods(report, kube, creations, app_id)
     finally:
         unsubscribe()
         api_client.close()
@@ -301,10 +306,7 @@ def run_api_faults(kube: Any, *, seed: int = 11, target: int = 3, outage: float 
             report.errors_injected = counting.count
             report.result_correct = client.submit(sum, squares).result(timeout=60) == sum(x * x for x in range(200))
             app_id = cluster.app.app_id
-        report.pods_leaked = len(app_pods(kube, app_id))
-        ids = creations.for_app(app_id)
-        report.pods_created = len(ids)
-        report.executor_ids_reused = sorted({i for i in ids if ids.count(i) > 1})
+        _count_pods(report, kube, creations, app_id)
     finally:
         unsubscribe()
     return report
