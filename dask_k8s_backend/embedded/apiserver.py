@@ -31,7 +31,7 @@ from . import authz, discovery, openapi, podlogs
 from .faults import FaultInjector
 from .patch import apply_patch
 from .selectors import parse_field_selector, parse_label_selector
-from .status import StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run
+from .status import StatusError, bad_request, conflict, method_not_allowed, unauthorized
 from .store import RESOURCES, ObjectStore, ResourceInfo, _dumps
 from .tables import table_for
 from .tls import Credentials
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 _RETURNS_OBJECT_ON_DELETE = ("pods", "services", "namespaces", "nodes")
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
-_OPTIONS_KIND = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
 
 
 @dataclass(frozen=True)
@@ -206,9 +205,6 @@ class ApiHandler(tornado.web.RequestHandler):
                 review = self._body()
             except StatusError:  # kubectl sends protobuf: read the review's attributes from it
                 review = authz.review_from_protobuf(self.request.body) or {"kind": "SelfSubjectAccessReview"}
-            if path.rsplit("/", 1)[-1] == authz.SUBJECT_REVIEW_RESOURCE:  # about another user: its own rules
-                self._send(201, authz.subject_access_review(self.identity, self.server.identities, review))
-                return
             if self.identity.rules is not None and isinstance(review, dict) and review.get("spec"):
                 self._send(201, authz.access_review(self.identity, review))
                 return
@@ -275,20 +271,6 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             raise method_not_allowed(f"{method} is not supported on {route.info.name}/{route.sub or ''}")
 
-    def _dry_run(self, options: dict | None = None) -> bool:
-        """Whether the write is ``dryRun=All`` (query, or a DeleteOptions body); 422 for any other value.
-
-        kube-apiserver validates the request options before reading the object, so a bad value
-        fails the request whatever its body.
-        """
-        values = self.get_query_arguments("dryRun")
-        if options is not None and options.get("dryRun") is not None:
-            body_values = options["dryRun"]
-            values = [str(v) for v in body_values] if isinstance(body_values, list) else [str(body_values)]
-        if any(v != "All" for v in values):
-            raise unsupported_dry_run(_OPTIONS_KIND.get(self.request.method, "CreateOptions"), values)
-        return bool(values)
-
     def _wants_table(self) -> bool:
         return "as=Table" in self.request.headers.get("Accept", "")
 
@@ -338,27 +320,21 @@ class ApiHandler(tornado.web.RequestHandler):
         if route.info.namespaced and route.namespace is None:
             raise method_not_allowed(f"create {route.info.name} in a namespace: POST "
                                      f"/api/v1/namespaces/<namespace>/{route.info.name}")
-        dry_run = self._dry_run()
         body = self._check_body(route, self._body())
-        admission = self.server.admission if route.info.name == "pods" else None  # LimitRange, ResourceQuota
-        if admission is not None and dry_run:  # checked like a real creation; quota usage is not taken
-            body = admission.admit_pod(route.namespace, body)
-        if admission is not None and not dry_run:
-            created = admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
+        if route.info.name == "pods" and self.server.admission is not None:  # LimitRange, ResourceQuota
+            created = self.server.admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
         else:
-            created = self.server.store.create(route.info.name, route.namespace, body, dry_run=dry_run)
+            created = self.server.store.create(route.info.name, route.namespace, body)
         self._send(201, _dumps(created))
 
     def _replace(self, route: Route) -> None:
-        dry_run = self._dry_run()
         body = self._check_body(route, self._body())
         updated = self.server.store.replace(route.info.name, route.namespace, route.name,  # type: ignore[arg-type]
-                                            body, status_only=route.sub == "status", dry_run=dry_run)
+                                            body, status_only=route.sub == "status")
         self._send(200, _dumps(updated))
 
     def _patch(self, route: Route) -> None:
         content_type = self.request.headers.get("Content-Type", "")
-        dry_run = self._dry_run()
         body = self._body()
         store = self.server.store
         for _ in range(10):  # like kube-apiserver's GuaranteedUpdate: retry when a writer came between
@@ -372,7 +348,7 @@ class ApiHandler(tornado.web.RequestHandler):
             self._check_body(route, patched)
             try:
                 updated = store.replace(route.info.name, route.namespace, route.name,  # type: ignore[arg-type]
-                                        patched, status_only=route.sub == "status", dry_run=dry_run)
+                                        patched, status_only=route.sub == "status")
             except StatusError as e:
                 if e.code == 409 and e.reason == "Conflict" and not asked_rv:
                     continue
@@ -393,7 +369,6 @@ class ApiHandler(tornado.web.RequestHandler):
         policy = self.get_query_argument("propagationPolicy", None)
         if policy:
             options["propagationPolicy"] = policy
-        options["dryRun"] = self._dry_run(options)
         if options.get("orphanDependents") is True and not options.get("propagationPolicy"):
             options["propagationPolicy"] = "Orphan"
         policy = options.get("propagationPolicy")
@@ -415,7 +390,7 @@ class ApiHandler(tornado.web.RequestHandler):
                                    f"meta: {current['metadata'].get(field)}")
         deleted = store.delete(route.info.name, route.namespace, route.name,  # type: ignore[arg-type]
                                grace_period_seconds=options.get("gracePeriodSeconds"),
-                               propagation_policy=options.get("propagationPolicy"), dry_run=options["dryRun"])
+                               propagation_policy=options.get("propagationPolicy"))
         if route.info.name in _RETURNS_OBJECT_ON_DELETE:
             self._send(200, _dumps(deleted))
         else:
@@ -427,12 +402,11 @@ class ApiHandler(tornado.web.RequestHandler):
         deleted = self.server.store.delete_collection(
             route.info.name, route.namespace, label_selector=args("labelSelector", None),
             field_selector=args("fieldSelector", None), grace_period_seconds=options.get("gracePeriodSeconds"),
-            propagation_policy=options.get("propagationPolicy"), dry_run=options["dryRun"])
+            propagation_policy=options.get("propagationPolicy"))
         self._send(200, {"kind": f"{route.info.kind}List", "apiVersion": "v1",
                          "metadata": {"resourceVersion": self.server.store.resource_version}, "items": deleted})
 
     def _bind(self, route: Route) -> None:
-        dry_run = self._dry_run()
         body = self._body()
         node = ((body or {}).get("target") or {}).get("name")
         if not node:
@@ -444,7 +418,7 @@ class ApiHandler(tornado.web.RequestHandler):
                 raise conflict("pods", route.name or "", f"pod {route.name} is already assigned to node \"{current}\"")
             pod["spec"]["nodeName"] = node
 
-        self.server.store.mutate("pods", route.namespace, route.name, assign, dry_run=dry_run)  # type: ignore[arg-type]
+        self.server.store.mutate("pods", route.namespace, route.name, assign)  # type: ignore[arg-type]
         self._send(201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
 
     # ------------------------------------------------------------------ watch

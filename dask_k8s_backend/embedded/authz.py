@@ -6,6 +6,12 @@ and gets an :class:`Identity` (or None: 401). It maps the request to a verb with
 answered with :func:`forbidden` (403, kube-apiserver's message). ``POST
 /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` is answered by :func:`access_review`
 from the same rules, so a client can ask before it acts, exactly as on a real cluster.
+``POST .../subjectaccessreviews`` (:func:`subject_access_review`) asks the same about another,
+named user (``system:serviceaccount:<ns>:<name>`` for a service account): registering a user of
+that name with ``users=`` gives the service account its rules; an unknown user has none. Asking
+about others is itself a permission (``create subjectaccessreviews`` in ``authorization.k8s.io``),
+which restricted users lack unless a rule grants it, so a client learns what its pods may do
+only when an administrator lets it, as on a real cluster.
 
 The admin identity (the token in the embedded kubeconfig) may do everything. Restricted
 identities carry RBAC-like :class:`PolicyRule` lists (apiGroups, resources incl. subresources
@@ -34,6 +40,8 @@ ADMIN_USER = "admin"
 REVIEW_GROUP = "authorization.k8s.io"
 REVIEW_VERSION = "v1"
 REVIEW_RESOURCE = "selfsubjectaccessreviews"
+SUBJECT_REVIEW_RESOURCE = "subjectaccessreviews"
+SUPERUSER_GROUP = "system:masters"
 _READ_VERBS = ("get", "list", "watch")
 
 
@@ -147,12 +155,41 @@ def check(user: Identity, verb: str, resource: str, subresource: str = "", names
 
 def access_review(user: Identity, review: Mapping[str, Any]) -> dict[str, Any]:
     """Answer a SelfSubjectAccessReview body: the same object with ``status.allowed`` filled in."""
+    return _answer(user, review, "SelfSubjectAccessReview")
+
+
+def subject_access_review(caller: Identity, identities: Identities | None, review: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer a SubjectAccessReview: may ``spec.user`` (or a member of ``spec.groups``) do this?
+
+    The caller needs ``create subjectaccessreviews`` (403 otherwise, as kube-apiserver answers).
+    ``spec.user`` is looked up among the registered identities by name; an unknown user has no
+    rules (RBAC binds nothing to it), a member of ``system:masters`` may do everything.
+    """
+    check(caller, "create", SUBJECT_REVIEW_RESOURCE, api_group=REVIEW_GROUP)
+    spec = review.get("spec") if isinstance(review, Mapping) else None
+    if not isinstance(spec, Mapping) or not (spec.get("user") or spec.get("groups")):
+        raise bad_request("SubjectAccessReview: spec.user or spec.groups is required (and resourceAttributes or "
+                          "nonResourceAttributes)")
+    subject = _subject(identities, str(spec.get("user") or ""), tuple(spec.get("groups") or ()))
+    return _answer(subject, review, "SubjectAccessReview")
+
+
+def _subject(identities: Identities | None, name: str, groups: tuple[str, ...]) -> Identity:
+    """The identity a SubjectAccessReview asks about: registered rules, the admin, or nothing at all."""
+    if SUPERUSER_GROUP in groups or name == ADMIN_USER:
+        return Identity(name or ADMIN_USER)
+    known = identities.by_name(name) if identities is not None and name else None
+    return known if known is not None else Identity(name, rules=())
+
+
+def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """``review`` with ``status`` filled in from ``user``'s rules (shared by both kinds of review)."""
     if not isinstance(review, Mapping) or not isinstance(review.get("spec"), Mapping):
-        raise bad_request("SelfSubjectAccessReview: the body needs a 'spec' with resourceAttributes or nonResourceAttributes")
+        raise bad_request(f"{kind}: the body needs a 'spec' with resourceAttributes or nonResourceAttributes")
     spec = review["spec"]
     out = copy.deepcopy(dict(review))
     out.setdefault("apiVersion", f"{REVIEW_GROUP}/{REVIEW_VERSION}")
-    out.setdefault("kind", "SelfSubjectAccessReview")
+    out.setdefault("kind", kind)
     out.setdefault("metadata", {})
     attributes = spec.get("resourceAttributes")
     if attributes:
@@ -164,10 +201,12 @@ def access_review(user: Identity, review: Mapping[str, Any]) -> dict[str, Any]:
         verb = (spec["nonResourceAttributes"].get("verb") or "").lower()
         allowed = user.rules is None or verb in _READ_VERBS  # system:discovery
     else:
-        raise bad_request("SelfSubjectAccessReview: spec needs resourceAttributes or nonResourceAttributes")
+        raise bad_request(f"{kind}: spec needs resourceAttributes or nonResourceAttributes")
     status: dict[str, Any] = {"allowed": allowed}
     if allowed and user.rules is not None:
         status["reason"] = f'RBAC: allowed by the embedded rules of user "{user.name}"'
+    elif not allowed and kind == "SubjectAccessReview":
+        status["reason"] = f'no embedded rule of user "{user.name}" allows it'
     out["status"] = status
     return out
 
@@ -254,6 +293,12 @@ class Identities:
         if not name or name == ADMIN_USER:
             raise ValueError(f"users: {name!r} cannot name a restricted user (empty or the admin's name); pick another name")
         return self.add(Identity(name, tuple(PolicyRule.from_dict(r) for r in rules)))
+
+    def by_name(self, name: str) -> Identity | None:
+        """The registered identity called ``name`` (what a SubjectAccessReview asks about), or None."""
+        with self._lock:
+            token = self._tokens.get(name)
+            return self._by_token.get(token) if token is not None else None
 
     def token_for(self, name: str) -> str:
         with self._lock:

@@ -127,3 +127,20 @@ def too_many_requests(retry_after: int) -> StatusError:
 
 def service_unavailable(message: str = "the server is currently unable to handle the request") -> StatusError:
     return StatusError(503, "ServiceUnavailable", message)
+
+
+def unsupported_dry_run(options_kind: str, values: list[str]) -> StatusError:
+    """kube-apiserver's answer to a ``dryRun`` other than ``All``: 422 Invalid on the request's options kind.
+
+    ``options_kind`` is CreateOptions, UpdateOptions, PatchOptions or DeleteOptions; the message
+    quotes the values as Go's ``%#v`` of a ``[]string`` does.
+    """
+    shown = "[]string{" + ", ".join(f'"{v}"' for v in values) + "}"
+    detail = f'Unsupported value: {shown}: supported values: "All"'
+    return StatusError(
+        422,
+        "Invalid",
+        f'{options_kind}.meta.k8s.io "" is invalid: dryRun: {detail}',
+        {"group": "meta.k8s.io", "kind": options_kind,
+         "causes": [{"reason": "FieldValueNotSupported", "message": detail, "field": "dryRun"}]},
+    )

@@ -205,7 +205,7 @@ class ObjectStore:
         self._event_order: collections.deque[tuple[tuple, Key]] = collections.deque()
         self._max_events = max_events
         self._last_event_ns = 0
-        self._service_ips = itertools.count(1)
+        self._next_service_ip = 1
         self._random = random.Random()
         for name in INITIAL_NAMESPACES:
             self.create("namespaces", None, {"metadata": {"name": name}})
@@ -292,7 +292,13 @@ class ObjectStore:
 
     # ---------------------------------------------------------------- writes
 
-    def create(self, resource: str, namespace: str | None, obj: dict) -> dict:
+    def create(self, resource: str, namespace: str | None, obj: dict, *, dry_run: bool = False) -> dict:
+        """POST; ``dry_run``: every default and check, then the object that would be stored, unstored.
+
+        A dry-run object has its uid, creationTimestamp and generated name but no resourceVersion,
+        as kube-apiserver answers ``dryRun=All``; nothing is reserved (a generated name may be
+        handed out again).
+        """
         info = resource_info(resource)
         obj = _copy(obj)
         meta = obj.get("metadata")
@@ -307,13 +313,19 @@ class ObjectStore:
             key = self._key(info, namespace, meta["name"])
             if key in self._objects[resource]:
                 raise already_exists(resource, meta["name"])
-            self._prepare_new(info, obj, meta)
+            self._prepare_new(info, obj, meta, dry_run)
+            if dry_run:
+                return obj
             entry = self._commit("ADDED", info, key, None, obj)
             return entry.copy()
 
     def replace(self, resource: str, namespace: str | None, name: str, obj: dict, *,
-                status_only: bool = False) -> dict:
-        """PUT: 409 Conflict when ``metadata.resourceVersion`` is set and stale; status kept unless status_only."""
+                status_only: bool = False, dry_run: bool = False) -> dict:
+        """PUT: 409 Conflict when ``metadata.resourceVersion`` is set and stale; status kept unless status_only.
+
+        ``dry_run``: the same checks, and the object as it would be stored (with the current
+        resourceVersion), but nothing is committed.
+        """
         info = resource_info(resource)
         new = _copy(obj)
         meta = new.get("metadata")
@@ -343,10 +355,10 @@ class ObjectStore:
                 apply_defaults(resource, new)
                 validate(resource, info.kind, new)
                 check_update(resource, info.kind, old.obj, new)
-            return self._update(info, key, old, new).copy()
+            return self._update(info, key, old, new, dry_run).copy()
 
     def mutate(self, resource: str, namespace: str | None, name: str, fn: Callable[[dict], None], *,
-               status_only: bool = False) -> dict:
+               status_only: bool = False, dry_run: bool = False) -> dict:
         info = resource_info(resource)
         with self._lock:
             key = self._key(info, namespace, name)
@@ -362,10 +374,11 @@ class ObjectStore:
                 new = work
                 new["metadata"] = new.get("metadata") or {}
                 _keep_system_metadata(new["metadata"], old.meta)
-            return self._update(info, key, old, new).copy()
+            return self._update(info, key, old, new, dry_run).copy()
 
     def delete(self, resource: str, namespace: str | None, name: str, *, grace_period_seconds: int | None = None,
-               propagation_policy: str | None = None) -> dict:
+               propagation_policy: str | None = None, dry_run: bool = False) -> dict:
+        """DELETE; ``dry_run``: the object as deletion would leave it (marked or as it was), unchanged in the store."""
         info = resource_info(resource)
         with self._lock:
             key = self._key(info, namespace, name)
@@ -373,12 +386,14 @@ class ObjectStore:
             if entry is None:
                 raise not_found(resource, name)
             if resource == "namespaces":
-                return self._delete_namespace(key, entry).copy()
+                return self._delete_namespace(key, entry, dry_run)
+            if dry_run:
+                return self._preview_delete(info, entry, grace_period_seconds, propagation_policy)
             return self._delete(info, key, entry, grace_period_seconds, propagation_policy).copy()
 
     def delete_collection(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
                           field_selector: str | None = None, grace_period_seconds: int | None = None,
-                          propagation_policy: str | None = None) -> list[dict]:
+                          propagation_policy: str | None = None, dry_run: bool = False) -> list[dict]:
         """DELETE on a collection: every matching object, each as :meth:`delete` would."""
         with self._lock:
             entries, _, _, _ = self.list_entries(resource, namespace, label_selector=label_selector,
@@ -389,7 +404,7 @@ class ObjectStore:
                 try:
                     deleted.append(self.delete(resource, meta.get("namespace"), meta["name"],
                                                grace_period_seconds=grace_period_seconds,
-                                               propagation_policy=propagation_policy))
+                                               propagation_policy=propagation_policy, dry_run=dry_run))
                 except StatusError as e:
                     if e.code != 404:
                         raise
@@ -481,7 +496,7 @@ class ObjectStore:
                 return name
         raise StatusError(500, "AlreadyExists", f"could not generate a unique name from generateName {prefix!r}")
 
-    def _prepare_new(self, info: ResourceInfo, obj: dict, meta: dict) -> None:
+    def _prepare_new(self, info: ResourceInfo, obj: dict, meta: dict, dry_run: bool = False) -> None:
         obj["kind"], obj["apiVersion"] = info.kind, "v1"
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339(self._clock())
@@ -489,7 +504,8 @@ class ObjectStore:
             meta.pop(field, None)
         if info.name == "services" and obj["spec"].get("type") != "ExternalName":
             if not obj["spec"].get("clusterIP"):
-                n = next(self._service_ips)
+                n = self._next_service_ip
+                self._next_service_ip += 0 if dry_run else 1  # a dry run shows the next address, keeps it free
                 obj["spec"]["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
             obj["spec"].setdefault("clusterIPs", [obj["spec"]["clusterIP"]])
         if info.name == "secrets" and obj.get("stringData"):
@@ -497,12 +513,17 @@ class ObjectStore:
             for k, v in obj.pop("stringData").items():
                 data[k] = base64.b64encode(str(v).encode()).decode()
 
-    def _update(self, info: ResourceInfo, key: Key, old: Entry, new: dict) -> Entry:
-        """Commit ``new`` over ``old`` (no-op when unchanged); remove it when its last finalizer went."""
+    def _update(self, info: ResourceInfo, key: Key, old: Entry, new: dict, dry_run: bool = False) -> Entry:
+        """Commit ``new`` over ``old`` (no-op when unchanged); remove it when its last finalizer went.
+
+        ``dry_run`` stops right before the commit and returns ``new`` as an uncommitted entry.
+        """
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old.meta["resourceVersion"]
         if new == old.obj:
             return old
+        if dry_run:
+            return Entry(new)
         entry = self._commit("MODIFIED", info, key, old, new)
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and key not in self._awaiting_kubelet:
             self._remove_object(info, key, entry)
@@ -560,21 +581,48 @@ class ObjectStore:
         first = self._history[0].rv
         return list(itertools.islice(self._history, max(0, rv + 1 - first), None))
 
+    def _plan_delete(self, info: ResourceInfo, entry: Entry, grace: int | None,
+                     propagation: str | None) -> tuple[str, int]:
+        """The first step of deleting ``entry``, decided without changing anything (real and dry-run deletes).
+
+        One of ``("foreground", 0)``, ``("keep", 0)`` (already being deleted), ``("mark", 0)``
+        (finalizers wait), ``("graceful", grace)`` (a kubelet stops the pod) or ``("remove", 0)``.
+        """
+        meta = entry.meta
+        if (propagation or "").lower() == "foreground" and self._dependents.get(meta["uid"]):
+            return "foreground", 0
+        if meta.get("finalizers"):
+            return ("keep", 0) if meta.get("deletionTimestamp") else ("mark", 0)
+        if info.name == "pods" and self._needs_graceful_stop(entry.view, grace):
+            if grace is None:
+                grace = int(entry.obj["spec"].get("terminationGracePeriodSeconds", 30))
+            current = meta.get("deletionGracePeriodSeconds")
+            if meta.get("deletionTimestamp") and current is not None and current <= grace:
+                return "keep", 0
+            return "graceful", grace
+        return "remove", 0
+
     def _delete(self, info: ResourceInfo, key: Key, entry: Entry, grace: int | None,
                 propagation: str | None) -> Entry:
-        meta = entry.meta
-        policy = (propagation or "Background").lower()
-        if policy == ORPHAN:
-            self._orphan_dependents(meta["uid"])
-        if policy == "foreground" and self._dependents.get(meta["uid"]):
+        if (propagation or "").lower() == ORPHAN:
+            self._orphan_dependents(entry.meta["uid"])
+        step, grace = self._plan_delete(info, entry, grace, propagation)
+        if step == "foreground":
             return self._delete_foreground(info, key, entry)
-        if meta.get("finalizers"):
-            if meta.get("deletionTimestamp"):
-                return entry
-            return self._mark_deleting(info, key, entry, 0)
-        if info.name == "pods" and self._needs_graceful_stop(entry.view, grace):
-            return self._delete_pod_gracefully(info, key, entry, grace)
+        if step == "keep":
+            return entry
+        if step == "graceful":
+            self._awaiting_kubelet.add(key)
+        if step in ("mark", "graceful"):
+            return self._mark_deleting(info, key, entry, grace)
         return self._remove_object(info, key, entry)
+
+    def _preview_delete(self, info: ResourceInfo, entry: Entry, grace: int | None, propagation: str | None) -> dict:
+        """dryRun=All: what deleting ``entry`` would answer; no cascade, orphaning or commit happens."""
+        step, grace = self._plan_delete(info, entry, grace, propagation)
+        if step in ("keep", "remove"):
+            return entry.copy()
+        return self._marked(entry, grace, FOREGROUND if step == "foreground" else None)
 
     @staticmethod
     def _needs_graceful_stop(pod: dict, grace: int | None) -> bool:
@@ -582,24 +630,19 @@ class ObjectStore:
             return False
         return (pod.get("status") or {}).get("phase") not in _FINISHED_PHASES
 
-    def _delete_pod_gracefully(self, info: ResourceInfo, key: Key, entry: Entry, grace: int | None) -> Entry:
-        if grace is None:
-            grace = int(entry.obj["spec"].get("terminationGracePeriodSeconds", 30))
-        current = entry.meta.get("deletionGracePeriodSeconds")
-        if entry.meta.get("deletionTimestamp") and current is not None and current <= grace:
-            return entry
-        self._awaiting_kubelet.add(key)
-        return self._mark_deleting(info, key, entry, grace)
-
-    def _mark_deleting(self, info: ResourceInfo, key: Key, entry: Entry, grace: int,
-                       finalizer: str | None = None) -> Entry:
+    def _marked(self, entry: Entry, grace: int, finalizer: str | None = None) -> dict:
+        """A copy of ``entry`` marked for deletion in ``grace`` seconds (uncommitted)."""
         new = entry.copy()
         meta = new["metadata"]
         meta["deletionTimestamp"] = rfc3339(self._clock() + grace)
         meta["deletionGracePeriodSeconds"] = grace
         if finalizer and finalizer not in meta.setdefault("finalizers", []):
             meta["finalizers"].append(finalizer)
-        return self._commit("MODIFIED", info, key, entry, new)
+        return new
+
+    def _mark_deleting(self, info: ResourceInfo, key: Key, entry: Entry, grace: int,
+                       finalizer: str | None = None) -> Entry:
+        return self._commit("MODIFIED", info, key, entry, self._marked(entry, grace, finalizer))
 
     def _delete_foreground(self, info: ResourceInfo, key: Key, entry: Entry) -> Entry:
         entry = self._mark_deleting(info, key, entry, 0, FOREGROUND)
@@ -671,17 +714,22 @@ class ObjectStore:
         return not any(k[0] == namespace for resource, info in RESOURCES.items() if info.namespaced
                        for k in self._objects[resource])
 
-    def _delete_namespace(self, key: Key, entry: Entry) -> Entry:
+    def _delete_namespace(self, key: Key, entry: Entry, dry_run: bool = False) -> dict:
         name = key[1]
         if name in _PROTECTED_NAMESPACES:
             raise StatusError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be '
                                                 "deleted", {"name": name, "kind": "namespaces"})
         if entry.meta.get("deletionTimestamp"):
-            return entry
-        new = entry.copy()
-        new["metadata"]["deletionTimestamp"] = rfc3339(self._clock())
-        new["metadata"]["deletionGracePeriodSeconds"] = 0
+            return entry.copy()
+        new = self._marked(entry, 0)
         new["status"]["phase"] = "Terminating"
+        if dry_run:
+            return new
+        return self._terminate_namespace(key, entry, new).copy()
+
+    def _terminate_namespace(self, key: Key, entry: Entry, new: dict) -> Entry:
+        """Commit the Terminating namespace, delete its content, remove it once empty."""
+        name = key[1]
         marked = self._commit("MODIFIED", RESOURCES["namespaces"], key, entry, new)
         for resource, info in RESOURCES.items():
             if info.namespaced:
