@@ -205,6 +205,9 @@ class ApiHandler(tornado.web.RequestHandler):
                 review = self._body()
             except StatusError:  # kubectl sends protobuf: read the review's attributes from it
                 review = authz.review_from_protobuf(self.request.body) or {"kind": "SelfSubjectAccessReview"}
+            if path.rsplit("/", 1)[-1] == authz.SUBJECT_REVIEW_RESOURCE:  # about another user: its own rules
+                self._send(201, authz.subject_access_review(self.identity, self.server.identities, review))
+                return
             if self.identity.rules is not None and isinstance(review, dict) and review.get("spec"):
                 self._send(201, authz.access_review(self.identity, review))
                 return
