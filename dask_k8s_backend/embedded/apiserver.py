@@ -31,7 +31,7 @@ from . import authz, discovery, openapi, podlogs
 from .faults import FaultInjector
 from .patch import apply_patch
 from .selectors import parse_field_selector, parse_label_selector
-from .status import StatusError, bad_request, conflict, method_not_allowed, unauthorized
+from .status import StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run
 from .store import RESOURCES, ObjectStore, ResourceInfo, _dumps
 from .tables import table_for
 from .tls import Credentials
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 _RETURNS_OBJECT_ON_DELETE = ("pods", "services", "namespaces", "nodes")
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
+_OPTIONS_KIND = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,20 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             raise method_not_allowed(f"{method} is not supported on {route.info.name}/{route.sub or ''}")
 
+    def _dry_run(self, options: dict | None = None) -> bool:
+        """Whether the write is ``dryRun=All`` (query, or a DeleteOptions body); 422 for any other value.
+
+        kube-apiserver validates the request options before reading the object, so a bad value
+        fails the request whatever its body.
+        """
+        values = self.get_query_arguments("dryRun")
+        if options is not None and options.get("dryRun") is not None:
+            body_values = options["dryRun"]
+            values = [str(v) for v in body_values] if isinstance(body_values, list) else [str(body_values)]
+        if any(v != "All" for v in values):
+            raise unsupported_dry_run(_OPTIONS_KIND.get(self.request.method, "CreateOptions"), values)
+        return bool(values)
+
     def _wants_table(self) -> bool:
         return "as=Table" in self.request.headers.get("Accept", "")
 
@@ -323,21 +338,27 @@ class ApiHandler(tornado.web.RequestHandler):
         if route.info.namespaced and route.namespace is None:
             raise method_not_allowed(f"create {route.info.name} in a namespace: POST "
                                      f"/api/v1/namespaces/<namespace>/{route.info.name}")
+        dry_run = self._dry_run()
         body = self._check_body(route, self._body())
-        if route.info.name == "pods" and self.server.admission is not None:  # LimitRange, ResourceQuota
-            created = self.server.admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
+        admission = self.server.admission if route.info.name == "pods" else None  # LimitRange, ResourceQuota
+        if admission is not None and dry_run:  # checked like a real creation; quota usage is not taken
+            body = admission.admit_pod(route.namespace, body)
+        if admission is not None and not dry_run:
+            created = admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
         else:
-            created = self.server.store.create(route.info.name, route.namespace, body)
+            created = self.server.store.create(route.info.name, route.namespace, body, dry_run=dry_run)
         self._send(201, _dumps(created))
 
     def _replace(self, route: Route) -> None:
+        dry_run = self._dry_run()
         body = self._check_body(route, self._body())
         updated = self.server.store.replace(route.info.name, route.namespace, route.name,  # type: ignore[arg-type]
-                                            body, status_only=route.sub == "status")
+                                            body, status_only=route.sub == "status", dry_run=dry_run)
         self._send(200, _dumps(updated))
 
     def _patch(self, route: Route) -> None:
         content_type = self.request.headers.get("Content-Type", "")
+        dry_run = self._dry_run()
         body = self._body()
         store = self.server.store
         for _ in range(10):  # like kube-apiserver's GuaranteedUpdate: retry when a writer came between
@@ -351,7 +372,7 @@ class ApiHandler(tornado.web.RequestHandler):
             self._check_body(route, patched)
             try:
                 updated = store.replace(route.info.name, route.namespace, route.name,  # type: ignore[arg-type]
-                                        patched, status_only=route.sub == "status")
+                                        patched, status_only=route.sub == "status", dry_run=dry_run)
             except StatusError as e:
                 if e.code == 409 and e.reason == "Conflict" and not asked_rv:
                     continue
@@ -372,6 +393,7 @@ class ApiHandler(tornado.web.RequestHandler):
         policy = self.get_query_argument("propagationPolicy", None)
         if policy:
             options["propagationPolicy"] = policy
+        options["dryRun"] = self._dry_run(options)
         if options.get("orphanDependents") is True and not options.get("propagationPolicy"):
             options["propagationPolicy"] = "Orphan"
         policy = options.get("propagationPolicy")
@@ -393,7 +415,7 @@ class ApiHandler(tornado.web.RequestHandler):
                                    f"meta: {current['metadata'].get(field)}")
         deleted = store.delete(route.info.name, route.namespace, route.name,  # type: ignore[arg-type]
                                grace_period_seconds=options.get("gracePeriodSeconds"),
-                               propagation_policy=options.get("propagationPolicy"))
+                               propagation_policy=options.get("propagationPolicy"), dry_run=options["dryRun"])
         if route.info.name in _RETURNS_OBJECT_ON_DELETE:
             self._send(200, _dumps(deleted))
         else:
@@ -405,11 +427,12 @@ class ApiHandler(tornado.web.RequestHandler):
         deleted = self.server.store.delete_collection(
             route.info.name, route.namespace, label_selector=args("labelSelector", None),
             field_selector=args("fieldSelector", None), grace_period_seconds=options.get("gracePeriodSeconds"),
-            propagation_policy=options.get("propagationPolicy"))
+            propagation_policy=options.get("propagationPolicy"), dry_run=options["dryRun"])
         self._send(200, {"kind": f"{route.info.kind}List", "apiVersion": "v1",
                          "metadata": {"resourceVersion": self.server.store.resource_version}, "items": deleted})
 
     def _bind(self, route: Route) -> None:
+        dry_run = self._dry_run()
         body = self._body()
         node = ((body or {}).get("target") or {}).get("name")
         if not node:
@@ -421,7 +444,7 @@ class ApiHandler(tornado.web.RequestHandler):
                 raise conflict("pods", route.name or "", f"pod {route.name} is already assigned to node \"{current}\"")
             pod["spec"]["nodeName"] = node
 
-        self.server.store.mutate("pods", route.namespace, route.name, assign)  # type: ignore[arg-type]
+        self.server.store.mutate("pods", route.namespace, route.name, assign, dry_run=dry_run)  # type: ignore[arg-type]
         self._send(201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
 
     # ------------------------------------------------------------------ watch
