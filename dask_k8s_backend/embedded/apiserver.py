@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -453,7 +454,7 @@ class ApiHandler(tornado.web.RequestHandler):
         args = self.get_query_argument
         labels = parse_label_selector(args("labelSelector", None))
         fields = parse_field_selector(args("fieldSelector", None), route.info.name)
-        timeout = _int(args("timeoutSeconds", None), "timeoutSeconds")
+        timeout = _int(args("timeoutSeconds", None), "timeoutSeconds") or self.server.watch_timeout()
         bookmarks = _bool(args("allowWatchBookmarks", None))
         stream = WatchStream(self.server.store, asyncio.get_running_loop(), resource=route.info.name,
                              namespace=route.namespace, labels=labels, fields=fields)
@@ -480,18 +481,17 @@ class ApiHandler(tornado.web.RequestHandler):
         if not self._client_gone and not self._finished:
             self.finish()
 
-    async def _pump(self, stream: WatchStream, timeout: int | None, bookmarks: bool) -> None:
+    async def _pump(self, stream: WatchStream, timeout: float, bookmarks: bool) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout if timeout else None
+        deadline = loop.time() + timeout
         interval = self.server.bookmark_interval
         next_bookmark = loop.time() + interval
         await self.flush()
         while not stream.closed and not self._client_gone:
             now = loop.time()
-            if deadline is not None and now >= deadline:
+            if now >= deadline:
                 break
-            wake_at = min([t for t in (deadline, next_bookmark if bookmarks else None) if t is not None],
-                          default=now + 60)
+            wake_at = min(deadline, next_bookmark) if bookmarks else deadline
             await stream.wait(max(0.0, wake_at - now))
             chunk = stream.next_chunk()
             if bookmarks and loop.time() >= next_bookmark:
@@ -557,8 +557,11 @@ class ApiServer:
     def __init__(self, store: ObjectStore, *, port: int = 0, credentials: Credentials | None = None,
                  kubelets: Mapping[str, Any] | None = None, faults: FaultInjector | None = None,
                  bookmark_interval: float = 5.0, log_poll_interval: float = 0.1,
-                 identities: Any = None, admission: Any = None) -> None:
+                 identities: Any = None, admission: Any = None, min_request_timeout: float = 1800.0) -> None:
+        if not min_request_timeout > 0:
+            raise ValueError(f"ApiServer: min_request_timeout must be > 0 seconds, got {min_request_timeout!r}.")
         self.store = store
+        self.min_request_timeout = min_request_timeout
         self.identities = identities  # embedded/authz.py Identities: restricted users besides the admin token
         self.admission = admission    # embedded/admission.py Admission for pod creations
         self.kubelets: Mapping[str, Any] = kubelets if kubelets is not None else {}
@@ -582,6 +585,15 @@ class ApiServer:
     @property
     def token(self) -> str | None:
         return self._credentials.token if self._credentials else None
+
+    def watch_timeout(self) -> float:
+        """How long a watch without ``timeoutSeconds`` lasts: random in [min, 2*min) of min_request_timeout.
+
+        kube-apiserver ends such watches the same way, so clients must expect a clean end of the
+        stream and re-watch from their last resourceVersion; the spread keeps many watchers from
+        reconnecting at once.
+        """
+        return self.min_request_timeout * (1.0 + random.random())
 
     @property
     def url(self) -> str:

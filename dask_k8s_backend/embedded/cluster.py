@@ -30,20 +30,30 @@ KUBELETS = ("process", "simulated", None)
 
 
 class EmbeddedKubernetes:
-    """A local Kubernetes API with kubelets and a scheduler; a sync and async context manager."""
+    """A local Kubernetes API with kubelets and a scheduler; a sync and async context manager.
+
+    ``min_request_timeout`` (seconds, kube-apiserver's ``--min-request-timeout``, default 1800):
+    a watch whose client gave no ``timeoutSeconds`` ends cleanly after a random time in
+    [min_request_timeout, 2 * min_request_timeout), as on a real cluster, so clients must
+    re-watch. Tests set it low to exercise that path; a client's ``timeoutSeconds`` always wins.
+    """
 
     def __init__(self, kubelet: str | None = "process", nodes: int = 1, cpu: str = "4", memory: str = "8Gi",
                  pods: int = 110, node_labels: dict[str, str] | None = None, node_taints: list[dict] | None = None,
                  port: int = 0, tls: bool = True, faults: bool = False, work_dir: str | Path | None = None,
                  users: dict[str, list[dict]] | None = None, node_specs: list[dict[str, Any]] | None = None,
-                 **kubelet_options: Any) -> None:
+                 min_request_timeout: float = 1800.0, **kubelet_options: Any) -> None:
         if kubelet not in KUBELETS:
             raise ValueError(f"EmbeddedKubernetes: kubelet must be 'process', 'simulated' or None, got {kubelet!r}.")
         if not isinstance(nodes, int) or nodes < 0:
             raise ValueError(f"EmbeddedKubernetes: nodes must be a whole number >= 0, got {nodes!r}.")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedKubernetes: port must be 0 (any free port) or 1-65535, got {port!r}.")
+        if not isinstance(min_request_timeout, (int, float)) or not min_request_timeout > 0:
+            raise ValueError("EmbeddedKubernetes: min_request_timeout must be a number of seconds > 0, got "
+                             f"{min_request_timeout!r}.")
         self.kubelet_kind = kubelet
+        self.min_request_timeout = float(min_request_timeout)
         # restricted users (embedded/authz.py), validated now; tokens are made at start (TLS only)
         self._users = {name: [PolicyRule.from_dict(r) for r in rules] for name, rules in (users or {}).items()}
         self.identities: Identities | None = None
@@ -126,7 +136,7 @@ class EmbeddedKubernetes:
         self.admission.start()
         self.apiserver = ApiServer(self.store, port=self._port, credentials=self._credentials,
                                    kubelets=self.kubelets, faults=self.faults, identities=self.identities,
-                                   admission=self.admission)
+                                   admission=self.admission, min_request_timeout=self.min_request_timeout)
         self.apiserver.start()
         self.kubeconfig = str(write_kubeconfig(self.work_dir / "kubeconfig", server=self.apiserver.url,
                                                ca_file=self._credentials.ca_file if self._credentials else None,

@@ -180,3 +180,53 @@ def test_drop_watches_ends_every_open_stream(kube, core_v1, watches):
     for stream in streams:
         assert stream.ended.wait(5)
     assert kube.apiserver.watches == set()
+
+
+@pytest.fixture
+def short_timeout_watches(make_kube):
+    """Watches on a server whose min_request_timeout is 1 s (watches without timeoutSeconds end in [1, 2) s)."""
+    from kubernetes import client, config
+
+    kube = make_kube(min_request_timeout=1)
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig)
+    core_v1 = client.CoreV1Api(api_client)
+    opened = []
+
+    def open_(**params):
+        collector = Collector(core_v1, **params)
+        opened.append(collector)
+        return collector
+
+    yield kube, core_v1, open_
+    for collector in opened:
+        collector.close()
+    api_client.close()
+
+
+def test_watch_without_timeout_seconds_ends_cleanly_after_min_request_timeout(short_timeout_watches):
+    kube, core_v1, watches = short_timeout_watches
+    start = core_v1.list_namespaced_pod("default").metadata.resource_version
+    began = time.monotonic()
+    watch = watches(resource_version=start, timeout_seconds=None)
+    core_v1.create_namespaced_pod("default", pod_manifest("p"))
+    assert watch.ended.wait(5), "a watch without timeoutSeconds did not end within 2 * min_request_timeout"
+    assert 0.9 <= time.monotonic() - began < 3
+    assert watch.types_and_names() == [("ADDED", "p")]  # clean end: no ERROR event
+    wait_until(lambda: not kube.apiserver.watches)
+
+
+def test_timeout_seconds_of_the_client_wins_over_min_request_timeout(short_timeout_watches):
+    _, core_v1, watches = short_timeout_watches
+    began = time.monotonic()
+    watch = watches(resource_version="0", timeout_seconds=3)
+    assert not watch.ended.wait(2.2), "the server ended a watch before the client's timeoutSeconds"
+    assert watch.ended.wait(5)
+    assert 2.9 <= time.monotonic() - began < 5
+    assert watch.events == []
+
+
+def test_min_request_timeout_must_be_positive():
+    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
+
+    with pytest.raises(ValueError, match="min_request_timeout"):
+        EmbeddedKubernetes(kubelet=None, min_request_timeout=0)
