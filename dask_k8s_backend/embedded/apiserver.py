@@ -16,10 +16,12 @@ import hmac
 import json
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -546,6 +548,43 @@ class ApiHandler(tornado.web.RequestHandler):
             await asyncio.sleep(self.server.log_poll_interval)
 
 
+# Server threads whose connection-level TLS errors are a client going away (see _ClientTlsNoise).
+_SERVER_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_TLS_READ_ERROR = re.compile(r"^error on read: \[SSL[:\]]")
+_TLS_HANDSHAKE_ERROR = "SSL Error on %s %s: %s"  # tornado's SSLIOStream handshake failure message
+
+
+class _ClientTlsNoise(logging.Filter):
+    """Moves TLS errors of single client connections of our servers from tornado's WARNING to our DEBUG.
+
+    A client that closes its side first makes tornado log ``error on read: [SSL: ...]``: when the
+    official client stops a watch (``response.shutdown()``, SHUT_RD on its socket), its OpenSSL
+    reads the EOF as a truncated record and answers with a ``decode_error`` alert on the still-open
+    write side (``TLSV1_ALERT_DECODE_ERROR`` here); a client dropped mid-handshake gives
+    ``SSL Error on ...``. Each closes one connection and says nothing about the server. Records
+    from other threads (other tornado servers) and every other tornado warning pass unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.current_thread() not in _SERVER_THREADS:
+            return True
+        if record.msg != _TLS_HANDSHAKE_ERROR and not _TLS_READ_ERROR.match(record.getMessage()):
+            return True
+        logger.debug("A client connection ended with a TLS error (the client went away): %s", record.getMessage())
+        return False
+
+
+_CLIENT_TLS_NOISE = _ClientTlsNoise()
+
+
+def _quiet_client_tls_errors() -> None:
+    """Route the current (server) thread's client TLS errors to DEBUG; idempotent."""
+    _SERVER_THREADS.add(threading.current_thread())
+    tornado_logger = logging.getLogger("tornado.general")
+    if _CLIENT_TLS_NOISE not in tornado_logger.filters:
+        tornado_logger.addFilter(_CLIENT_TLS_NOISE)
+
+
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     # 4xx answers are normal API traffic (NotFound, Conflict): keep them out of warnings
     logger.debug("%s %s -> %d", handler.request.method, handler.request.path, handler.get_status())
@@ -632,6 +671,7 @@ class ApiServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
+        _quiet_client_tls_errors()
         try:
             self._http = self._make_http_server()
             self._http.add_sockets(self._sockets)
