@@ -29,6 +29,7 @@ import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
 import tornado.web
+import yaml
 
 from . import authz, discovery, openapi, podlogs
 from .faults import FaultInjector
@@ -45,7 +46,12 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 _RETURNS_OBJECT_ON_DELETE = ("pods", "services", "namespaces", "nodes")
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 _OPTIONS_KIND = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True)
@@ -156,10 +162,23 @@ class ApiHandler(tornado.web.RequestHandler):
     def _body(self) -> Any:
         if not self.request.body:
             raise bad_request("the request body is empty; send a JSON object")
+        self._refuse_undecodable_media_type()
         try:
+            if _media_type(self.request.headers.get("Content-Type", "")) in _YAML_TYPES:
+                return yaml.safe_load(self.request.body)
             return json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise bad_request(f"couldn't get version/kind; json parse error: {e}") from None
+
+    def _refuse_undecodable_media_type(self) -> None:
+        """415 for bodies we cannot decode (protobuf): client-go then retries the request as JSON,
+        as it does against any server that does not serve protobuf. Patch types are apply_patch's."""
+        media_type = _media_type(self.request.headers.get("Content-Type", ""))
+        if self.request.method == "PATCH" or media_type in ("", "application/json", *_YAML_TYPES):
+            return
+        raise StatusError(415, "UnsupportedMediaType",
+                          "the body of the request was in an unknown format - accepted media types include: "
+                          f"application/json, application/yaml; got {media_type!r}")
 
     def _authenticate(self) -> None:
         token = self.server.token

@@ -137,6 +137,21 @@ def test_unsupported_patch_type_is_415(kube, core_v1):
     assert code == 415 and body["reason"] == "UnsupportedMediaType"
 
 
+def test_a_body_in_a_media_type_the_server_cannot_decode_is_415_and_nothing_is_created(kube, core_v1):
+    code, _, body = raw(kube, "POST", "/api/v1/namespaces/default/configmaps", b"\x00\x01",
+                        headers={"Content-Type": "application/x-msgpack"})
+    assert code == 415 and body["reason"] == "UnsupportedMediaType" and "application/json" in body["message"]
+    assert core_v1.list_namespaced_config_map("default").items == []
+
+
+def test_a_yaml_body_is_accepted_as_kubectl_and_curl_users_send_it(kube, core_v1):
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  answer: '42'\n"
+    code, _, body = raw(kube, "POST", "/api/v1/namespaces/default/configmaps", manifest,
+                        headers={"Content-Type": "application/yaml"})
+    assert code == 201, body
+    assert core_v1.read_namespaced_config_map("from-yaml", "default").data == {"answer": "42"}
+
+
 def test_unknown_path_is_404(kube):
     code, _, body = raw(kube, "GET", "/api/v1/widgets")
     assert code == 404 and body["kind"] == "Status"
