@@ -159,6 +159,8 @@ class KubeSparkCluster(Cluster):
         self.security = Security()  # replaced by the app's own TLS Security when security.tls is set
         self._tls_secret = False
         self._group_adaptives: dict[str, Any] = {}
+        # name -> (settings, template) of the groups this client added: their pods' quota checks
+        self._group_recipes: dict[str, tuple[Settings, dict | None]] = {}
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
         self._pod_reaper: weakref.finalize | None = None
         if not self.called_from_running_loop:
@@ -365,10 +367,16 @@ class KubeSparkCluster(Cluster):
             raise ValueError("add_worker_group(image=...): set the image in the group's pod_template instead")
         template = pod_template if isinstance(pod_template, dict) else None
         check_executor_pod(app=self.app, settings=settings, template=template)
-        return self.sync(self._add_worker_group, name, worker_overrides, template)
+        explicit = {k: v for k, v in given.items() if v is not None}
+        return self.sync(self._add_worker_group, name, worker_overrides, template, settings, explicit)
 
-    async def _add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None) -> None:
+    async def _add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None,
+                                settings: Settings, explicit: dict[str, Any]) -> None:
+        from .preflight import check_worker_group
+
+        await check_worker_group(self, name, settings, template, explicit)  # LimitRange/quota: before anything exists
         await self.scheduler_comm.k8s_add_worker_group(name=name, worker_overrides=worker_overrides, template=template)  # type: ignore[union-attr]
+        self._group_recipes[name] = (settings, template)
         await self._refresh_status()
 
     def remove_worker_group(self, name: str) -> Any:
@@ -380,6 +388,7 @@ class KubeSparkCluster(Cluster):
 
     async def _remove_worker_group(self, name: str) -> None:
         await self.scheduler_comm.k8s_remove_worker_group(name=name)  # type: ignore[union-attr]
+        self._group_recipes.pop(name, None)
         await self._refresh_status()
 
     def adapt(self, Adaptive: Any = None, *, minimum: int = 0, maximum: int | float = math.inf,
@@ -402,7 +411,20 @@ class KubeSparkCluster(Cluster):
         self._group_adaptives[group] = adaptive
         if group == "default":
             self._adaptive = adaptive
+        if maximum != math.inf:
+            self._warn_before_adapt(int(maximum), group)
         return adaptive
+
+    def _warn_before_adapt(self, maximum: int, group: str) -> None:
+        """adapt(maximum=...) warns, as scale(n) does, when that many pods of the group cannot fit the quota."""
+        from .preflight import warn_before_scale
+
+        where = "" if group == "default" else f", group={group!r}"
+        asked = f"adapt(maximum={maximum}{where}) may need {{extra}} more worker pods"
+        if self.asynchronous or self.called_from_running_loop:
+            self.loop.add_callback(warn_before_scale, self, maximum, group, asked)  # logged when it answers
+        else:
+            self.sync(warn_before_scale, self, maximum, group, asked)
 
     # Adaptive's view of the cluster: planned, requested (pods that exist) and observed (registered).
     @property

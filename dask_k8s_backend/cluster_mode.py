@@ -28,6 +28,7 @@ from .pods.exits import pending_reason
 
 if TYPE_CHECKING:
     from .cluster import KubeSparkCluster
+    from .config import Settings
     from .master import KubeConnection
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,24 @@ def pod_overrides(overrides: dict[str, Any], connection: KubeConnection) -> dict
     else:
         clean["master"] = "k8s://"  # in-cluster service account of the scheduler pod
     return clean
+
+
+def scheduler_service_account(settings: Settings, connection: KubeConnection | None) -> str | None:
+    """The service account the preflight checks for the scheduler pod, or None (client mode, nothing to check).
+
+    The pod runs as ``k8s-backend.worker.service-account``, else the namespace's ``default``. A named
+    account is always checked: a pod naming a missing one is refused, and its rules are the pod's on a
+    real cluster. The implicit ``default`` is checked only where the pod uses its token: on an API
+    server on this machine (the embedded Kubernetes) the scheduler process uses the kubeconfig
+    (:func:`pod_overrides`), which the client's own preflight already checked.
+    """
+    if settings.deploy_mode != "cluster":
+        return None
+    if settings.worker.service_account:
+        return settings.worker.service_account
+    if connection is None or connection.embedded is not None or _api_server_is_local(connection):
+        return None
+    return "default"
 
 
 def build_scheduler_pod(cluster: KubeSparkCluster, connection: KubeConnection) -> dict[str, Any]:

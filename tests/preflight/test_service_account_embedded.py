@@ -1,0 +1,163 @@
+"""Cluster mode: the scheduler pod's service account must exist and may do what the backend in it does.
+
+Checked before anything is created, on the embedded Kubernetes: the account is read through the
+API, and what it may do is asked with SubjectAccessReviews for ``system:serviceaccount:<ns>:<name>``,
+answered from the rules registered for that user name. A client that may not create
+SubjectAccessReviews gets a warning, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from dask_k8s_backend import KubeSparkCluster
+from dask_k8s_backend.cluster_mode import scheduler_service_account
+from dask_k8s_backend.config import load_settings
+from dask_k8s_backend.preflight import (
+    CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, MissingPermissionsError,
+    ServiceAccountError, run_preflight, service_account_user,
+)
+
+from k8s_helpers import list_pods
+
+from .conftest import rbac_yaml_rules
+
+pytestmark = pytest.mark.timeout(60)
+
+NS = "default"
+
+
+def rules(permissions) -> list[dict]:
+    return [{"resources": [p.full_resource], "verbs": [p.verb], "namespaces": [NS]} for p in permissions]
+
+
+USERS = {
+    service_account_user(NS, "dask-sa"): rbac_yaml_rules(NS),        # deploy/rbac.yaml bound to it
+    service_account_user(NS, "weak"): rules([p for p in IN_POD_PERMISSIONS if p.verb != "delete"]),
+    # a notebook identity with every cluster-mode permission, but not that of asking about others
+    "notebook": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS)
+    + [{"resources": ["serviceaccounts"], "verbs": ["get"], "namespaces": [NS]}],
+}
+
+
+@pytest.fixture(scope="module")
+def kube():
+    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
+
+    with EmbeddedKubernetes(kubelet="simulated", nodes=1, users=USERS) as k:
+        core = k.store
+        for name in ("dask-sa", "weak"):
+            core.create("serviceaccounts", NS, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                "metadata": {"name": name, "namespace": NS}})
+        yield k
+
+
+def preflight(client, **kwargs) -> None:
+    asyncio.run(run_preflight(client, **kwargs))
+
+
+def api_client(kubeconfig: str):
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def all_pods(kube) -> list[dict]:
+    client = api_client(kube.kubeconfig)
+    try:
+        from kubernetes.client import CoreV1Api
+
+        return list_pods(CoreV1Api(client), "", NS)
+    finally:
+        client.close()
+
+
+def cluster_mode(kube, **extra):
+    return KubeSparkCluster(master=f"k8s://{kube.url}", deploy_mode="cluster", quiet=True, worker_memory="256MiB",
+                            authenticate={"kubeconfig": kube.kubeconfig}, **extra)
+
+
+def test_a_missing_service_account_is_refused_before_the_scheduler_pod_exists(kube):
+    with pytest.raises(ServiceAccountError) as info:
+        cluster_mode(kube, service_account="ghost")
+    message = str(info.value)
+    assert "service account 'ghost' (k8s-backend.worker.service-account" in message
+    assert "does not exist in namespace 'default'; nothing was created" in message
+    assert "kubectl create serviceaccount ghost -n default" in message
+    assert "or set k8s-backend.worker.service-account to an existing service account" in message
+    assert all_pods(kube) == []
+
+
+def test_a_service_account_lacking_a_permission_is_refused_naming_it_and_the_binding(kube):
+    with pytest.raises(MissingPermissionsError) as info:
+        cluster_mode(kube, service_account="weak")
+    message = str(info.value)
+    assert [p.describe() for p in info.value.missing] == [
+        "delete pods (scale down and replace workers)"]
+    assert "service account 'weak' (k8s-backend.worker.service-account), which lacks 1 permission(s)" in message
+    assert "kind: RoleBinding" in message and "  - kind: ServiceAccount\n    name: weak\n    namespace: default" in message
+    assert 'resources: ["pods"]\n    verbs: ["delete"]' in message
+    assert all_pods(kube) == []
+
+
+@pytest.mark.parametrize("name, missing", [
+    ("dask-sa", []),                                      # deploy/rbac.yaml's Role is enough in the pod
+    ("nobody-bound", [p.describe() for p in IN_POD_PERMISSIONS]),  # no rules at all: everything is missing
+])
+def test_the_in_pod_permissions_are_asked_for_the_named_account(kube, name, missing):
+    if name == "nobody-bound":
+        kube.store.create("serviceaccounts", NS, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                  "metadata": {"name": name, "namespace": NS}})
+    client = api_client(kube.kubeconfig)
+    try:
+        if not missing:
+            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account=name)
+            return
+        with pytest.raises(MissingPermissionsError) as info:
+            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account=name)
+        assert [p.describe() for p in info.value.missing] == missing
+    finally:
+        client.close()
+
+
+def test_a_client_that_may_not_create_subjectaccessreviews_gets_a_warning_not_an_error(kube, caplog):
+    client = api_client(kube.kubeconfig_for("notebook"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+            # "weak" lacks a permission, but this identity may not ask: the pod's own refusals will tell
+            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account="weak")
+        with pytest.raises(ServiceAccountError):  # reading the account still works: a missing one is still an error
+            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account="ghost")
+    finally:
+        client.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.preflight"]
+    assert warnings == ["preflight: cannot ask what service account 'weak' may do (403: creating subjectaccessreviews "
+                        "needs that permission); not checking the scheduler pod's permissions"]
+
+
+def test_which_service_account_is_checked(kube):
+    from dask_k8s_backend.master import KubeConnection
+
+    class Configuration:
+        host = "https://k8s.example.com:443"
+
+    class ApiClient:
+        configuration = Configuration()
+
+    remote = KubeConnection(api_client=ApiClient(), master="k8s://https://k8s.example.com:443", embedded=None,
+                            scheduler_host=None, kubeconfig=None)
+    cluster = load_settings({"deploy-mode": "cluster"})
+    named = load_settings({"deploy-mode": "cluster", "worker.service-account": "dask-sa"})
+    assert scheduler_service_account(load_settings({"worker.service-account": "dask-sa"}), remote) is None  # client mode
+    assert scheduler_service_account(named, remote) == "dask-sa"
+    assert scheduler_service_account(cluster, remote) == "default"  # the pod runs with the namespace's default token
+    local = KubeConnection(api_client=api_client(kube.kubeconfig), master=f"k8s://{kube.url}", embedded=None,
+                           scheduler_host=None, kubeconfig=kube.kubeconfig)
+    try:
+        assert scheduler_service_account(cluster, local) is None  # the pod process uses the kubeconfig there
+        assert scheduler_service_account(named, local) == "dask-sa"
+    finally:
+        local.api_client.close()
