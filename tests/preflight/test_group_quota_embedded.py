@@ -146,3 +146,24 @@ def test_adapt_maximum_of_a_group_warns_when_it_cannot_fit(cluster, core_api, na
     assert (f"adapt(maximum=5, group='gpu') may need 5 more worker pods, but only 3 fit: ResourceQuota 'gpus': each "
             f"worker pod requests requests.{GPU}=1") in record.getMessage()
     assert pods(core_api, namespace) == []  # a warning, and adapt created nothing on its own (no demand)
+
+
+def test_adapt_of_an_asynchronous_cluster_warns_once_the_quota_is_read(kube, namespace, core_api, caplog):
+    import asyncio
+
+    quota(core_api, namespace, {f"requests.{GPU}": "1"}, name="gpus")
+
+    async def main() -> list[logging.LogRecord]:
+        async with KubeSparkCluster(master=f"k8s://{kube.url}", namespace=namespace, worker_memory="256MiB",
+                                    worker_cores=1, quiet=True, asynchronous=True,
+                                    authenticate={"kubeconfig": kube.kubeconfig}) as cluster:
+            await cluster.add_worker_group("gpu", resources={"GPU": 1, GPU: 1})
+            cluster.adapt(minimum=0, maximum=2, group="gpu")  # returns at once: the check runs on the loop
+            deadline = asyncio.get_running_loop().time() + 30
+            while not preflight_warnings(caplog) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            return preflight_warnings(caplog)
+
+    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+        [record] = asyncio.run(main())
+    assert "adapt(maximum=2, group='gpu') may need 2 more worker pods, but only 1 fit" in record.getMessage()
