@@ -17,7 +17,7 @@ PACKAGE = ROOT / "dask_k8s_backend"
 CALL = re.compile(r"\.(create|list|read|delete_collection|delete|patch|replace)_namespaced_([a-z_]+?)(_log|_status)?\b")
 VERBS = {"create": "create", "list": "list", "read": "get", "delete": "delete", "delete_collection": "deletecollection", "patch": "patch", "replace": "update"}
 PLURALS = {"pod": "pods", "service": "services", "event": "events", "secret": "secrets", "config_map": "configmaps",
-           "resource_quota": "resourcequotas", "limit_range": "limitranges"}
+           "resource_quota": "resourcequotas", "limit_range": "limitranges", "service_account": "serviceaccounts"}
 # The embedded Kubernetes serves these calls itself; it is not something a real cluster's Role grants.
 EXCLUDED_DIRS = ("embedded",)
 
