@@ -586,6 +586,9 @@ class ExecutorPodsAllocator:
 
     async def _create(self, executor_id: int, group: str, pod: dict) -> BaseException | None:
         async with self._semaphore:
+            if self.failures.is_blocked(group):  # blocked while this request waited for its turn: not sent
+                self._forget_creation(executor_id)
+                return None
             try:
                 await self.api.create_pod(pod)
                 self.pods_created += 1
@@ -598,8 +601,11 @@ class ExecutorPodsAllocator:
                 self._creation_failed(executor_id, group, pod, e)
                 return e
 
-    def _creation_failed(self, executor_id: int, group: str, pod: dict, exc: BaseException) -> None:
+    def _forget_creation(self, executor_id: int) -> None:
         self._state = replace(self._state, newly_created={i: c for i, c in self._state.newly_created.items() if i != executor_id})
+
+    def _creation_failed(self, executor_id: int, group: str, pod: dict, exc: BaseException) -> None:
+        self._forget_creation(executor_id)
         if is_quota_exceeded(exc):
             self._quota_refused(executor_id, exc)
             return

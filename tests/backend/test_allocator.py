@@ -20,12 +20,12 @@ from dask_k8s_backend.config import AllocationSettings, ExecutorSettings
 
 
 class Harness:
-    def __init__(self, max_failures=None, **settings):
+    def __init__(self, max_failures=None, api=None, max_concurrent_requests=32, **settings):
         settings.setdefault("batch_size", 5)
         settings.setdefault("batch_delay", 1.0)
         self.settings = AllocationSettings(**settings)
         self.clock = ManualClock()
-        self.api = FakePodApi()
+        self.api = api or FakePodApi()
         self.store = DeterministicSnapshotsStore(clock=self.clock)
         self.known: set[int] = set()
         self.reports: list[tuple[int, str]] = []
@@ -35,6 +35,7 @@ class Harness:
         self.allocator = ExecutorPodsAllocator(
             api=self.api, settings=self.settings, pod_factory=pod_factory(), failures=self.failures, clock=self.clock,
             known_executors=lambda: self.known, on_pending_reason=lambda i, r: self.reports.append((i, r)),
+            max_concurrent_requests=max_concurrent_requests,
         )
         self.allocator.start(self.store)
 
@@ -320,6 +321,28 @@ async def test_a_failure_is_counted_before_the_failed_pod_is_replaced():
     await h.tick(1.0)
     assert h.created() == [1, 2]  # the limit (2) was reached before any replacement
     assert h.limits and h.limits[0][0] == "default"
+    await h.stop()
+
+
+@run_async
+async def test_a_creation_still_waiting_for_its_turn_is_dropped_once_its_group_is_blocked():
+    """The plan was made before the group hit its limit; a request not yet sent must not be sent."""
+    harness: list[Harness] = []
+
+    class BlockingOnFirstCreate(FakePodApi):
+        async def create_pod(self, pod):
+            created = await super().create_pod(pod)
+            if len(self.created) == 1:  # while it is in flight the group's pods fail: the limit is reached
+                harness[0].failures.block("default", "worker group default: stopped creating pods")
+            return created
+
+    h = Harness(api=BlockingOnFirstCreate(), max_concurrent_requests=1, slow_start=False)
+    harness.append(h)
+    await h.set_target(3)
+    assert h.created() == [1]
+    assert h.allocator.pods_created == 1
+    await h.tick(2.0)
+    assert h.created() == [1]
     await h.stop()
 
 
