@@ -211,63 +211,6 @@ def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, A
     return out
 
 
-# ------------------------------------------------------------------ kubectl's protobuf reviews
-_PROTOBUF_MAGIC = b"k8s\x00"
-_ATTRIBUTE_FIELDS = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource", 7: "name"}
-
-
-def _fields(data: bytes) -> dict[int, bytes]:
-    """The length-delimited fields of one protobuf message (other wire types are skipped)."""
-    out: dict[int, bytes] = {}
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 2:
-            length, i = _varint(data, i)
-            out[number] = data[i:i + length]
-            i += length
-        elif wire == 0:
-            _, i = _varint(data, i)
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-    return out
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, i
-
-
-def review_from_protobuf(body: bytes) -> dict[str, Any] | None:
-    """The JSON form of a SelfSubjectAccessReview kubectl sent as protobuf (``auth can-i``), or None.
-
-    Envelope ``k8s\\0`` + runtime.Unknown{raw: 2}; review.spec: 2; spec.resourceAttributes: 1,
-    spec.nonResourceAttributes: 2 (path: 1, verb: 2).
-    """
-    if not body.startswith(_PROTOBUF_MAGIC):
-        return None
-    try:
-        spec = _fields(_fields(_fields(body[len(_PROTOBUF_MAGIC):]).get(2, b"")).get(2, b""))
-        if 1 in spec:
-            attributes = {_ATTRIBUTE_FIELDS[n]: v.decode() for n, v in _fields(spec[1]).items() if n in _ATTRIBUTE_FIELDS}
-            review_spec: dict[str, Any] = {"resourceAttributes": attributes}
-        elif 2 in spec:
-            fields = _fields(spec[2])
-            review_spec = {"nonResourceAttributes": {"path": fields.get(1, b"").decode(), "verb": fields.get(2, b"").decode()}}
-        else:
-            return None
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
-    return {"apiVersion": f"{REVIEW_GROUP}/{REVIEW_VERSION}", "kind": "SelfSubjectAccessReview", "spec": review_spec}
-
-
 class Identities:
     """Bearer token -> :class:`Identity`. Thread-safe; tokens are random and never logged."""
 

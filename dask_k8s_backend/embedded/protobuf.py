@@ -121,11 +121,19 @@ MESSAGES: dict[str, dict[int, Field]] = {
     "ScopeSelector": {1: _r("matchExpressions", "ScopedResourceSelectorRequirement")},
     "ScopedResourceSelectorRequirement": {1: Field("scopeName"), 2: Field("operator"), 3: _r("values")},
     "ResourceQuotaStatus": {1: _m("hard", "Quantity"), 2: _m("used", "Quantity")},
+    # k8s.io/api/authorization/v1 (kubectl auth can-i); field and label selectors (8, 9) are skipped
+    "SelfSubjectAccessReview": {1: _META, 2: Field("spec", "SelfSubjectAccessReviewSpec")},
+    "SelfSubjectAccessReviewSpec": {1: _p("resourceAttributes", "ResourceAttributes"),
+                                    2: _p("nonResourceAttributes", "NonResourceAttributes")},
+    "ResourceAttributes": {1: Field("namespace"), 2: Field("verb"), 3: Field("group"), 4: Field("version"),
+                           5: Field("resource"), 6: Field("subresource"), 7: Field("name")},
+    "NonResourceAttributes": {1: Field("path"), 2: Field("verb")},
 }
 
 # (apiVersion, kind) of the top-level objects this module decodes
-KINDS = frozenset(("v1", kind) for kind in
-                  ("Namespace", "Secret", "ConfigMap", "ServiceAccount", "Service", "ResourceQuota"))
+KINDS = frozenset([("v1", kind) for kind in
+                   ("Namespace", "Secret", "ConfigMap", "ServiceAccount", "Service", "ResourceQuota")]
+                  + [("authorization.k8s.io/v1", "SelfSubjectAccessReview")])
 
 
 # ------------------------------------------------------------------------ wire format

@@ -185,7 +185,7 @@ def test_garbled_bodies_are_400_bad_request_with_the_reason(body, words):
 
 @pytest.mark.parametrize("body, named", [
     (envelope("Deployment", fld(1, fld(1, "d")), api_version="apps/v1"), "'Deployment'"),
-    (envelope("SelfSubjectAccessReview", b"", api_version="authorization.k8s.io/v1"), "'SelfSubjectAccessReview'"),
+    (envelope("SubjectAccessReview", b"", api_version="authorization.k8s.io/v1"), "'SubjectAccessReview'"),
     (envelope("Pod", fld(1, fld(1, "p"))), "'Pod'"),
     (envelope("ConfigMap", meta("c"), encoding="gzip"), "'gzip'"),
 ])

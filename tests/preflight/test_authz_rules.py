@@ -69,12 +69,15 @@ def test_bad_rules_are_rejected_with_the_rule_quoted():
 
 
 def test_kubectls_protobuf_review_is_read():
-    from dask_k8s_backend.embedded.authz import review_from_protobuf
+    from dask_k8s_backend.embedded.protobuf import decode
+    from dask_k8s_backend.embedded.status import StatusError
 
     body = (b'k8s\x00\n2\n\x17authorization.k8s.io/v1\x12\x17SelfSubjectAccessReview\x12?\n\x10\n\x00\x12\x00\x1a\x00"'
             b'\x00*\x002\x008\x00B\x00\x12!\n\x1f\n\x07default\x12\x06create\x1a\x00"\x00*\x04pods2\x00:\x00\x1a\x08'
             b'\x08\x00\x12\x00\x1a\x00 \x00\x1a\x00"\x00')  # what kubectl 1.32 sends for `auth can-i create pods`
-    review = review_from_protobuf(body)
-    assert review["spec"]["resourceAttributes"] == {"namespace": "default", "verb": "create", "group": "", "version": "",
-                                                    "resource": "pods", "subresource": "", "name": ""}
-    assert review_from_protobuf(b"{}") is None and review_from_protobuf(b"k8s\x00\xff") is None
+    review = decode(body)
+    assert review["kind"] == "SelfSubjectAccessReview"
+    assert review["spec"]["resourceAttributes"] == {"namespace": "default", "verb": "create", "resource": "pods"}
+    for garbled in (b"{}", b"k8s\x00\xff"):
+        with pytest.raises(StatusError):
+            decode(garbled)
