@@ -8,8 +8,10 @@ containers one by one, then every app container as a process in its own session 
 log file (:mod:`.processes`), and writes each state change as the pod's status (built by
 :mod:`.podstatus`). A waiter thread per process wakes the worker when it exits; one monitor
 thread per kubelet samples the memory of every container tree and SIGKILLs a tree over its
-``limits.memory`` (OOMKilled, 137). Deletion: SIGTERM to every tree, SIGKILL after the grace
-period, final status, then ``store.finalize_deletion``; a pod gone from the store is killed at once.
+``limits.memory`` (OOMKilled, 137). Deletion: SIGTERM to each container's main process only (as
+the runtime signals PID 1: a Dask nanny then closes its worker itself), SIGKILL to the whole tree
+once that process exits or the grace period ends, final status, then ``store.finalize_deletion``;
+a pod gone from the store is killed at once.
 :meth:`ProcessKubelet.stop` kills every process it started and joins every thread it started.
 """
 
@@ -348,14 +350,16 @@ class PodWorker:
         return float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE))
 
     def _terminate_all(self, grace: float) -> None:
-        """SIGTERM every live tree, SIGKILL what is left when the (possibly shortened) grace period ends."""
+        """SIGTERM each live container's main process; SIGKILL its whole tree once it exits or the (possibly
+        shortened) grace period ends, as a container runtime tears down the PID namespace."""
         with self.lock:
             live = [(name, run) for name, run in self.runs.items() if run.proc.poll() is None]
         if not live:
             return
+        trees = {name: processes.descendants(run.proc.pid) for name, run in live}
         for name, run in live:
             self.event("Killing", f"Stopping container {name}")
-            processes.signal_tree(run.proc.pid, signal.SIGTERM)
+            processes.signal_main(run.proc, signal.SIGTERM)
         with self.end_lock:
             self.kill_at = min(self.kill_at, time.monotonic() + grace)
         while not self.removed and any(run.proc.poll() is None for _, run in live):
@@ -365,6 +369,8 @@ class PodWorker:
             self.wake.wait(remaining)
             self.wake.clear()
         self.kill_all()
+        for name, run in live:  # PID 1 is gone or out of time: like a PID namespace, everything else goes
+            processes.signal_tree(run.proc.pid, signal.SIGKILL, trees[name])
         for _, run in live:
             try:
                 run.proc.wait(5)

@@ -42,6 +42,14 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def signal_main(proc: subprocess.Popen, sig: int) -> None:
+    """Signal only the container's main process (its PID 1), as a container runtime does on stop."""
+    try:
+        proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def signal_tree(pid: int, sig: int, known: Iterable[psutil.Process] = ()) -> None:
     """Send ``sig`` to the process group led by ``pid`` and to every descendant (some may have left the group)."""
     tree = list(known) or descendants(pid)

@@ -186,6 +186,28 @@ def test_deletion_sends_sigterm_and_a_process_that_handles_it_exits_cleanly(clus
     assert "Killing" in [e["reason"] for e in store_events(cluster.store, name)]
 
 
+def test_deletion_signals_only_the_main_process_and_its_children_go_with_it(cluster):
+    """As a container runtime signals PID 1: a Dask nanny must get the chance to close its worker itself."""
+    child = ("import signal, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: print('child got SIGTERM', flush=True))\n"
+             "import os\nprint('child ready', os.getpid(), flush=True)\ntime.sleep(60)")
+    code = ("import signal, subprocess, sys, time\n"
+            f"kid = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+            "def bye(*a):\n    print('main got SIGTERM', flush=True); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, bye)\nprint('main ready', flush=True)\ntime.sleep(60)")
+    name = cluster.run(pod("parent", python(code)))
+    wait_for(lambda: "child ready" in (cluster.log(name) or "") and "main ready" in cluster.log(name))
+    log_path = cluster.kubelet.container_log_path("default", name, "main")
+    kid_pid = int(next(ln for ln in log_path.read_text().splitlines() if ln.startswith("child ready")).split()[-1])
+    cluster.store.delete("pods", "default", name, grace_period_seconds=10)
+    wait_for(lambda: cluster.gone(name), what="pod removed after its main process exited")
+    log = log_path.read_text()
+    assert "main got SIGTERM" in log and "child got SIGTERM" not in log
+    assert container_state(cluster.last_status(name))["terminated"]["exitCode"] == 0
+    wait_for(lambda: not psutil.pid_exists(kid_pid) or psutil.Process(kid_pid).status() == psutil.STATUS_ZOMBIE,
+             timeout=5, what="the child killed with its container")
+
+
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(cluster):
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
     name = cluster.run(pod("stubborn", python(code)))
