@@ -32,15 +32,6 @@ def kube():
         yield k
 
 
-@pytest.fixture(scope="module")
-def core_api(kube):
-    from kubernetes import client, config
-
-    api_client = config.new_client_from_config(config_file=kube.kubeconfig)
-    yield client.CoreV1Api(api_client)
-    api_client.close()
-
-
 @pytest.fixture
 def namespace(core_api, request):
     name = ("g-" + request.node.name.replace("_", "-"))[:40].strip("-").lower()
