@@ -117,13 +117,13 @@ class Admission:
 
         Pods matter only in namespaces with a quota, and only when they appear, go away or change phase.
         """
-        obj = event.entry.obj
+        obj = event.entry.view  # metadata and status.phase are all this needs: nothing is parsed
         namespace = (obj.get("metadata") or {}).get("namespace")
         if event.resource == "resourcequotas":
             self._quota_namespaces.add(namespace)
             self._queue.put(namespace)
         elif event.resource == "pods" and namespace in self._quota_namespaces:
-            old_phase = (event.old.obj.get("status") or {}).get("phase") if event.old is not None else None
+            old_phase = (event.old.view.get("status") or {}).get("phase") if event.old is not None else None
             if event.type != "MODIFIED" or old_phase != (obj.get("status") or {}).get("phase"):
                 self._queue.put(namespace)
 

@@ -317,7 +317,7 @@ class ApiHandler(tornado.web.RequestHandler):
     def _get(self, route: Route) -> None:
         entry = self.server.store.get_entry(route.info.name, route.namespace, route.name)  # type: ignore[arg-type]
         if self._wants_table():
-            self._send(200, table_for(route.info, [entry.obj], entry.obj["metadata"]["resourceVersion"], None))
+            self._send(200, table_for(route.info, [entry.obj], entry.meta["resourceVersion"], None))
         else:
             self._send(200, entry.json())
 
