@@ -167,6 +167,8 @@ class EmbeddedScheduler:
             self._apply_node(event_type, obj)
         else:
             self._apply_pod(event_type, obj)
+            if event_type == "DELETED":  # pods come in store order after the initial list: nothing older follows
+                self._versions.pop((resource, pod_key(obj)), None)
 
     def _is_stale(self, resource: str, obj: dict[str, Any]) -> bool:
         """An event older than one already applied (the initial list races the first events)."""

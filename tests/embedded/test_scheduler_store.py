@@ -230,3 +230,16 @@ def test_a_pending_pod_recreated_under_the_same_name_is_scheduled_as_the_new_pod
     recreated = store.create("pods", "default", pod("p", ["true"], cpu="1"))
     assert wait_for(lambda: node_of(store, "p")) == "node-1"
     assert get_pod(store, "p")["metadata"]["uid"] == recreated["metadata"]["uid"]
+
+
+def test_the_scheduler_forgets_deleted_pods(store, scheduler):
+    """A long-lived embedded cluster churns through many pod names: nothing may be kept per name."""
+    add_node(store, "node-1")
+    for i in range(20):
+        store.create("pods", "default", pod(f"churn-{i}", ["true"]))
+    assert wait_for(lambda: all(node_of(store, f"churn-{i}") for i in range(20)))
+    for i in range(20):
+        store.delete("pods", "default", f"churn-{i}", grace_period_seconds=0)
+    assert scheduler.wait_idle()
+    assert not [slot for slot in scheduler._versions if slot[0] == "pods"]
+    assert not scheduler._bound and not scheduler._pending
