@@ -259,12 +259,24 @@ class KubeSparkCluster(Cluster):
         )
 
     async def _attach_to_running_scheduler(self) -> str:
-        from .cluster_mode import find_scheduler_pod, scheduler_address
+        from .cluster_mode import find_scheduler_pod, scheduler_address, scheduler_uses_tls
 
         assert self.connection is not None
         pod = await find_scheduler_pod(self.connection, self.app.namespace, self.app.app_name)
         self.app = AppSpec(app_id=pod["metadata"]["labels"][labels.APP_ID], app_name=self.app.app_name, namespace=self.app.namespace)
-        return scheduler_address(pod, self.app, self.connection, self.settings.scheduler.connect_via)
+        tls = scheduler_uses_tls(pod, self.app)
+        if tls:
+            await self._attach_tls()
+        return scheduler_address(pod, self.app, self.connection, self.settings.scheduler.connect_via, tls)
+
+    async def _attach_tls(self) -> None:
+        """A TLS cluster-mode scheduler accepts only this app's certificates: read them from its Secret."""
+        from .security import read_tls_material, scheduler_security
+
+        assert self.connection is not None
+        material = await asyncio.to_thread(read_tls_material, self.connection.api_client, self.app)
+        self.security = scheduler_security(material)
+        self._tls_secret = True  # ours to delete when this handle shuts the cluster down
 
     async def _close(self) -> None:
         if self.status in (Status.closed, Status.closing):

@@ -11,6 +11,11 @@ How the notebook reaches the scheduler (``k8s-backend.scheduler.connect-via``):
 - ``service``: the Service's DNS name ``<name>.<namespace>.svc`` (a notebook inside the cluster);
 - an explicit address such as ``tcp://localhost:8786`` after ``kubectl port-forward svc/<name> 8786``.
 ``auto`` picks ``pod-ip`` on the embedded Kubernetes and ``service`` elsewhere.
+
+With ``k8s-backend.security.tls`` the notebook creates the app's TLS Secret before the scheduler
+pod, the pod reads it through secretKeyRef env variables and listens on ``tls://`` (its backend
+knows TLS is on, so its workers read the same Secret), the Secret is then owned by the pod, and
+the notebook connects with a Security built from the same material (see ``security.py``).
 """
 
 from __future__ import annotations
@@ -87,13 +92,21 @@ def scheduler_service_account(settings: Settings, connection: KubeConnection | N
 
 def build_scheduler_pod(cluster: KubeSparkCluster, connection: KubeConnection) -> dict[str, Any]:
     app, settings = cluster.app, cluster.settings
+    # The in-pod backend must know TLS is on (its workers then read the Secret), however it was set.
+    overrides = {**pod_overrides(cluster.overrides, connection), "security.tls": settings.security.tls}
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": APP_ENV, "value": json.dumps({"app_id": app.app_id, "app_name": app.app_name, "namespace": app.namespace})},
-        {"name": OVERRIDES_ENV, "value": json.dumps(pod_overrides(cluster.overrides, connection))},
+        {"name": OVERRIDES_ENV, "value": json.dumps(overrides)},
     ]
+    tls_args: list[str] = []
+    if settings.security.tls:
+        from .security import tls_env
+
+        env += tls_env(app, role="scheduler")
+        tls_args = ["--protocol", "tls"]
     container = {
         "name": "scheduler",
         "image": settings.image,
@@ -101,7 +114,7 @@ def build_scheduler_pod(cluster: KubeSparkCluster, connection: KubeConnection) -
         "command": ["dask", "scheduler"],
         "args": [
             "--host", "$(POD_IP)", "--port", str(SCHEDULER_PORT), "--dashboard-address", f":{DASHBOARD_PORT}",
-            "--preload", "dask_k8s_backend.backend.preload",
+            "--preload", "dask_k8s_backend.backend.preload", *tls_args,
         ],
         "env": env,
         "ports": [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT}, {"name": "http-dashboard", "containerPort": DASHBOARD_PORT}],
@@ -160,14 +173,31 @@ async def _wait_for_scheduler_pod(core: Any, app: AppSpec, name: str, timeout: f
         await asyncio.sleep(0.2)
 
 
-def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnection, connect_via: str) -> str:
+def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnection, connect_via: str,
+                      tls: bool = False) -> str:
+    """Where the notebook reaches the scheduler; ``tls``: the scheduler listens on tls:// only."""
+    scheme = "tls" if tls else "tcp"
     if connect_via == "auto":
         connect_via = "pod-ip" if connection.embedded is not None or _api_server_is_local(connection) else "service"
     if connect_via == "pod-ip":
-        return f"tcp://{pod['status']['podIP']}:{SCHEDULER_PORT}"
+        return f"{scheme}://{pod['status']['podIP']}:{SCHEDULER_PORT}"
     if connect_via == "service":
-        return f"tcp://{pod['metadata']['name']}.{app.namespace}.svc:{SCHEDULER_PORT}"
+        return f"{scheme}://{pod['metadata']['name']}.{app.namespace}.svc:{SCHEDULER_PORT}"
+    if tls and connect_via.startswith("tcp://"):  # e.g. a port-forward: the same port, TLS inside
+        return "tls://" + connect_via.removeprefix("tcp://")
     return connect_via
+
+
+def scheduler_uses_tls(pod: dict[str, Any], app: AppSpec) -> bool:
+    """Whether a running scheduler pod was started with TLS (it reads the app's TLS Secret)."""
+    from .security import secret_name
+
+    for container in pod.get("spec", {}).get("containers") or []:
+        for var in container.get("env") or []:
+            ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}
+            if ref.get("name") == secret_name(app):
+                return True
+    return False
 
 
 def _api_server_is_local(connection: KubeConnection) -> bool:
@@ -187,14 +217,15 @@ async def _scheduler_pod_failure(core: Any, app: AppSpec, name: str) -> str | No
     return f"the scheduler pod {name} exited before the scheduler was ready; its log ends with:\n{log.decode(errors='replace')}"
 
 
-async def _wait_for_scheduler(address: str, timeout: float, core: Any, app: AppSpec, name: str) -> None:
+async def _wait_for_scheduler(address: str, timeout: float, core: Any, app: AppSpec, name: str,
+                              connection_args: dict[str, Any] | None = None) -> None:
     """Wait until the scheduler answers with the backend plugin installed, or fail with the reason."""
     from distributed.core import rpc
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            async with rpc(address, timeout=2) as scheduler:
+            async with rpc(address, timeout=2, connection_args=connection_args or {}) as scheduler:
                 await scheduler.k8s_status()  # answers only once the backend plugin is installed
                 return
         except (OSError, asyncio.TimeoutError, KeyError):
@@ -217,17 +248,25 @@ async def start_cluster_mode(cluster: KubeSparkCluster) -> str:
     connection = cluster.connection
     assert connection is not None
     core = k8s.CoreV1Api(connection.api_client)
+    tls = cluster.settings.security.tls
+    if tls:  # the Secret exists before the pod that reads it; close() deletes it if anything below fails
+        await cluster._start_tls()
     pod = build_scheduler_pod(cluster, connection)
     name = pod["metadata"]["name"]
     created = json.loads(
         (await asyncio.to_thread(core.create_namespaced_pod, cluster.app.namespace, pod, _preload_content=False)).data
     )
     cluster._log(f"created scheduler pod {name}")
-    service = build_scheduler_service(cluster.app, owner_reference(created))
+    owner = owner_reference(created)
+    if tls:
+        from .security import own_tls_secret
+
+        await asyncio.to_thread(own_tls_secret, connection.api_client, cluster.app, owner)
+    service = build_scheduler_service(cluster.app, owner)
     await asyncio.to_thread(core.create_namespaced_service, cluster.app.namespace, service, _preload_content=False)
     running = await _wait_for_scheduler_pod(core, cluster.app, name, cluster.settings.allocation.pending_timeout)
-    address = scheduler_address(running, cluster.app, connection, cluster.settings.scheduler.connect_via)
-    await _wait_for_scheduler(address, 120, core, cluster.app, name)
+    address = scheduler_address(running, cluster.app, connection, cluster.settings.scheduler.connect_via, tls)
+    await _wait_for_scheduler(address, 120, core, cluster.app, name, cluster.security.get_connection_args("client"))
     return address
 
 

@@ -422,9 +422,6 @@ def load_settings(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> 
     if parsed["authenticate.oauth-token"] and parsed["authenticate.oauth-token-file"]:
         raise ValueError(f"{PREFIX}.authenticate.oauth-token and {PREFIX}.authenticate.oauth-token-file are "
                          "both set; set only one of them.")
-    if parsed["security.tls"] and parsed["deploy-mode"] == "cluster":
-        raise ValueError(f"{PREFIX}.security.tls: TLS between scheduler and workers is supported in deploy-mode "
-                         "'client' only; set deploy-mode to 'client' or security.tls to false.")
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
     for key, value in parsed.items():

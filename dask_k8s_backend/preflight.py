@@ -92,12 +92,17 @@ TLS_PERMISSIONS: tuple[Permission, ...] = (
     Permission("create", "secrets", why="security.tls: the app's certificates"),
     Permission("delete", "secrets", why="security.tls: removed at close"),
 )
+CLUSTER_MODE_TLS_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("patch", "secrets", why="security.tls in cluster mode: the scheduler pod owns the certificates"),
+    Permission("get", "secrets", why="security.tls in cluster mode: from_name reads the certificates"),
+)
 
 
 def required_permissions(deploy_mode: str, tls: bool = False) -> tuple[Permission, ...]:
     """The permissions the backend uses in this deploy mode (and with Dask comm TLS)."""
-    return (CLIENT_MODE_PERMISSIONS + (CLUSTER_MODE_PERMISSIONS if deploy_mode == "cluster" else ())
-            + (TLS_PERMISSIONS if tls else ()))
+    cluster = deploy_mode == "cluster"
+    return (CLIENT_MODE_PERMISSIONS + (CLUSTER_MODE_PERMISSIONS if cluster else ())
+            + (TLS_PERMISSIONS if tls else ()) + (CLUSTER_MODE_TLS_PERMISSIONS if tls and cluster else ()))
 
 
 def role_snippet(missing: Iterable[Permission], namespace: str) -> str:

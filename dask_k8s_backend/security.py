@@ -1,6 +1,6 @@
 """TLS for the Dask comm between a KubeSparkCluster's scheduler and its worker pods.
 
-Data flow, when ``k8s-backend.security.tls`` is true (client mode)::
+Data flow, when ``k8s-backend.security.tls`` is true::
 
     generate_tls_material()  ──> TlsMaterial (CA, one cert + key signed by it; PEM text, memory only)
         ├──> tls_secret(app, material) ── created through the API ──> Secret "dask-tls-<app id>"
@@ -8,6 +8,11 @@ Data flow, when ``k8s-backend.security.tls`` is true (client mode)::
         │        distributed's config turns into the worker's Security (tls:// to the scheduler)
         └──> scheduler_security(material) ──> distributed.Security for the scheduler, the cluster's
                  rpc and the user's Client (Client(cluster) takes ``cluster.security``)
+
+In cluster mode the same Secret is created before the scheduler pod, which reads it with
+secretKeyRef env variables too (:func:`tls_env` with role "scheduler"); the Secret is then owned by
+that pod (:func:`own_tls_secret`), so deleting the pod garbage-collects it like the workers, and
+``KubeSparkCluster.from_name`` reads it back (:func:`read_tls_material`) to build its client Security.
 
 The Secret carries the app-id label, so ``python -m dask_k8s_backend gc`` finds it like a pod.
 Key material is PEM text held in memory and in the Secret only: it is never written to disk by
@@ -35,6 +40,14 @@ TLS_ENV = {
     "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": CA_KEY,
     "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": CERT_KEY,
     "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": KEY_KEY,
+}
+# The scheduler pod (cluster mode) listens as "scheduler"; "client" covers any Client made in the pod.
+SCHEDULER_TLS_ENV = {
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": CA_KEY,
+    "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": CERT_KEY,
+    "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": KEY_KEY,
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": CERT_KEY,
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": KEY_KEY,
 }
 
 
@@ -132,10 +145,15 @@ def tls_secret(app: AppSpec, material: TlsMaterial) -> dict[str, Any]:
     }
 
 
-def tls_env(app: AppSpec) -> list[dict[str, Any]]:
-    """Worker env variables that load the Secret's PEMs into distributed's TLS configuration."""
+def tls_env(app: AppSpec, role: str = "worker") -> list[dict[str, Any]]:
+    """Env variables that load the Secret's PEMs into distributed's TLS configuration.
+
+    distributed's Security takes PEM contents as well as file paths, so the values never touch
+    a file; ``role`` is "worker" (worker pods) or "scheduler" (the cluster-mode scheduler pod).
+    """
     name = secret_name(app)
-    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}} for var, key in TLS_ENV.items()]
+    wanted = SCHEDULER_TLS_ENV if role == "scheduler" else TLS_ENV
+    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}} for var, key in wanted.items()]
     env.append({"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"})
     return env
 
@@ -166,3 +184,44 @@ def delete_tls_secret(api_client: Any, app: AppSpec) -> None:
         error = translate(e, f"delete secret {secret_name(app)} in namespace {app.namespace}")
         if not isinstance(error, NotFound):
             raise error from None
+
+
+def own_tls_secret(api_client: Any, app: AppSpec, owner: dict[str, Any]) -> None:
+    """Make the scheduler pod (cluster mode) own the Secret: deleting the pod garbage-collects it.
+
+    The Secret must exist before the pod (the pod reads it at start), so the owner, whose uid is
+    known only once the pod is created, is added afterwards.
+    """
+    from kubernetes import client as k8s
+
+    from .errors import translate
+
+    body = {"metadata": {"ownerReferences": [owner]}}
+    try:
+        k8s.CoreV1Api(api_client).patch_namespaced_secret(secret_name(app), app.namespace, body,
+                                                          _preload_content=False)
+    except Exception as e:
+        raise translate(e, f"patch secret {secret_name(app)} in namespace {app.namespace}") from None
+    logger.debug("TLS secret %s is owned by pod %s", secret_name(app), owner.get("name"))
+
+
+def read_tls_material(api_client: Any, app: AppSpec) -> TlsMaterial:
+    """The app's PEMs read back from its Secret (``from_name`` on a TLS cluster-mode cluster)."""
+    import base64
+    import json
+
+    from kubernetes import client as k8s
+
+    from .errors import translate
+
+    try:
+        response = k8s.CoreV1Api(api_client).read_namespaced_secret(secret_name(app), app.namespace,
+                                                                    _preload_content=False)
+    except Exception as e:
+        raise translate(e, f"get secret {secret_name(app)} in namespace {app.namespace}") from None
+    data = json.loads(response.data).get("data") or {}
+    pem = {key: base64.b64decode(data.get(key, "")).decode() for key in (CA_KEY, CERT_KEY, KEY_KEY)}
+    if not all(pem.values()):
+        raise ValueError(f"the TLS secret {secret_name(app)} in namespace {app.namespace} lacks "
+                         f"{', '.join(k for k, v in pem.items() if not v)}; the cluster cannot be reconnected to")
+    return TlsMaterial(ca_cert=pem[CA_KEY], cert=pem[CERT_KEY], key=pem[KEY_KEY])

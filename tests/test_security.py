@@ -66,6 +66,8 @@ def test_worker_pods_read_the_secret_only_when_tls_is_enabled():
     assert tls_env(APP)[0]["valueFrom"]["secretKeyRef"]["name"] == secret_name(APP)
 
 
-def test_tls_in_cluster_mode_is_refused_with_the_option_named():
-    with pytest.raises(ValueError, match="security.tls.*client"):
-        load_settings({"security.tls": True, "deploy-mode": "cluster"})
+def test_tls_in_cluster_mode_is_accepted_and_the_scheduler_pod_reads_the_secret():
+    settings = load_settings({"security.tls": True, "deploy-mode": "cluster"})
+    assert settings.security.tls and settings.deploy_mode == "cluster"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in tls_env(APP, role="scheduler") if "valueFrom" in e}
+    assert env["DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY"] == {"name": "dask-tls-abc123", "key": "tls.key"}

@@ -24,7 +24,8 @@ def test_cluster_mode_and_tls_need_more_permissions():
     assert required_permissions("client") == CLIENT_MODE_PERMISSIONS
     extra = set(required_permissions("cluster", tls=True)) - set(CLIENT_MODE_PERMISSIONS)
     assert {(p.verb, p.full_resource) for p in extra} == {
-        ("get", "pods"), ("create", "services"), ("create", "secrets"), ("delete", "secrets")}
+        ("get", "pods"), ("create", "services"), ("create", "secrets"), ("delete", "secrets"),
+        ("patch", "secrets"), ("get", "secrets")}
 
 
 def test_the_suggested_role_is_valid_yaml_granting_exactly_the_missing_permissions():
