@@ -33,9 +33,10 @@ import yaml
 
 from . import authz, discovery, openapi, podlogs, protobuf
 from .faults import FaultInjector
-from .patch import apply_patch
+from .patch import PATCH_TYPES, apply_patch
 from .selectors import parse_field_selector, parse_label_selector
-from .status import StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run
+from .status import (StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run,
+                     unsupported_media_type)
 from .store import RESOURCES, ObjectStore, ResourceInfo, _dumps
 from .tables import table_for
 from .tls import Credentials
@@ -380,6 +381,8 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def _patch(self, route: Route) -> None:
         content_type = self.request.headers.get("Content-Type", "")
+        if _media_type(content_type) not in PATCH_TYPES:  # before looking the object up, as kube-apiserver does
+            raise unsupported_media_type(content_type)
         dry_run = self._dry_run()
         body = self._body()
         store = self.server.store

@@ -93,7 +93,12 @@ def bad_request(message: str) -> StatusError:
 
 
 def unsupported_media_type(content_type: str) -> StatusError:
-    return StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type!r}")
+    if content_type.split(";", 1)[0].strip().lower() == "application/apply-patch+yaml":
+        return StatusError(415, "UnsupportedMediaType",
+                           "server-side apply (application/apply-patch+yaml) is not served by the embedded API "
+                           "server: it does not track managedFields. Use client-side `kubectl apply` (the "
+                           "default) or a merge/strategic-merge patch.")
+    return StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type!r}")
 
 
 def method_not_allowed(message: str) -> StatusError:

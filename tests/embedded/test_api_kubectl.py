@@ -95,3 +95,10 @@ def test_get_watch_prints_table_rows_for_each_change(kube, kubectl):
         watcher.communicate(timeout=10)
     assert lines[0].split()[:3] == ["NAME", "READY", "STATUS"]
     assert any(line.split()[:3] == ["kp", "0/1", "Running"] for line in lines)
+
+
+def test_server_side_apply_is_refused_with_the_way_out_and_creates_nothing(kubectl):
+    result = kubectl("apply", "--server-side", "-f", "-", input=POD.replace("name: kp", "name: ssa"))
+    assert result.returncode != 0 and "client-side `kubectl apply`" in result.stderr
+    assert "NotFound" not in result.stderr
+    assert "ssa" not in ok(kubectl("get", "pods"))

@@ -98,5 +98,11 @@ def test_json_patch_operations_and_failed_test_is_422():
 
 def test_unknown_patch_type_is_415():
     with pytest.raises(StatusError) as info:
+        apply_patch("text/plain", {}, {})
+    assert info.value.code == 415 and "apply-patch" not in info.value.message
+
+
+def test_server_side_apply_is_refused_with_the_way_out():
+    with pytest.raises(StatusError) as info:
         apply_patch("application/apply-patch+yaml", {}, {})
-    assert info.value.code == 415
+    assert info.value.code == 415 and "client-side `kubectl apply`" in info.value.message
