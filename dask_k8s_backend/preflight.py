@@ -526,6 +526,7 @@ async def warn_before_scale(cluster: Any, n: int, group: str = DEFAULT_GROUP, as
     """
     if cluster.connection is None:
         return None
+    await cluster._refresh_status_quietly()  # the group's pods as the backend sees them now, not at the last poll
     alive = sum(1 for e in cluster._status_cache.alive() if e.get("group", DEFAULT_GROUP) == group)
     extra = n - alive
     if extra <= 0:

@@ -118,6 +118,8 @@ def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(clust
         cluster.scale(1, group="small")  # 2 + 1 = 3 pods: fits, no warning
         assert not preflight_warnings(caplog), caplog.text
         wait_until(lambda: used_pods(core_api, namespace) == 3, timeout=30, what="the quota to count 3 pods")
+        wait_until(lambda: any(e.get("group") == "small" for e in cluster.refresh_status().alive()), timeout=30,
+                   what="the backend to see the small group's pod")
         cluster.scale(3, group="small")
     [record] = preflight_warnings(caplog)
     assert ("scale(3, group='small') needs 2 more worker pods, but only 0 fit: ResourceQuota 'compute': each worker "
