@@ -372,21 +372,21 @@ class KubeSparkCluster(Cluster):
         given = {"cores": cores, "memory": memory, "resources": resources, "node-selector": node_selector,
                  "tolerations": tolerations, "env": env, "labels": labels,
                  "pod-template": pod_template if not isinstance(pod_template, dict) else None}
+        explicit = {k: v for k, v in given.items() if v is not None}
         worker_overrides = {k.split(".", 1)[1]: v for k, v in self.overrides.items() if k.startswith("worker.")}
-        worker_overrides.update({k: v for k, v in given.items() if v is not None})
+        worker_overrides.update(explicit)
         settings = group_settings(self.settings, worker_overrides)  # validates before anything is created
         if image is not None:
             raise ValueError("add_worker_group(image=...): set the image in the group's pod_template instead")
         template = pod_template if isinstance(pod_template, dict) else None
-        check_executor_pod(app=self.app, settings=settings, template=template)
-        explicit = {k: v for k, v in given.items() if v is not None}
-        return self.sync(self._add_worker_group, name, worker_overrides, template, settings, explicit)
+        pod = check_executor_pod(app=self.app, settings=settings, template=template)
+        return self.sync(self._add_worker_group, name, worker_overrides, template, settings, pod, explicit)
 
     async def _add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None,
-                                settings: Settings, explicit: dict[str, Any]) -> None:
+                                settings: Settings, pod: dict, explicit: dict[str, Any]) -> None:
         from .preflight import check_worker_group
 
-        await check_worker_group(self, name, settings, template, explicit)  # LimitRange/quota: before anything exists
+        await check_worker_group(self, name, pod, settings, explicit)  # LimitRange/quota: before anything exists
         await self.scheduler_comm.k8s_add_worker_group(name=name, worker_overrides=worker_overrides, template=template)  # type: ignore[union-attr]
         self._group_recipes[name] = (settings, template)
         await self._refresh_status()
@@ -429,10 +429,9 @@ class KubeSparkCluster(Cluster):
 
     def _warn_before_adapt(self, maximum: int, group: str) -> None:
         """adapt(maximum=...) warns, as scale(n) does, when that many pods of the group cannot fit the quota."""
-        from .preflight import warn_before_scale
+        from .preflight import group_argument, warn_before_scale
 
-        where = "" if group == "default" else f", group={group!r}"
-        asked = f"adapt(maximum={maximum}{where}) may need {{extra}} more worker pods"
+        asked = f"adapt(maximum={maximum}{group_argument(group)}) may need {{extra}} more worker pods"
         if self.asynchronous or self.called_from_running_loop:
             self.loop.add_callback(warn_before_scale, self, maximum, group, asked)  # logged when it answers
         else:

@@ -328,6 +328,11 @@ async def quota_shortfall(api_client: Any, namespace: str, pod: dict, n_workers:
 
 
 # ------------------------------------------------------------------------------------ worker groups
+def group_argument(group: str) -> str:
+    """How a call names the group in messages: nothing for the default group, ``, group='gpu'`` otherwise."""
+    return "" if group == DEFAULT_GROUP else f", group={group!r}"
+
+
 def group_knobs(group: str) -> str:
     """How the fixes name the options that size one group's pods."""
     return DEFAULT_KNOBS if group == DEFAULT_GROUP else f"the cores / memory / resources of worker group {group!r}"
@@ -366,16 +371,13 @@ def group_policy_message(group: str, namespace: str, problems: Sequence[PolicyPr
             "or have the namespace's LimitRange / ResourceQuota raised.")
 
 
-async def check_worker_group(cluster: Any, group: str, settings: Any, template: dict | None,
-                             given: dict[str, Any]) -> None:
+async def check_worker_group(cluster: Any, group: str, pod: dict, settings: Any, given: dict[str, Any]) -> None:
     """Before ``add_worker_group``: raise :class:`QuotaError` when no pod of the group could ever be admitted.
 
     The same rules as the default group's preflight (:func:`policy_findings`), on the group's own
-    pod; only permanent refusals are errors (a quota that other pods fill now is a warning at scale time).
+    pod (built by ``add_worker_group`` from ``settings``); only permanent refusals are errors (a quota
+    that other pods fill now is a warning at scale time).
     """
-    from .pods.builder import check_executor_pod
-
-    pod = check_executor_pod(app=cluster.app, settings=settings, template=template)
     namespace = cluster.app.namespace
     limit_ranges, resource_quotas = await read_policies(cluster.connection.api_client, namespace)
     effective = effective_pod(pod, limit_ranges)
@@ -390,7 +392,7 @@ def _group_pod(cluster: Any, group: str) -> dict | None:
     """A sample pod of ``group`` as this client knows it (None for a group added by another client)."""
     from .pods.builder import check_executor_pod
 
-    recipe = (cluster._group_recipes or {}).get(group) if group != DEFAULT_GROUP else (cluster.settings, cluster._pod_template)
+    recipe = cluster._group_recipes.get(group) if group != DEFAULT_GROUP else (cluster.settings, cluster._pod_template)
     if recipe is None:
         return None
     settings, template = recipe
@@ -531,8 +533,7 @@ async def warn_before_scale(cluster: Any, n: int, group: str = DEFAULT_GROUP, as
     extra = n - alive
     if extra <= 0:
         return None
-    where = "" if group == DEFAULT_GROUP else f", group={group!r}"
-    asked = (asked or f"scale({n}{where}) needs {{extra}} more worker pods").format(extra=extra)
+    asked = (asked or f"scale({n}{group_argument(group)}) needs {{extra}} more worker pods").format(extra=extra)
     try:
         pod = _group_pod(cluster, group)
         if pod is None:
