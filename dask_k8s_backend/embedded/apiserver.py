@@ -163,26 +163,20 @@ class ApiHandler(tornado.web.RequestHandler):
     def _body(self) -> Any:
         if not self.request.body:
             raise bad_request("the request body is empty; send a JSON object")
-        protobuf_body = _media_type(self.request.headers.get("Content-Type", "")) == protobuf.MEDIA_TYPE
-        if protobuf_body and self.request.method != "PATCH":
-            return protobuf.decode(self.request.body)  # kubectl create's core/v1 kinds; other kinds: 415
-        self._refuse_undecodable_media_type()
+        media_type = _media_type(self.request.headers.get("Content-Type", ""))
+        if self.request.method != "PATCH":  # a patch's media type is its patch type: _patch checked it
+            if media_type == protobuf.MEDIA_TYPE:
+                return protobuf.decode(self.request.body)  # kubectl create's core/v1 kinds; other kinds: 415
+            if media_type not in ("", JSON, *_YAML_TYPES):
+                raise StatusError(415, "UnsupportedMediaType",
+                                  "the body of the request was in an unknown format - accepted media types include: "
+                                  f"application/json, application/yaml; got {media_type!r}")
         try:
-            if _media_type(self.request.headers.get("Content-Type", "")) in _YAML_TYPES:
+            if media_type in _YAML_TYPES:
                 return yaml.safe_load(self.request.body)
             return json.loads(self.request.body)
         except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise bad_request(f"couldn't get version/kind; json parse error: {e}") from None
-
-    def _refuse_undecodable_media_type(self) -> None:
-        """415 for bodies in a media type we cannot decode (protobuf is :mod:`.protobuf`'s, which
-        refuses the kinds it does not know the same way). Patch types are apply_patch's."""
-        media_type = _media_type(self.request.headers.get("Content-Type", ""))
-        if self.request.method == "PATCH" or media_type in ("", "application/json", *_YAML_TYPES):
-            return
-        raise StatusError(415, "UnsupportedMediaType",
-                          "the body of the request was in an unknown format - accepted media types include: "
-                          f"application/json, application/yaml; got {media_type!r}")
 
     def _authenticate(self) -> None:
         token = self.server.token
@@ -363,13 +357,13 @@ class ApiHandler(tornado.web.RequestHandler):
                                      f"/api/v1/namespaces/<namespace>/{route.info.name}")
         dry_run = self._dry_run()
         body = self._check_body(route, self._body())
-        admission = self.server.admission if route.info.name == "pods" else None  # LimitRange, ResourceQuota
-        if admission is not None and dry_run:  # checked like a real creation; quota usage is not taken
-            body = admission.admit_pod(route.namespace, body)
-        if admission is not None and not dry_run:
-            created = admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
+        store, admission = self.server.store, self.server.admission if route.info.name == "pods" else None
+        if admission is None:
+            created = store.create(route.info.name, route.namespace, body, dry_run=dry_run)
+        elif dry_run:  # LimitRange and ResourceQuota checked like a real creation; quota usage is not taken
+            created = store.create("pods", route.namespace, admission.admit_pod(route.namespace, body), dry_run=True)
         else:
-            created = self.server.store.create(route.info.name, route.namespace, body, dry_run=dry_run)
+            created = admission.create_pod(route.namespace, body)  # type: ignore[arg-type]
         self._send(201, _dumps(created))
 
     def _replace(self, route: Route) -> None:

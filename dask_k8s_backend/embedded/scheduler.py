@@ -108,8 +108,7 @@ class EmbeddedScheduler:
         """Store callback (under the store's lock): remember the newest change, queue its key once."""
         if event.resource not in ("pods", "nodes"):
             return
-        meta = event.entry.meta
-        slot = (event.resource, (meta.get("namespace") or "default", meta.get("name", "")))
+        slot = (event.resource, pod_key(event.entry.view))  # the view holds the metadata: nothing is parsed
         with self._newest_lock:
             queued = slot in self._newest
             self._newest[slot] = (event.type, event.entry)
