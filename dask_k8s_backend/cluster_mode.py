@@ -59,9 +59,10 @@ def pod_overrides(overrides: dict[str, Any], connection: KubeConnection) -> dict
     """The configuration the scheduler pod runs with: the user's, minus secrets, plus how to reach the API."""
     clean = {k: v for k, v in overrides.items() if k not in SECRET_KEYS and not k.startswith("authenticate.")}
     clean["deploy-mode"] = "client"  # inside the pod the scheduler is local to the backend
-    if connection.embedded is not None or _api_server_is_local(connection):
-        # The API server is on this machine (the embedded Kubernetes): the scheduler "pod" is a local
-        # process and uses the kubeconfig file (mode 0600) instead of a service-account token.
+    if connection.serves_embedded_kubernetes():
+        # The embedded Kubernetes projects no service-account token: its scheduler "pod" is a local
+        # process and uses the kubeconfig file (mode 0600) instead. Every other server (the upstream
+        # control plane on this machine too) gives the pod its own token, and deploy/rbac.yaml decides.
         clean["master"] = f"k8s://{connection.api_client.configuration.host}"
         clean["authenticate.kubeconfig"] = (
             connection.embedded.kubeconfig if connection.embedded
@@ -85,7 +86,7 @@ def scheduler_service_account(settings: Settings, connection: KubeConnection | N
         return None
     if settings.worker.service_account:
         return settings.worker.service_account
-    if connection is None or connection.embedded is not None or _api_server_is_local(connection):
+    if connection is None or connection.serves_embedded_kubernetes():
         return None
     return "default"
 
@@ -178,7 +179,7 @@ def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnect
     """Where the notebook reaches the scheduler; ``tls``: the scheduler listens on tls:// only."""
     scheme = "tls" if tls else "tcp"
     if connect_via == "auto":
-        connect_via = "pod-ip" if connection.embedded is not None or _api_server_is_local(connection) else "service"
+        connect_via = "pod-ip" if connection.api_server_is_local() else "service"
     if connect_via == "pod-ip":
         return f"{scheme}://{pod['status']['podIP']}:{SCHEDULER_PORT}"
     if connect_via == "service":
@@ -198,14 +199,6 @@ def scheduler_uses_tls(pod: dict[str, Any], app: AppSpec) -> bool:
             if ref.get("name") == secret_name(app):
                 return True
     return False
-
-
-def _api_server_is_local(connection: KubeConnection) -> bool:
-    """An API server on the loopback runs its pods on this machine (the embedded Kubernetes via k8s://)."""
-    from urllib.parse import urlsplit
-
-    host = urlsplit(connection.api_client.configuration.host).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def _scheduler_pod_failure(core: Any, app: AppSpec, name: str) -> str | None:

@@ -19,16 +19,17 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+import kubernetes.client
+
 from .config import Settings
 
 if TYPE_CHECKING:
-    import kubernetes.client
-
     from .embedded.cluster import EmbeddedKubernetes
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "dask_k8s_backend.cluster_managers"
+EMBEDDED_VERSION_SUFFIX = "-embedded"
 
 ACCEPTED_FORMS = (
     "  k8s://https://host:port    that API server (https)\n"
@@ -71,6 +72,24 @@ class KubeConnection:
     scheduler_host: str | None = None
     kubeconfig: str | None = None
     _closed: bool = field(default=False, repr=False)
+    _embedded_server: bool | None = field(default=None, repr=False)
+
+    def serves_embedded_kubernetes(self) -> bool:
+        """Whether the API server is our embedded Kubernetes (in this process or started separately).
+
+        Its pods are processes of this machine that get no service-account token, so a pod that must
+        reach the API (cluster mode's scheduler) is given the kubeconfig instead. Any other server,
+        the upstream control plane on the loopback included, projects tokens: asked once, by /version.
+        """
+        if self.embedded is not None:
+            return True
+        if self._embedded_server is None:
+            self._embedded_server = _api_server_is_local(self) and _version_is_embedded(self.api_client)
+        return self._embedded_server
+
+    def api_server_is_local(self) -> bool:
+        """An API server on the loopback runs its pods on this machine, where their IPs are reachable."""
+        return self.embedded is not None or _api_server_is_local(self)
 
     def close(self) -> None:
         """Close the client and stop an embedded Kubernetes this connection started; idempotent."""
@@ -82,6 +101,17 @@ class KubeConnection:
         finally:
             if self.embedded is not None:
                 self.embedded.stop()
+
+
+def _api_server_is_local(connection: KubeConnection) -> bool:
+    host = urlsplit(connection.api_client.configuration.host).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _version_is_embedded(api_client: kubernetes.client.ApiClient) -> bool:
+    """The embedded API server reports ``vX.Y.Z-embedded`` as its gitVersion (embedded/discovery.py)."""
+    version = kubernetes.client.VersionApi(api_client).get_code()
+    return str(version.git_version or "").endswith(EMBEDDED_VERSION_SUFFIX)
 
 
 # ---------------------------------------------------------------------------- k8s://
