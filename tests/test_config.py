@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import dask.config
 import pytest
+import yaml
 
 from dask_k8s_backend.config import (
-    SCHEMA, SECTIONS, Settings, describe_config, load_settings, parse_cpu, parse_duration, parse_memory,
+    SCHEMA, SECTIONS, YAML_PATH, Settings, describe_config, load_settings, parse_cpu, parse_duration, parse_memory,
 )
 
 GI = 2**30
@@ -182,3 +185,15 @@ def test_every_settings_field_has_a_validated_key_and_back():
         else:
             expected.add(top.name.replace("_", "-"))
     assert expected == set(SCHEMA)
+
+
+def test_importing_the_package_registers_the_config_defaults():
+    """As dask-kubernetes and dask-jobqueue do: defaults are readable right after ``import dask_k8s_backend``,
+    without importing the cluster (or distributed)."""
+    script = ("import sys, dask.config, dask_k8s_backend\n"
+              "print(dask.config.get('k8s-backend.worker.memory'), dask.config.get('k8s-backend.namespace'))\n"
+              "print('distributed' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    defaults = yaml.safe_load(YAML_PATH.read_text())["k8s-backend"]
+    assert done.stdout.split() == [str(defaults["worker"]["memory"]), defaults["namespace"], "False"]
