@@ -10,7 +10,7 @@ log file (:mod:`.processes`), and writes each state change as the pod's status (
 thread per kubelet samples the memory of every container tree and SIGKILLs a tree over its
 ``limits.memory`` (OOMKilled, 137). Deletion: SIGTERM to each container's main process only (as
 the runtime signals PID 1: a Dask nanny then closes its worker itself), SIGKILL to the whole tree
-once that process exits or the grace period ends, final status, then ``store.finalize_deletion``;
+once that process exits or the grace period ends, final status, then the transport's ``finish_deletion``;
 a pod gone from the store is killed at once.
 :meth:`ProcessKubelet.stop` kills every process it started and joins every thread it started.
 """
@@ -29,7 +29,6 @@ from . import podenv, processes
 from .agent import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
 from .podstatus import ContainerRecord, PodRuntimeView, container_id, image_ref, pod_status
 from .resources import container_memory_limit
-from .status import StatusError
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ class PodWorker:
             ended = self.ended
         self.wake.set()
         if ended and first:  # the pod had already finished: nothing left to stop
-            self.kubelet.finalize(self.key)
+            self.kubelet.finalize(self.key, self.uid)
 
     def remove(self) -> None:
         self.removed = True
@@ -156,7 +155,7 @@ class PodWorker:
                 self.ended = True
                 finalize = self.grace is not None and not self.removed and not self.stopping
             if finalize:
-                self.kubelet.finalize(self.key)
+                self.kubelet.finalize(self.key, self.uid)
 
     def _lifecycle(self) -> None:
         now = self.kubelet.clock()
@@ -332,7 +331,7 @@ class PodWorker:
             self.kill_all()
             return
         if self.grace is not None or self.stopping or self.expired:
-            self._terminate_all(0.0 if self.stopping else self._grace_period())
+            self._terminate_all(0.0 if self.stopping and not self.kubelet.graceful_stop else self.grace_period())
         self._reap()
         for record in self.view.records + self.view.init_records:
             if record.state == "running":  # its process could not be reaped: count it as killed
@@ -344,7 +343,7 @@ class PodWorker:
             phase = "Failed" if any(not r.succeeded for r in self.view.records) else "Succeeded"
         self._write(phase)
 
-    def _grace_period(self) -> float:
+    def grace_period(self) -> float:
         if self.grace is not None:
             return self.grace
         return float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE))
@@ -413,9 +412,11 @@ class ProcessKubelet(KubeletBase):
         self._monitor: threading.Thread | None = None
         self._monitor_stop = threading.Event()
         self.closing = False
+        self.graceful_stop = False
 
     def start(self) -> None:
         self.closing = False
+        self.graceful_stop = False
         self._monitor_stop.clear()
         super().start()
         self._monitor = threading.Thread(target=self._watch_memory, name=f"kubelet-{self.node_name}-memory", daemon=True)
@@ -448,9 +449,13 @@ class ProcessKubelet(KubeletBase):
             del self._workers[worker.key]
         worker.remove()
 
-    def stop_pods(self) -> None:
-        """Kill every process at once (no grace: the node is going away) and join every thread."""
-        self.closing = True
+    def stop_pods(self, graceful: bool = False) -> None:
+        """Stop every pod and join every thread: at once, or (``graceful``) SIGTERM, the pod's grace, SIGKILL.
+
+        Graceful stops still write each pod's final status; the immediate one writes nothing.
+        """
+        self.graceful_stop = graceful
+        self.closing = not graceful
         self._monitor_stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=10)
@@ -460,24 +465,16 @@ class ProcessKubelet(KubeletBase):
             self._workers.clear()
         for worker in workers:
             worker.stopping = True
-            worker.kill_all()
+            if not graceful:
+                worker.kill_all()
             worker.wake.set()
         for worker in workers:
-            worker.thread.join(timeout=15)
+            worker.thread.join(timeout=15 + (worker.grace_period() if graceful else 0.0))
             for waiter in worker.waiters:
                 waiter.join(timeout=5)
             self.ips.release(worker.uid)
 
     # ------------------------------------------------------------------ services for workers
-    def lookup(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret or ConfigMap from the store, None when it does not exist."""
-        try:
-            return self.store.get(resource, namespace, name)
-        except StatusError as e:
-            if e.code == 404:
-                return None
-            raise
-
     def container_log_path(self, namespace: str, pod: str, container: str, previous: bool = False) -> Path | None:
         worker = self._workers.get((namespace, pod))
         return None if worker is None else worker.log_path(container, previous)

@@ -283,8 +283,13 @@ def _set_pod_conditions(status: Status, view: PodRuntimeView, phase: str, now: f
 
 
 def node_object(name: str, *, capacity: Mapping[str, str], labels: Mapping[str, str] | None,
-                taints: list[dict] | None, host_ip: str, pod_cidr: str, now: float) -> dict[str, Any]:
-    """The Node a kubelet registers: labels, taints, capacity = allocatable, Ready and pressure conditions."""
+                taints: list[dict] | None, host_ip: str, pod_cidr: str, now: float, hostname: str | None = None,
+                kubelet_port: int = 10250) -> dict[str, Any]:
+    """The Node a kubelet registers: labels, taints, capacity = allocatable, Ready and pressure conditions.
+
+    ``hostname`` is the Hostname address (default: the node's name; an API server that proxies to
+    the kubelet must be able to resolve it) and ``kubelet_port`` the announced kubelet endpoint.
+    """
     node_labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
@@ -314,8 +319,8 @@ def node_object(name: str, *, capacity: Mapping[str, str], labels: Mapping[str, 
                 cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
-            "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": hostname or name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "architecture": "amd64", "operatingSystem": "linux", "osImage": "dask-k8s-backend embedded",
                 "kernelVersion": "", "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": KUBELET_VERSION,

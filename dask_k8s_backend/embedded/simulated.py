@@ -148,7 +148,7 @@ class SimulatedKubelet(KubeletBase):
         if slot is not None and slot.uid == pod_uid(pod):
             del self._slots[key]
 
-    def stop_pods(self) -> None:
+    def stop_pods(self, graceful: bool = False) -> None:
         with self._cond:
             self._halt = True
             self._heap.clear()
@@ -226,7 +226,7 @@ class SimulatedKubelet(KubeletBase):
             pod = self._write(key, slot, phase)
             if pod is not None and self.record_events:
                 self.event(pod, "Killing", "Stopping container (simulated)")
-        self.finalize(key)
+        self.finalize(key, slot.uid)
 
     def _write(self, key: Key, slot: _Slot, phase: str | None = None) -> Pod | None:
         return self.write_status(key, slot.uid, lambda pod: pod_status(pod, self._view(pod, slot), self.clock(), phase))
