@@ -130,24 +130,62 @@ def insufficient(request: Mapping[str, int], free: Mapping[str, int]) -> list[st
     return sorted(short, key=lambda name: (order.get(name, 3), name))
 
 
+QOS_RESOURCES = (CPU, MEMORY)
+
+
+def _qos_quantities(mapping: Mapping[str, Any] | None) -> dict[str, Decimal]:
+    """The positive cpu/memory quantities of a requests/limits map; zero and other resources do not count."""
+    out: dict[str, Decimal] = {}
+    for name, value in (mapping or {}).items():
+        if name in QOS_RESOURCES:
+            quantity = parse_quantity(value, what=name)
+            if quantity > 0:
+                out[name] = quantity
+    return out
+
+
+def _add_into(total: dict[str, Decimal], more: Mapping[str, Decimal]) -> None:
+    for name, value in more.items():
+        total[name] = total.get(name, Decimal(0)) + value
+
+
+def _qos_totals(pod: Mapping[str, Any]) -> tuple[dict[str, Decimal], dict[str, Decimal], bool]:
+    """Summed cpu/memory requests and limits, and whether every level sets both cpu and memory limits.
+
+    A limit stands in for a missing request (the API server's defaulting), so a pod reads the same
+    before and after it is stored. Pod-level ``spec.resources``, when given, replaces the containers.
+    """
+    spec = pod.get("spec") or {}
+    levels = [spec["resources"]] if isinstance(spec.get("resources"), dict) else [
+        (c or {}).get("resources") or {} for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]]
+    requests: dict[str, Decimal] = {}
+    limits: dict[str, Decimal] = {}
+    all_limited = True
+    for resources in levels:
+        level_limits = _qos_quantities(resources.get("limits"))
+        level_requests = _qos_quantities({**(resources.get("limits") or {}), **(resources.get("requests") or {})})
+        _add_into(requests, level_requests)
+        _add_into(limits, level_limits)
+        all_limited = all_limited and set(level_limits) >= set(QOS_RESOURCES)
+    return requests, limits, all_limited
+
+
 def qos_class(pod: Mapping[str, Any]) -> str:
-    """Guaranteed / Burstable / BestEffort, by the rules the API server applies at creation."""
-    containers = list((pod.get("spec") or {}).get("containers") or []) + list(
-        (pod.get("spec") or {}).get("initContainers") or []
-    )
-    any_set = False
-    guaranteed = True
-    for container in containers:
-        resources = container.get("resources") or {}
-        requests = {k: v for k, v in (resources.get("requests") or {}).items() if k in (CPU, MEMORY)}
-        limits = {k: v for k, v in (resources.get("limits") or {}).items() if k in (CPU, MEMORY)}
-        if requests or limits:
-            any_set = True
-        effective = {**limits, **requests}
-        if set(limits) != {CPU, MEMORY} or any(
-            to_units(k, effective[k]) != to_units(k, limits[k]) for k in limits
-        ):
-            guaranteed = False
-    if not any_set:
+    """Guaranteed / Burstable / BestEffort, as kube-apiserver computes ``status.qosClass`` at creation.
+
+    Upstream's ``ComputePodQOS`` (kubernetes pkg/apis/core/helper/qos/qos.go): only positive cpu and
+    memory quantities count; BestEffort when there are none; Guaranteed when every container (init
+    containers included) limits both cpu and memory and the summed requests equal the summed limits;
+    Burstable otherwise.
+    """
+    requests, limits, all_limited = _qos_totals(pod)
+    if not requests and not limits:
         return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
+    if all_limited and requests == limits:
+        return "Guaranteed"
+    return "Burstable"
+
+
+def pod_qos_class(pod: Mapping[str, Any]) -> str:
+    """The pod's recorded ``status.qosClass``, computed only when it has none (upstream's ``GetPodQOS``)."""
+    return str(((pod.get("status") or {}).get("qosClass")) or qos_class(pod))

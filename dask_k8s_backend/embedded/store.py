@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .podstatus import rfc3339
+from .resources import pod_qos_class
 from .selectors import FIELDS, Selector, parse_field_selector, parse_label_selector
 from .status import StatusError, already_exists, bad_request, conflict, gone, not_found
-from .validation import apply_defaults, check_update, validate
+from .validation import apply_defaults, check_status_update, check_update, validate
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +346,10 @@ class ObjectStore:
                                                "latest version and try again")
             if status_only:
                 merged = old.copy()
+                old_status = merged.get("status") or {}
                 merged["status"] = new.get("status") or {}
                 new = merged
+                _prepare_status_update(info, old_status, new)
             else:
                 _keep_system_metadata(meta, old.meta)
                 if info.has_status:
@@ -369,7 +372,9 @@ class ObjectStore:
             fn(work)
             if status_only:
                 new = old.copy()
+                old_status = new.get("status") or {}
                 new["status"] = work.get("status") or {}
+                _prepare_status_update(info, old_status, new)
             else:
                 new = work
                 new["metadata"] = new.get("metadata") or {}
@@ -502,6 +507,9 @@ class ObjectStore:
         meta["creationTimestamp"] = rfc3339(self._clock())
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
             meta.pop(field, None)
+        if info.name == "pods":
+            # kube-apiserver's pod PrepareForCreate: a client's status is dropped; qosClass is fixed here
+            obj["status"] = {"phase": "Pending", "qosClass": pod_qos_class(obj)}
         if info.name == "services" and obj["spec"].get("type") != "ExternalName":
             if not obj["spec"].get("clusterIP"):
                 n = self._next_service_ip
@@ -776,6 +784,21 @@ def _keep_system_metadata(meta: dict, old_meta: dict) -> None:
             meta[field] = old_meta[field]
         else:
             meta.pop(field, None)
+
+
+def _prepare_status_update(info: ResourceInfo, old_status: dict, new: dict) -> None:
+    """A status write keeps what kube-apiserver's pod status strategy keeps: the immutable qosClass.
+
+    A status without ``qosClass`` gets the stored one back (upstream backfills it for kubelets that
+    drop it, pkg/registry/core/pod/strategy.go podStatusStrategy.PrepareForUpdate); a different
+    value is 422 Invalid (ValidatePodStatusUpdate).
+    """
+    if info.name != "pods":
+        return
+    stored = old_status.get("qosClass")
+    if not new["status"].get("qosClass") and stored:
+        new["status"]["qosClass"] = stored
+    check_status_update(info.name, info.kind, old_status, new)
 
 
 def _parse_rv(resource_version: str) -> int:

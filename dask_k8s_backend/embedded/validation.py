@@ -225,3 +225,17 @@ def check_update(resource: str, kind: str, old: dict, new: dict) -> None:
                           {"name": name, "kind": kind,
                            "causes": [{"reason": "FieldValueForbidden", "field": "spec",
                                        "message": "Forbidden: pod updates may not change fields"}]})
+
+
+def check_status_update(resource: str, kind: str, old_status: dict, new: dict) -> None:
+    """422 when a status update changes what kube-apiserver keeps immutable (a pod's ``status.qosClass``).
+
+    Upstream: ``ValidateImmutableField`` on ``status.qosClass`` in ValidatePodStatusUpdate
+    (pkg/apis/core/validation/validation.go).
+    """
+    if resource != "pods":
+        return
+    before, after = old_status.get("qosClass"), (new.get("status") or {}).get("qosClass")
+    if before != after:
+        name = str((new.get("metadata") or {}).get("name") or "")
+        raise invalid(kind, name, [("status.qosClass", f'Invalid value: "{after or ""}": field is immutable')])

@@ -9,12 +9,14 @@ real kubectl against it (skipped with a reason when kubectl is not installed).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import uuid
 
 import psutil
 import pytest
@@ -105,3 +107,68 @@ def kubectl(kube):
                               text=True, timeout=timeout)
 
     return run
+
+
+class Target:
+    """One API server a differential test talks to: the embedded one, or the upstream kube-apiserver.
+
+    Both get the same requests; each test asserts what upstream answers (its source cited in the
+    test), so a difference fails on the embedded side. ``namespace`` is fresh per test.
+    """
+
+    def __init__(self, name: str, api_client, namespace: str) -> None:
+        from kubernetes import client
+
+        self.name = name
+        self.api_client = api_client
+        self.core_v1 = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def raw(self, method: str, path: str, query: dict | None = None, body=None, stream: bool = False,
+            content_type: str = "application/json"):
+        """``(code, parsed JSON)`` of one request (any code; no exception); ``stream``: the open urllib3 response."""
+        method, url, headers, body, _ = self.api_client.param_serialize(
+            method, path, query_params=list((query or {}).items()), body=body,
+            header_params={"Accept": "application/json", "Content-Type": content_type}, auth_settings=["BearerToken"])
+        response = self.api_client.call_api(method, url, header_params=headers, body=body,
+                                            _request_timeout=None if stream else 30)
+        if stream:
+            return response.status, response.response
+        return response.status, json.loads(response.read())
+
+
+def _upstream_target(kubeconfig: str):
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    namespace = f"conformance-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+    return api_client, namespace
+
+
+@pytest.fixture(params=["embedded", "upstream"])
+def target(request, make_kube):
+    """The same test against the embedded API server and, with ``--k8s-kubeconfig``, upstream's."""
+    from kubernetes import client, config
+
+    if request.param == "embedded":
+        kube = make_kube()
+        api_client = config.new_client_from_config(config_file=kube.kubeconfig)
+        client.CoreV1Api(api_client).create_namespace({"metadata": {"name": "conformance"}})
+        server = Target("embedded", api_client, "conformance")
+        server.kube = kube
+        yield server
+        api_client.close()
+        return
+    kubeconfig = request.config.getoption("--k8s-kubeconfig")
+    if not kubeconfig:
+        pytest.skip("upstream side of a differential test: pass --k8s-kubeconfig of an upstream kube-apiserver "
+                    "(python ci/upstream_k8s.py up --kubeconfig F --nodes 0)")
+    api_client, namespace = _upstream_target(kubeconfig)
+    server = Target("upstream", api_client, namespace)
+    server.kube = None
+    yield server
+    try:
+        client.CoreV1Api(api_client).delete_namespace(namespace)
+    finally:
+        api_client.close()
