@@ -1,0 +1,99 @@
+"""Child processes of the launcher: start with a log file, notice death, stop in bounded time.
+
+Why: every component (etcd, the three control-plane binaries, each node agent) must be stopped
+on every exit path, and a component that dies during start must be reported with the end of its
+log rather than as a timeout. A :class:`Component` owns one process in its own session, so
+stopping it also reaches anything it spawned (the process kubelet's pods).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class ComponentDied(RuntimeError):
+    """A component exited while the control plane needed it; the message ends with its log tail."""
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (the small race is accepted: start fails loudly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log file, or a note that there is none."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
+class Component:
+    """One child process whose stdout and stderr go to ``<log_dir>/<name>.log``."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log = log_dir / f"{name}.log"
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it; stdin is closed so nothing waits on the launcher's terminal."""
+        logger.info("Starting %s (log: %s)", self.name, self.log)
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            env=self.env, start_new_session=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def check_alive(self) -> None:
+        """Raise :class:`ComponentDied` with the log tail if the process has exited."""
+        if self.process is None:
+            raise ComponentDied(f"{self.name} was never started.")
+        code = self.process.poll()
+        if code is not None:
+            raise ComponentDied(f"{self.name} exited with code {code} while the control plane needed it "
+                                f"(command: {' '.join(self.argv)}). Last lines of {self.log}:\n{log_tail(self.log)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to its process group, then SIGKILL after ``timeout`` seconds; idempotent."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            self._reap_group()
+            return
+        logger.info("Stopping %s (pid %s)", self.name, process.pid)
+        self._signal_group(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not exit %.0f s after SIGTERM; sending SIGKILL", self.name, timeout)
+            self._signal_group(signal.SIGKILL)
+            process.wait(timeout=timeout)
+        self._reap_group()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """Signal the session it leads: the process itself and whatever it started."""
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap_group(self) -> None:
+        """Leftovers of an exited leader (e.g. a pod its agent did not stop) still share its group: kill them."""
+        if self.process is not None:
+            self._signal_group(signal.SIGKILL)
