@@ -12,20 +12,27 @@ thread per kubelet samples the memory of every container tree and SIGKILLs a tre
 the runtime signals PID 1: a Dask nanny then closes its worker itself), SIGKILL to the whole tree
 once that process exits or the grace period ends, final status, then the transport's ``finish_deletion``;
 a pod gone from the store is killed at once.
-:meth:`ProcessKubelet.stop` kills every process it started and joins every thread it started.
+:meth:`ProcessKubelet.launch` starts a container process: forked from the warm runtime's
+preloaded template when the command is Python's (:mod:`.warm`, ``warm_runtime=False`` or
+``k8s-backend.embedded.warm-runtime: false`` turns it off), exec'd otherwise; either way it gets
+SIGKILL if the process running the kubelet dies, even by SIGKILL.
+:meth:`ProcessKubelet.stop` kills every process it started and joins every thread it started;
+interpreter exit stops every kubelet still running.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import signal
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from . import podenv, processes
+from . import podenv, processes, warm
 from .agent import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
 from .podstatus import ContainerRecord, PodRuntimeView, container_id, image_ref, pod_status
 from .resources import container_memory_limit
@@ -51,7 +58,7 @@ def image_pull_error(image: str) -> str | None:
 class _Run:
     """One run of one container: its process, log file and whether the memory monitor killed it."""
 
-    def __init__(self, proc: subprocess.Popen, log_path: Path, memory_limit: int | None) -> None:
+    def __init__(self, proc: processes.ContainerProcess, log_path: Path, memory_limit: int | None) -> None:
         self.proc = proc
         self.log_path = log_path
         self.memory_limit = memory_limit
@@ -246,7 +253,7 @@ class PodWorker:
             if program is None:
                 raise FileNotFoundError(argv[0])
             self.dir.mkdir(parents=True, exist_ok=True)
-            proc = processes.spawn([program] + argv[1:], env, self._working_dir(spec), log_path)
+            proc = self.kubelet.launch([program] + argv[1:], env, self._working_dir(spec), log_path)
         except OSError as e:
             message = (f'failed to create containerd task: failed to create shim task: OCI runtime create failed: '
                        f'runc create failed: unable to start container process: exec: "{argv[0]}": '
@@ -271,7 +278,7 @@ class PodWorker:
         wanted = spec.get("workingDir")
         return Path(wanted) if wanted and Path(wanted).is_dir() else self.dir
 
-    def _await_exit(self, proc: subprocess.Popen) -> None:
+    def _await_exit(self, proc: processes.ContainerProcess) -> None:
         proc.wait()
         self.wake.set()
 
@@ -404,9 +411,12 @@ class PodWorker:
 class ProcessKubelet(KubeletBase):
     """One node whose pods are local processes (see the module docstring)."""
 
-    def __init__(self, store: Any, node_name: str, *, memory_sample_interval: float = 0.25, **kwargs: Any) -> None:
+    def __init__(self, store: Any, node_name: str, *, memory_sample_interval: float = 0.25,
+                 warm_runtime: bool | None = None, **kwargs: Any) -> None:
         super().__init__(store, node_name, **kwargs)
         self.memory_sample_interval = memory_sample_interval
+        enabled = warm.enabled_in_config() if warm_runtime is None else warm_runtime
+        self.warm = warm.WarmRuntime(self.work_dir / "warm-runtime") if enabled else None
         self._workers: dict[Key, PodWorker] = {}
         self._workers_lock = threading.Lock()
         self._monitor: threading.Thread | None = None
@@ -419,6 +429,7 @@ class ProcessKubelet(KubeletBase):
         self.graceful_stop = False
         self._monitor_stop.clear()
         super().start()
+        _RUNNING.add(self)
         self._monitor = threading.Thread(target=self._watch_memory, name=f"kubelet-{self.node_name}-memory", daemon=True)
         self._monitor.start()
 
@@ -473,6 +484,23 @@ class ProcessKubelet(KubeletBase):
             for waiter in worker.waiters:
                 waiter.join(timeout=5)
             self.ips.release(worker.uid)
+        if self.warm is not None:
+            self.warm.close()
+        _RUNNING.discard(self)
+
+    # ------------------------------------------------------------------ container processes
+    def launch(self, argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path,
+               preexec: processes.Preexec | None = None) -> processes.ContainerProcess:
+        """Start a container's process: warm-forked when the runtime takes it, exec'd otherwise.
+
+        ``preexec`` runs in the child before the command (exec or in-process run).
+        Raises OSError when the program cannot be executed.
+        """
+        if self.warm is not None:
+            proc = self.warm.start_container(argv, env, cwd, log_path, preexec)
+            if proc is not None:
+                return proc
+        return processes.spawn(argv, env, cwd, log_path, preexec)
 
     # ------------------------------------------------------------------ services for workers
     def container_log_path(self, namespace: str, pod: str, container: str, previous: bool = False) -> Path | None:
@@ -507,7 +535,9 @@ class ProcessKubelet(KubeletBase):
                             if run.memory_limit is not None and run.proc.poll() is None and not run.oom_killed]
         if not limited:
             return
-        usage = processes.tree_rss(run.proc.pid for _, _, run in limited)
+        usage = processes.tree_rss((run.proc.pid for _, _, run in limited),
+                                   private_roots=[run.proc.pid for _, _, run in limited
+                                                  if isinstance(run.proc, warm.WarmProcess)])
         for worker, name, run in limited:
             run.rss = usage.get(run.proc.pid, 0)
             if run.rss > (run.memory_limit or 0):
@@ -520,3 +550,16 @@ class ProcessKubelet(KubeletBase):
                               "Warning")
                 worker.wake.set()
 
+
+
+#: Kubelets started and not yet stopped, stopped at interpreter exit (nothing outlives its owner).
+_RUNNING: "weakref.WeakSet[ProcessKubelet]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_kubelets() -> None:
+    for kubelet in list(_RUNNING):
+        try:
+            kubelet.stop()
+        except Exception:
+            logger.exception("kubelet %s: stopping at interpreter exit failed", kubelet.node_name)

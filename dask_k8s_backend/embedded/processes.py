@@ -1,11 +1,19 @@
 """Operating-system side of the process kubelet: start, signal, measure and reap container processes.
 
 Data flow: the kubelet starts each container with :func:`spawn` (its own session, so its own
-process group; stdout and stderr into the container's log file), signals the whole tree with
+process group; stdout and stderr into the container's log file; SIGKILL on the death of the
+thread that started it, see :mod:`.parentdeath`; then an optional ``preexec`` hook) or through
+the warm runtime (:mod:`.warm`), whose handles keep the same :class:`ContainerProcess` contract,
+signals the whole tree with
 :func:`signal_tree` (the group plus any descendant that left it), and once per sampling period
 asks :func:`tree_rss` for the resident memory of every container tree in one pass over the
 process table (cheap with 50 containers). :func:`exit_code` turns a ``wait`` status into the
 exit code a container runtime reports (128 + signal number for a signal).
+
+Memory: a warm-started container is a fork of a template that has already imported a lot; its
+resident set counts those pages although the template, not the container, brought them in (a
+cgroup charges a page to whoever touched it first). So the trees listed in ``private_roots``
+are measured by their unique set size (pages only they hold) instead of their resident set.
 """
 
 from __future__ import annotations
@@ -15,23 +23,54 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 import psutil
+
+from .parentdeath import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 
-def spawn(argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> subprocess.Popen:
+#: A hook run in the container's process after fork, before exec (or before a warm run).
+Preexec = Callable[[], None]
+
+
+class ContainerProcess(Protocol):
+    """What the kubelet needs of a container's main process: ``subprocess.Popen``'s contract."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def spawn(argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path,
+          preexec: Preexec | None = None) -> subprocess.Popen:
     """Start ``argv`` in a new session with stdin closed and both output streams appended to ``log_path``.
 
-    Raises OSError (FileNotFoundError, PermissionError) when the program cannot be executed.
+    The process gets SIGKILL when the calling thread's process dies (even by SIGKILL), then runs
+    ``preexec`` if given. Raises OSError (FileNotFoundError, PermissionError) when the program
+    cannot be executed.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    parent = os.getpid()
+
+    def in_child() -> None:
+        die_with_parent(parent)
+        if preexec is not None:
+            preexec()
+
     with open(log_path, "ab", buffering=0) as log:
         return subprocess.Popen(
             argv, env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, preexec_fn=in_child,
         )
 
 
@@ -42,7 +81,7 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def signal_main(proc: subprocess.Popen, sig: int) -> None:
+def signal_main(proc: ContainerProcess, sig: int) -> None:
     """Signal only the container's main process (its PID 1), as a container runtime does on stop."""
     try:
         proc.send_signal(sig)
@@ -77,9 +116,14 @@ def kill_tree(pid: int) -> None:
     signal_tree(pid, signal.SIGKILL, descendants(pid))
 
 
-def tree_rss(roots: Iterable[int]) -> dict[int, int]:
-    """Resident bytes of each root's process tree, from one scan of the process table."""
+def tree_rss(roots: Iterable[int], private_roots: Iterable[int] = ()) -> dict[int, int]:
+    """Resident bytes of each root's process tree, from one scan of the process table.
+
+    Trees of ``private_roots`` (warm-started containers, see the module docstring) count only
+    the pages their processes do not share.
+    """
     roots = list(roots)
+    private = set(private_roots)
     if not roots:
         return {}
     children: dict[int, list[int]] = {}
@@ -88,12 +132,13 @@ def tree_rss(roots: Iterable[int]) -> dict[int, int]:
     totals: dict[int, int] = {}
     for root in roots:
         total, stack, seen = 0, [root], set()
+        measure = _uss if root in private else _rss
         while stack:
             pid = stack.pop()
             if pid in seen:
                 continue
             seen.add(pid)
-            total += _rss(pid)
+            total += measure(pid)
             stack.extend(children.get(pid, ()))
         totals[root] = total
     return totals
@@ -102,6 +147,13 @@ def tree_rss(roots: Iterable[int]) -> dict[int, int]:
 def _rss(pid: int) -> int:
     try:
         return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _uss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_full_info().uss
     except psutil.Error:
         return 0
 

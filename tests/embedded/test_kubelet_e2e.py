@@ -21,10 +21,12 @@ kubernetes = pytest.importorskip("kubernetes")
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture(scope="module")
-def kube():
+@pytest.fixture(scope="module", params=[True, False], ids=["warm", "exec"])
+def kube(request):
+    """One embedded Kubernetes per runtime: the warm one (forked containers) and plain exec."""
     before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
-    with cluster_module.EmbeddedKubernetes(kubelet="process", nodes=1, cpu="2", memory="4Gi") as k:
+    with cluster_module.EmbeddedKubernetes(kubelet="process", nodes=1, cpu="2", memory="4Gi",
+                                           warm_runtime=request.param) as k:
         yield k
     left = [p for p in psutil.Process(os.getpid()).children(recursive=True)
             if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]

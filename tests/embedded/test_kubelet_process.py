@@ -11,6 +11,7 @@ import os
 import threading
 import time
 
+import dask.config
 import psutil
 import pytest
 from kubelet_fixtures import (
@@ -25,11 +26,19 @@ from kubelet_fixtures import (
     wait_phase,
 )
 
+from dask_k8s_backend.embedded import warm
 from dask_k8s_backend.embedded.kubelet import ProcessKubelet
 from dask_k8s_backend.embedded.podstatus import get_condition
 from dask_k8s_backend.embedded.scheduler import EmbeddedScheduler
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["warm", "exec"])
+def warm_runtime(request):
+    """Every pod-semantics rule holds with the warm runtime on (forked containers) and off (exec)."""
+    with dask.config.set({warm.CONFIG_KEY: request.param}):
+        yield request.param
 
 
 def live_children(before: set[int]) -> list[psutil.Process]:
