@@ -1,25 +1,38 @@
-"""Time to scale(4) and scale(8) with every worker registered: KubeSparkCluster vs LocalCluster.
+"""Time to scale(N) with every worker registered: KubeSparkCluster vs LocalCluster, run after run.
 
 Both clusters start worker processes on this machine with the same settings (1 thread, 1 GiB,
-a nanny), so the ratio is what the Kubernetes layers cost: API calls, the embedded kubelet,
-watch latency, registration gatekeeping. Target: ratio <= 1.25.
+a nanny), so the ratio is what the Kubernetes layers cost: API calls, the embedded kubelet and
+its container runtime, watch latency, registration gatekeeping. Target: median ratio <= 1.0
+for scale(8) against LocalCluster(processes=True).
 
-    python benchmarks/scale.py [--repeat 3] [--sizes 4 8]
+    python benchmarks/scale.py [--repeat 3] [--sizes 4 8] [--kinds local kube kube-exec] [--json PATH]
 
-Figures are medians of ``--repeat`` runs; the two kinds alternate so machine noise hits both.
+Kinds: ``local`` (LocalCluster), ``kube`` (KubeSparkCluster on the embedded default, warm
+container runtime on), ``kube-exec`` (the same with ``k8s-backend.embedded.warm-runtime: false``:
+every container exec'd). Each round runs every kind once per size, alternating, so machine
+noise hits all of them; the table shows min / median / max per kind and the ratio of each
+medians to ``local``'s. Every run is also written as a JSON record (default under /tmp).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
+import dask.config
 from distributed import Client, LocalCluster
 
 from dask_k8s_backend import KubeSparkCluster
+from dask_k8s_backend.embedded.warm import CONFIG_KEY as WARM_RUNTIME_KEY
 
 TIMEOUT = 180
 # One embedded node large enough for 8 workers of 1 GiB (+ Spark-style overhead) and 1 cpu each.
@@ -34,12 +47,14 @@ def _wait_registered(client: Client, n: int) -> None:
         time.sleep(0.02)
 
 
-def time_scale_kube(n: int) -> float:
-    with KubeSparkCluster(master=MASTER, worker_cores=1, worker_memory="1GiB", quiet=True) as cluster, Client(cluster) as client:
-        t0 = time.perf_counter()
-        cluster.scale(n)
-        _wait_registered(client, n)
-        return time.perf_counter() - t0
+def time_scale_kube(n: int, warm_runtime: bool = True) -> float:
+    with dask.config.set({WARM_RUNTIME_KEY: warm_runtime}):
+        with KubeSparkCluster(master=MASTER, worker_cores=1, worker_memory="1GiB", quiet=True) as cluster, \
+                Client(cluster) as client:
+            t0 = time.perf_counter()
+            cluster.scale(n)
+            _wait_registered(client, n)
+            return time.perf_counter() - t0
 
 
 def time_scale_local(n: int) -> float:
@@ -51,29 +66,74 @@ def time_scale_local(n: int) -> float:
         return time.perf_counter() - t0
 
 
-def measure(sizes: list[int], repeat: int) -> dict[tuple[str, int], list[float]]:
-    runs: dict[tuple[str, int], list[float]] = {}
-    kinds: dict[str, Callable[[int], float]] = {"LocalCluster": time_scale_local, "KubeSparkCluster": time_scale_kube}
-    for _ in range(repeat):
+KINDS: dict[str, Callable[[int], float]] = {
+    "local": time_scale_local,
+    "kube": time_scale_kube,
+    "kube-exec": lambda n: time_scale_kube(n, warm_runtime=False),
+}
+LABELS = {"local": "LocalCluster(processes=True)", "kube": "KubeSparkCluster (warm runtime)",
+          "kube-exec": "KubeSparkCluster (warm runtime off)"}
+
+
+def measure(kinds: list[str], sizes: list[int], repeat: int) -> list[dict]:
+    """Every run as a record, in the order run: rounds of (size, kind) alternating."""
+    runs = []
+    for round_ in range(repeat):
         for n in sizes:
-            for name, fn in kinds.items():
-                runs.setdefault((name, n), []).append(fn(n))
+            for kind in kinds:
+                started = time.time()
+                seconds = KINDS[kind](n)
+                runs.append({"round": round_, "kind": kind, "workers": n, "seconds": seconds, "started": started})
+                print(f"  round {round_ + 1}/{repeat}  scale({n})  {LABELS[kind]:<36} {seconds:6.2f} s", flush=True)
     return runs
+
+
+def summarize(runs: list[dict], kinds: list[str], sizes: list[int]) -> list[dict]:
+    """min / median / max per (kind, size) and the ratio of its median to the first kind's."""
+    rows = []
+    for n in sizes:
+        base = None
+        for kind in kinds:
+            times = [r["seconds"] for r in runs if r["kind"] == kind and r["workers"] == n]
+            median = statistics.median(times)
+            base = median if base is None else base
+            rows.append({"kind": kind, "workers": n, "runs": len(times), "min": min(times), "median": median,
+                         "max": max(times), "ratio_of_medians": median / base})
+    return rows
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["local", "kube"],
+                        help="the first kind is the baseline of the ratios (default: local kube)")
+    parser.add_argument("--json", default=f"/tmp/dask-k8s-scale-{time.strftime('%Y%m%dT%H%M%S')}.json",
+                        help="where to write every run and the summary")
     args = parser.parse_args()
     for noisy in ("distributed", "dask_k8s_backend"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    runs = measure(args.sizes, args.repeat)
-    print(f"{'workers':>7}  {'LocalCluster s':>14}  {'KubeSparkCluster s':>18}  {'ratio':>6}  (median of {args.repeat})")
-    for n in args.sizes:
-        local = statistics.median(runs[("LocalCluster", n)])
-        kube = statistics.median(runs[("KubeSparkCluster", n)])
-        print(f"{n:>7}  {local:>14.2f}  {kube:>18.2f}  {kube / local:>6.2f}")
+    runs = measure(args.kinds, args.sizes, args.repeat)
+    rows = summarize(runs, args.kinds, args.sizes)
+    print(f"\n{'workers':>7}  {'kind':<36} {'min s':>6} {'median s':>8} {'max s':>6}  ratio of medians "
+          f"(to {args.kinds[0]}; {args.repeat} alternating runs)")
+    for row in rows:
+        print(f"{row['workers']:>7}  {LABELS[row['kind']]:<36} {row['min']:>6.2f} {row['median']:>8.2f} "
+              f"{row['max']:>6.2f}  {row['ratio_of_medians']:.2f}")
+    record = {"benchmark": "scale", "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+              "commit": _commit(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                              "platform": platform.platform()},
+              "runs": runs, "summary": rows}
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nJSON record: {args.json}")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
+class EmbeddedSettings:
+    warm_runtime: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     master: str = "embedded://"
     namespace: str = "default"
@@ -122,18 +127,19 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     authenticate: AuthSettings = field(default_factory=AuthSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
 
 
 # ---------------------------------------------------------------------------- defaults
 
 PREFIX = "k8s-backend"
 YAML_PATH = Path(__file__).with_name("k8s-backend.yaml")
-SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate", "security")
+SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate", "security", "embedded")
 SECRET_KEYS = frozenset({"authenticate.oauth-token", "authenticate.client-key-file"})
 _SECTION_CLASSES: dict[str, type] = {
     "scheduler": SchedulerSettings, "worker": WorkerSettings, "allocation": AllocationSettings,
     "executor": ExecutorSettings, "api": ApiSettings, "authenticate": AuthSettings,
-    "security": SecuritySettings,
+    "security": SecuritySettings, "embedded": EmbeddedSettings,
 }
 
 
@@ -356,6 +362,7 @@ SCHEMA: dict[str, Validator] = {
     "authenticate.client-key-file": _OPT_STR, "authenticate.trust-certificates": _boolean,
     "authenticate.kubeconfig": _OPT_STR, "authenticate.context": _OPT_STR,
     "security.tls": _boolean,
+    "embedded.warm-runtime": _boolean,
 }
 
 
