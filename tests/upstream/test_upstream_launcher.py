@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ci"))
 
 import upstream_k8s  # noqa: E402
-from upstream import binaries, flags, pki, processes, readiness  # noqa: E402
+from upstream import binaries, control_plane, flags, pki, processes, readiness  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,32 @@ def test_waiting_times_out_naming_what_and_the_last_state_seen():
     with pytest.raises(readiness.StartTimeout, match="2 Ready node.*last seen: node-2 missing"):
         readiness.wait_until("2 Ready node(s)", lambda: (False, "node-2 missing"), timeout=0.2, check=lambda: None,
                              interval=0.05)
+
+
+def fake_bin_dir(directory: Path, etcd_script: str) -> Path:
+    """Stand-ins for the four binaries: ``etcd`` runs ``etcd_script``, the others would just sleep."""
+    directory.mkdir()
+    for name in binaries.BINARIES:
+        script = etcd_script if name == "etcd" else "sleep 60"
+        path = directory / name
+        path.write_text(f"#!/bin/sh\n{script}\n")
+        path.chmod(0o755)
+    return directory
+
+
+def test_a_component_dying_during_start_fails_start_with_its_log_and_leaves_nothing(tmp_path):
+    bin_dir = fake_bin_dir(tmp_path / "bin", "echo 'etcdmain: unknown flag --unsafe-no-fsync' >&2; exit 2")
+    kube = control_plane.UpstreamKubernetes(bin_dir=bin_dir, start_timeout=30)
+    with pytest.raises(processes.ComponentDied, match=r"(?s)etcd exited with code 2.*unknown flag --unsafe-no-fsync"):
+        kube.start()
+    assert kube.state_dir is not None and not kube.state_dir.exists()
+
+
+def test_up_reports_a_start_failure_on_stderr_with_exit_code_1(tmp_path, monkeypatch, capsys):
+    bin_dir = fake_bin_dir(tmp_path / "bin", "echo 'bind: address already in use' >&2; exit 1")
+    monkeypatch.setattr(control_plane, "ensure_built", lambda: bin_dir)
+    kubeconfig = tmp_path / "kc"
+    assert upstream_k8s.main(["-q", "up", "--kubeconfig", str(kubeconfig), "--nodes", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "etcd exited with code 1" in err and "bind: address already in use" in err
+    assert not kubeconfig.exists()
