@@ -295,8 +295,7 @@ def _apply_authentication(cfg: k8s.Configuration, settings: Settings, explicit_s
         cfg.verify_ssl = False
         message = ("k8s-backend.authenticate.trust-certificates is true: the API server's TLS certificate "
                    "is not verified (insecure; use ca-cert-file instead).")
-        logger.warning("%s", message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=3)  # only here: a logger too would print it twice
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 

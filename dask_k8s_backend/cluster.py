@@ -16,10 +16,12 @@ Written async-first; distributed's ``SyncMethodMixin`` gives the blocking API.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import math
 import time
 import logging
 import uuid
+import warnings
 import weakref
 from contextlib import suppress
 from typing import Any
@@ -33,8 +35,9 @@ from distributed.utils import Log, Logs
 
 from . import labels
 from .config import Settings, load_settings
+from .backend.groups import group_settings, validate_group_name
 from .master import KubeConnection, resolve_manager
-from .pods.builder import AppSpec, check_executor_pod
+from .pods.builder import AppSpec, base_pod, check_executor_pod
 from .status_view import ClusterStatus, format_status_table, render_status_html
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,73 @@ def flatten_overrides(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+# add_worker_group's arguments -> the group's worker.* keys (the constructor's names, minus the app-wide ones)
+GROUP_OPTIONS = {
+    "worker_cores": "cores", "worker_memory": "memory", "resources": "resources", "node_selector": "node-selector",
+    "tolerations": "tolerations", "pod_template": "pod-template", "env": "env", "labels": "labels",
+    "annotations": "annotations",
+}
+DEPRECATED_GROUP_OPTIONS = {"cores": "worker_cores", "memory": "worker_memory"}
+
+
+def group_options(group: str, given: dict[str, Any], deprecated: dict[str, Any]) -> dict[str, Any]:
+    """``add_worker_group``'s explicit arguments as worker.* keys (a template dict travels apart).
+
+    The old names ``cores=``/``memory=`` still work, with a FutureWarning naming the new one; giving
+    both names of one option is refused, since which one wins would be a guess.
+    """
+    options = dict(given)
+    for old, value in deprecated.items():
+        if value is None:
+            continue
+        new = DEPRECATED_GROUP_OPTIONS[old]
+        if options.get(new) is not None:
+            raise ValueError(f"add_worker_group({group!r}, {old}={value!r}, {new}={options[new]!r}): {old} is the "
+                             f"deprecated name of {new}; pass only {new}=...")
+        warnings.warn(f"add_worker_group({old}=...) is deprecated and will be removed; use {new}={value!r}, the "
+                      "name KubeSparkCluster(...) uses", FutureWarning, stacklevel=3)
+        options[new] = value
+    if isinstance(options.get("pod_template"), dict):
+        options["pod_template"] = None
+    return {GROUP_OPTIONS[k]: v for k, v in options.items() if v is not None}
+
+
+def validate_group_image(group: str, image: Any) -> str | None:
+    """The group's own image, or None to use the cluster's; refused before anything is created when blank."""
+    if image is not None and (not isinstance(image, str) or not image.strip() or image != image.strip()):
+        raise ValueError(f"add_worker_group({group!r}, image={image!r}): expected an image reference such as "
+                         "'ghcr.io/dask/dask:latest'; leave image out to use the cluster's image")
+    return image
+
+
+def check_group_template_image(group: str, image: str | None, template: dict | None, settings: Settings) -> None:
+    """A group's ``image=`` and an image pinned by its pod template contradict each other (the template's
+    would win, silently): refuse the pair and say which to drop."""
+    if image is None:
+        return
+    pod, index = base_pod(template, settings)
+    pinned = pod["spec"]["containers"][index].get("image")
+    if pinned and pinned != image:
+        raise ValueError(f"add_worker_group({group!r}, image={image!r}): the group's pod_template already sets the "
+                         f"worker container's image to {pinned!r}, which would win; pass only one of them")
+
+
+def refuse_outliving_embedded(settings: Settings, shutdown_on_close: bool) -> None:
+    """Cluster deploy mode with shutdown_on_close=False keeps the scheduler pod after this process ends; on
+    the in-process embedded Kubernetes that pod would outlive the Kubernetes that runs it. Refused before
+    anything is created, pointing to an embedded Kubernetes in a process of its own."""
+    if settings.deploy_mode != "cluster" or shutdown_on_close or not settings.master.startswith("embedded://"):
+        return
+    raise ValueError(
+        f"KubeSparkCluster(deploy_mode='cluster', shutdown_on_close=False) on master {settings.master!r}: the embedded "
+        "Kubernetes runs inside this Python process, so the scheduler pod meant to outlive it would lose its "
+        "Kubernetes (and keep running unmanaged) when this process exits; nothing was created. Run the embedded "
+        "Kubernetes in a process of its own, `python -m dask_k8s_backend embedded --kubeconfig F`, and connect with "
+        "KubeSparkCluster(master=\"k8s://\", authenticate={\"kubeconfig\": F}, deploy_mode=\"cluster\", "
+        "shutdown_on_close=False) (or export KUBECONFIG=F); or keep shutdown_on_close=True."
+    )
+
+
 def _validate_worker_count(value: Any, option: str) -> int:
     """Worker counts must be whole numbers >= 0; reject before anything is created."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -96,6 +166,10 @@ def _loopback_if_local(connection: KubeConnection) -> str | None:
 
     host = urlsplit(connection.api_client.configuration.host).hostname or ""
     return "127.0.0.1" if host in ("localhost", "::1") or host.startswith("127.") else None
+
+
+class ClusterClosedError(RuntimeError):
+    """A closed cluster was asked to scale, adapt or change its groups; the message says what to do instead."""
 
 
 class KubeSparkCluster(Cluster):
@@ -150,6 +224,8 @@ class KubeSparkCluster(Cluster):
         )
         self.shutdown_on_close = shutdown_on_close
         self._attach = _attach
+        if not _attach:
+            refuse_outliving_embedded(self.settings, shutdown_on_close)
         if not _attach:  # a bad template or worker setting fails now, before anything is created
             check_executor_pod(app=self.app, settings=self.settings, template=self._pod_template)
         self.connection: KubeConnection | None = None
@@ -304,8 +380,24 @@ class KubeSparkCluster(Cluster):
         if self.connection is not None and (shutdown or self.connection.embedded is None):
             await self._guarded("closing the Kubernetes connection", asyncio.to_thread(self.connection.close))
         self.status = Status.closed
+        self._status_cache = self._status_cache.after_close(self._what_close_left(shutdown))
         if self._pod_reaper is not None and (shutdown or not self.shutdown_on_close):
             self._pod_reaper.detach()  # closed properly (or deliberately left running)
+
+    def _what_close_left(self, shutdown: bool) -> str:
+        """One sentence for the closed cluster's status and for refusing its scale/adapt: what is left, what to do."""
+        if not shutdown and self.settings.deploy_mode == "cluster":
+            return (f"its scheduler pod and workers were left running (shutdown_on_close=False); reconnect with "
+                    f"KubeSparkCluster.from_name({self.app.app_name!r})")
+        left = (f"{self.pods_left_after_close} of its pods were still present at close; "
+                if self.pods_left_after_close > 0 else "")
+        return f"{left}its scheduler and worker pods were shut down; create a new KubeSparkCluster to run workers again"
+
+    def _refuse_if_closed(self, what: str) -> None:
+        """A closed cluster has no scheduler to ask: say so, instead of an RPC error about a closed comm."""
+        if self.status in (Status.closing, Status.closed):
+            raise ClusterClosedError(f"{what}: this cluster is closed (KubeSparkCluster {self.app.app_name!r}, app "
+                                     f"{self.app.app_id}): {self._status_cache.closed or 'it is closing'}.")
 
     def _attach_failed(self) -> bool:
         """from_name found no scheduler: there is nothing of ours to delete."""
@@ -320,6 +412,11 @@ class KubeSparkCluster(Cluster):
         if result and result.get("remaining"):
             logger.warning("%d pods of app %s were still present after close", result["remaining"], self.app.app_id)
 
+    def keep_log(self, message: str) -> None:
+        """Keep a message that was already logged in ``get_logs()`` without printing it again
+        (``Cluster._log`` prints too, so a logged warning would be shown twice)."""
+        self._cluster_manager_logs.append((datetime.datetime.now(), message))
+
     @staticmethod
     async def _guarded(what: str, awaitable: Any) -> Any:
         """Shutdown is best effort: log a failing step and let the next one run."""
@@ -332,6 +429,7 @@ class KubeSparkCluster(Cluster):
     # ------------------------------------------------------------------ scaling
     def scale(self, n: int = 0, group: str = "default", memory: Any = None, cores: Any = None) -> Any:
         """Ask for ``n`` workers (of ``group``); pods are created or retired-then-deleted to match."""
+        self._refuse_if_closed(f"scale({n!r})")
         _validate_worker_count(n, "KubeSparkCluster.scale(n)")
         if memory is not None or cores is not None:
             raise ValueError(
@@ -352,6 +450,7 @@ class KubeSparkCluster(Cluster):
 
     def scale_down(self, workers: Any) -> Any:
         """Retire these workers (names = executor ids, or addresses), then delete their pods."""
+        self._refuse_if_closed("scale_down(...)")
         return self.sync(self._scale_down, list(workers))
 
     async def _scale_down(self, workers: list[Any]) -> None:
@@ -360,39 +459,47 @@ class KubeSparkCluster(Cluster):
 
     # ------------------------------------------------------------------ worker groups and adapt
     def add_worker_group(
-        self, name: str, *, cores: float | None = None, memory: str | int | None = None,
+        self, name: str, *, worker_cores: float | None = None, worker_memory: str | int | None = None,
         resources: dict[str, float] | None = None, node_selector: dict[str, str] | None = None,
         tolerations: list[dict[str, Any]] | None = None, pod_template: str | dict | None = None,
-        env: dict[str, str] | None = None, labels: dict[str, str] | None = None, image: str | None = None,
+        env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None, image: str | None = None,
+        cores: float | None = None, memory: str | int | None = None,
     ) -> Any:
-        """Add a group of workers with their own resources (scale it with ``scale(n, group=name)``)."""
-        from .backend.groups import group_settings, validate_group_name
+        """Add a group of workers with their own resources and image (scale it with ``scale(n, group=name)``).
 
+        The arguments are the constructor's (``worker_cores``, ``worker_memory``, ``env``, ...), so a
+        group reads like a cluster; ``image`` gives the group's pods their own image, as the Dask
+        operator's worker groups do. ``cores``/``memory`` are the old names, deprecated.
+        """
+        self._refuse_if_closed(f"add_worker_group({name!r}, ...)")
         validate_group_name(name)
-        given = {"cores": cores, "memory": memory, "resources": resources, "node-selector": node_selector,
-                 "tolerations": tolerations, "env": env, "labels": labels,
-                 "pod-template": pod_template if not isinstance(pod_template, dict) else None}
-        explicit = {k: v for k, v in given.items() if v is not None}
+        explicit = group_options(name, dict(
+            worker_cores=worker_cores, worker_memory=worker_memory, resources=resources, node_selector=node_selector,
+            tolerations=tolerations, pod_template=pod_template, env=env, labels=labels, annotations=annotations,
+        ), {"cores": cores, "memory": memory})
         worker_overrides = {k.split(".", 1)[1]: v for k, v in self.overrides.items() if k.startswith("worker.")}
         worker_overrides.update(explicit)
-        settings = group_settings(self.settings, worker_overrides)  # validates before anything is created
-        if image is not None:
-            raise ValueError("add_worker_group(image=...): set the image in the group's pod_template instead")
+        image = validate_group_image(name, image)
+        settings = group_settings(self.settings, worker_overrides, image)  # validates before anything is created
         template = pod_template if isinstance(pod_template, dict) else None
+        check_group_template_image(name, image, template, settings)
         pod = check_executor_pod(app=self.app, settings=settings, template=template)
-        return self.sync(self._add_worker_group, name, worker_overrides, template, settings, pod, explicit)
+        return self.sync(self._add_worker_group, name, worker_overrides, template, settings, pod, explicit, image)
 
     async def _add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None,
-                                settings: Settings, pod: dict, explicit: dict[str, Any]) -> None:
+                                settings: Settings, pod: dict, explicit: dict[str, Any], image: str | None) -> None:
         from .preflight import check_worker_group
 
         await check_worker_group(self, name, pod, settings, explicit)  # LimitRange/quota: before anything exists
-        await self.scheduler_comm.k8s_add_worker_group(name=name, worker_overrides=worker_overrides, template=template)  # type: ignore[union-attr]
+        await self.scheduler_comm.k8s_add_worker_group(  # type: ignore[union-attr]
+            name=name, worker_overrides=worker_overrides, template=template, image=image)
         self._group_recipes[name] = (settings, template)
         await self._refresh_status()
 
     def remove_worker_group(self, name: str) -> Any:
         """Retire and delete the group's workers, then forget the group."""
+        self._refuse_if_closed(f"remove_worker_group({name!r})")
         adaptive = self._group_adaptives.pop(name, None)
         if adaptive is not None:
             adaptive.stop(reason="group removed")
@@ -408,6 +515,7 @@ class KubeSparkCluster(Cluster):
         """Adaptive scaling of one group (default: the default group) between minimum and maximum."""
         from .adaptive import GroupAdaptive, GroupView
 
+        self._refuse_if_closed(f"adapt(minimum={minimum!r}, maximum={maximum!r})")
         for value, option in ((minimum, "minimum"),):
             _validate_worker_count(value, f"adapt({option}=...)")
         if maximum != math.inf:
@@ -452,6 +560,8 @@ class KubeSparkCluster(Cluster):
 
     # ------------------------------------------------------------------ status / logs
     async def _refresh_status(self) -> ClusterStatus:
+        if self._status_cache.closed:
+            return self._status_cache  # nothing to ask any more; it says the cluster is closed
         raw = await self.scheduler_comm.k8s_status()  # type: ignore[union-attr]
         self._status_cache = ClusterStatus.from_dict(raw)
         return self._status_cache
@@ -505,6 +615,8 @@ class KubeSparkCluster(Cluster):
     def __repr__(self) -> str:
         counts = self._status_cache.phase_counts()
         text = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no pods"
+        if self._status_cache.closed:
+            text = f"closed: {self._status_cache.closed}"
         return f"KubeSparkCluster({self.app.app_name!r}, master={self.settings.master!r}, {text}, status={self.status.name})"
 
 

@@ -391,14 +391,14 @@ def _flatten(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _warn_unknown(key: str, where: str) -> None:
+    """Warn through ``warnings`` only: a logger as well would print the message twice."""
     close = difflib.get_close_matches(key, SCHEMA, n=1, cutoff=0.6)
     hint = f"; did you mean '{PREFIX}.{close[0]}'?" if close else f"; valid keys are listed in {YAML_PATH.name}."
     message = f"Unknown configuration key '{PREFIX}.{key}' (from {where}) is ignored{hint}"
-    logger.warning("%s", message)
     warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def _merged(overrides: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _merged(overrides: Mapping[str, Any] | None, kwargs: Mapping[str, Any], warn_unknown: bool) -> dict[str, Any]:
     """yaml < environment/dask config < overrides < kwargs, as flat dotted keys."""
     layers = [
         ("dask config or DASK_K8S_BACKEND__ environment variables", dask.config.get(PREFIX, default={}) or {}),
@@ -409,7 +409,8 @@ def _merged(overrides: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> d
     for where, layer in layers:
         for key, value in _flatten(layer, where).items():
             if key not in SCHEMA:
-                _warn_unknown(key, where)
+                if warn_unknown:
+                    _warn_unknown(key, where)
                 continue
             merged[key] = value
     return merged
@@ -417,14 +418,16 @@ def _merged(overrides: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> d
 
 # ---------------------------------------------------------------------------- public API
 
-def load_settings(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Settings:
+def load_settings(overrides: Mapping[str, Any] | None = None, *, warn_unknown: bool = True, **kwargs: Any) -> Settings:
     """Merge every configuration source and validate it into :class:`Settings`.
 
     ``overrides`` takes dotted kebab-case keys ("worker.memory") or nested dicts; ``kwargs``
     takes snake_case top-level names and section dicts (``worker={"memory": "2GiB"}``).
-    Raises ``ValueError`` naming the first bad key and its value.
+    Raises ``ValueError`` naming the first bad key and its value. ``warn_unknown=False`` is for
+    settings derived from a configuration already loaded (a worker group's): its unknown keys
+    were warned about then, and each warning is shown once.
     """
-    merged = _merged(overrides, kwargs)
+    merged = _merged(overrides, kwargs, warn_unknown)
     parsed = {key: SCHEMA[key](merged[key], f"{PREFIX}.{key}") for key in SCHEMA}
     if parsed["authenticate.oauth-token"] and parsed["authenticate.oauth-token-file"]:
         raise ValueError(f"{PREFIX}.authenticate.oauth-token and {PREFIX}.authenticate.oauth-token-file are "

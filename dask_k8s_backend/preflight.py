@@ -335,17 +335,20 @@ def group_argument(group: str) -> str:
 
 def group_knobs(group: str) -> str:
     """How the fixes name the options that size one group's pods."""
-    return DEFAULT_KNOBS if group == DEFAULT_GROUP else f"the cores / memory / resources of worker group {group!r}"
+    return DEFAULT_KNOBS if group == DEFAULT_GROUP else f"the worker_cores / worker_memory / resources of worker group {group!r}"
 
 
 def _group_option(key: str, given: dict[str, Any], settings: Any) -> tuple[str, str]:
-    """(option, ``option=value``) of add_worker_group that sets resource ``key`` of the group's pod."""
+    """(option, ``option=value``) of add_worker_group that sets resource ``key`` of the group's pod.
+
+    ``given`` holds the group's explicit options as worker.* keys (``cores``, ``memory``, ...)."""
     worker = settings.worker
     if key == "cpu":
-        return "cores", f"cores={given['cores']!r}" if "cores" in given else f"cores (inherited: {worker.cores!r})"
+        return "worker_cores", (f"worker_cores={given['cores']!r}" if "cores" in given
+                                else f"worker_cores (inherited: {worker.cores!r})")
     if key == "memory":
-        return "memory", (f"memory={given['memory']!r}" if "memory" in given
-                          else f"memory (inherited: {worker.memory} bytes)")
+        return "worker_memory", (f"worker_memory={given['memory']!r}" if "memory" in given
+                                 else f"worker_memory (inherited: {worker.memory} bytes)")
     if key in worker.resources:
         return "resources", f"resources={{{key!r}: {worker.resources[key]!r}}}"
     return "pod_template", f"pod_template (its containers' {key})"
@@ -545,6 +548,6 @@ async def warn_before_scale(cluster: Any, n: int, group: str = DEFAULT_GROUP, as
         logger.debug("quota check before scale(%s, group=%r) failed: %s", n, group, e)
         return None
     if warning:
-        logger.warning("%s", warning)
-        cluster._log(warning)  # shown to the notebook user (unless quiet) and kept in cluster.get_logs()
+        logger.warning("%s", warning)  # the one time it is shown
+        cluster.keep_log(warning)  # kept in cluster.get_logs(), not printed a second time
     return warning

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .pods.builder import AppSpec
@@ -32,10 +32,15 @@ class ClusterStatus:
     pending_reasons: dict[str, str] = field(default_factory=dict)
     events: tuple[str, ...] = ()
     pods_created: int = 0
+    closed: str | None = None  # set once the cluster is closed: what became of its scheduler and pods
 
     @classmethod
     def empty(cls, app: AppSpec) -> ClusterStatus:
         return cls(app_id=app.app_id, app_name=app.app_name, namespace=app.namespace)
+
+    def after_close(self, what: str) -> ClusterStatus:
+        """The view of a closed cluster: no executors and no target (the last poll's would be stale), and why."""
+        return replace(self, targets={}, executors=(), outstanding=0, pending_reasons={}, closed=what)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ClusterStatus:
@@ -117,6 +122,8 @@ def format_status_table(status: ClusterStatus, now: float | None = None) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     header = f"app {status.app_name} ({status.app_id}) namespace {status.namespace}: target {status.target}"
+    if status.closed:
+        header = f"app {status.app_name} ({status.app_id}) namespace {status.namespace}: closed; {status.closed}"
     if status.error:
         header += f"\nERROR: {status.error}"
     return "\n".join([header, *lines])
@@ -131,6 +138,9 @@ def render_status_html(status: ClusterStatus, *, name: str, dashboard: str | Non
         f"<p>namespace <code>{html.escape(status.namespace)}</code> · app id <code>{html.escape(status.app_id)}</code>"
         f" · target <b>{status.target}</b> · pods: {phases or 'none'}</p>",
     ]
+    if status.closed:
+        parts.append(f"<p><b>Closed</b>: {html.escape(status.closed)}</p></div>")
+        return "".join(parts)
     if dashboard:
         parts.append(f"<p>Dashboard: <a href='{html.escape(dashboard)}' target='_blank'>{html.escape(dashboard)}</a></p>")
     if status.pending_reasons:

@@ -535,9 +535,7 @@ class ExecutorPodsAllocator:
     async def _apply(self, result: AllocationPlan, now: float) -> None:
         self._state = replace(self._state, pending_reasons=result.pending_reasons, next_executor_id=result.next_executor_id)
         for executor_id, reason in result.pending_reports:
-            logger.warning("executor %s is pending: %s", executor_id, reason)
-            if self.on_pending_reason is not None:
-                self.on_pending_reason(executor_id, reason)
+            self._report_pending(executor_id, reason)
         await asyncio.gather(self._delete_all(result.deletions), self._create_all(result, now))
 
     async def _delete_all(self, deletions: tuple[Deletion, ...]) -> None:
@@ -626,9 +624,14 @@ class ExecutorPodsAllocator:
         key = text[text.find("exceeded quota"):]  # the quota's numbers, without the pod's name
         if key != self._quota_message:
             self._quota_message = key
-            logger.warning("%s", message)
-            if self.on_pending_reason is not None:
-                self.on_pending_reason(executor_id, message)
+            self._report_pending(executor_id, message)
+
+    def _report_pending(self, executor_id: int, reason: str) -> None:
+        """Said once: to the owner, who shows it to the user (and logs it), or to the log when there is none."""
+        if self.on_pending_reason is None:
+            logger.warning("executor %s is pending: %s", executor_id, reason)
+        else:
+            self.on_pending_reason(executor_id, reason)
 
     def _after_creations(self, outcomes: list[BaseException | None], attempted: int) -> None:
         """Slow start: double the round size after a clean full round, halve it and back off after errors."""

@@ -126,14 +126,15 @@ class FailureTracker:
         self._stop_group(group, self._limit_message(group, count, limit))
 
     def _stop_group(self, group: str, message: str) -> None:
-        """Block the group, say why once, and tell the owner (the cluster shows it to the user)."""
+        """Block the group and say why once: to the owner (it shows and logs it) or, without one, to the log."""
         self._blocked.add(group)
-        logger.error("%s", message)
-        if self.on_failure_limit is not None:
-            try:
-                self.on_failure_limit(group, message)
-            except Exception:
-                logger.exception("on_failure_limit callback failed for worker group %s", group)
+        if self.on_failure_limit is None:
+            logger.error("%s", message)
+            return
+        try:
+            self.on_failure_limit(group, message)
+        except Exception:
+            logger.exception("on_failure_limit callback failed for worker group %s: %s", group, message)
 
     def _limit_message(self, group: str, count: int, limit: int) -> str:
         window = self.settings.failures_validity_interval

@@ -130,8 +130,7 @@ class RegistrationGatekeeper:
         if reason is None:
             return await self._original(comm, **msg)
         self.refused.append((str(msg.get("name")), reason))
-        self.backend.record(reason)
-        logger.warning("%s", reason)
+        self.backend.record(reason, logging.WARNING)
         executor_id = self._wanted_executor(msg.get("name"))
         if executor_id is not None and version_mismatch(self._versions, msg.get("versions") or {}):
             self._block_group(executor_id, msg.get("versions") or {})

@@ -58,10 +58,14 @@ class WorkerGroup:
         return max(1, min(math.floor(self.resources[name] / amount) for name, amount in restrictions.items() if amount > 0))
 
 
-def group_settings(base: Settings, worker_overrides: dict[str, Any]) -> Settings:
-    """The app's settings with the group's ``worker.*`` overrides (validated like any config)."""
-    worker = load_settings({f"worker.{k}": v for k, v in worker_overrides.items()}).worker
-    return replace(base, worker=worker)
+def group_settings(base: Settings, worker_overrides: dict[str, Any], image: str | None = None) -> Settings:
+    """The app's settings with the group's ``worker.*`` overrides and its own image, if it has one
+    (validated like any config)."""
+    overrides = {f"worker.{k}": v for k, v in worker_overrides.items()}
+    if image is not None:
+        overrides["image"] = image
+    parsed = load_settings(overrides, warn_unknown=False)  # the app's own keys were warned about when it loaded
+    return replace(base, worker=parsed.worker, image=base.image if image is None else parsed.image)
 
 
 class GroupRegistry:

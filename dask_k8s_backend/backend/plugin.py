@@ -131,16 +131,16 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         aliases = self.scheduler.aliases
         return aliases.get(executor_id) or aliases.get(str(executor_id))
 
-    def record(self, message: str) -> None:
-        """A user-visible event: logged, kept for ``status`` and sent to the scheduler's event log."""
+    def record(self, message: str, level: int = logging.INFO) -> None:
+        """A user-visible event: logged once at ``level``, kept for ``status`` and sent to the scheduler's
+        event log. Callers do not log it themselves: each message is printed once."""
         self.events.append(message)
-        logger.info("%s", message)
+        logger.log(level, "%s", message)
         if self.scheduler is not None:
             self.scheduler.log_event("k8s-backend", {"action": "k8s-event", "message": message})
 
     def on_pending_reason(self, executor_id: int, reason: str) -> None:
-        logger.warning("executor %s is pending: %s", executor_id, reason)
-        self.record(f"executor {executor_id} pending: {reason}")
+        self.record(f"executor {executor_id} is pending: {reason}", logging.WARNING)
 
     async def on_executor_lost(self, executor_id: int, explanation: str) -> None:
         """A pod reached a final state: remove its worker from the scheduler with the explanation."""
@@ -154,8 +154,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
 
     def on_failure_limit(self, group: str, message: str) -> None:
         self.errors[group] = message
-        logger.error("%s", message)
-        self.record(message)
+        self.record(message, logging.ERROR)
 
     # ------------------------------------------------------------------ RPC handlers
     async def request_total_executors(self, n: int, group: str = labels.DEFAULT_GROUP) -> None:
@@ -183,11 +182,12 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         return [self._executor_id(ws.name) for ws in workers]
 
     # ------------------------------------------------------------------ worker groups
-    def add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None = None) -> None:
+    def add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None = None,
+                         image: str | None = None) -> None:
         validate_group_name(name)
         # Dask's RPC hands lists over as tuples; restore plain JSON shapes before validating them.
         worker_overrides, template = json.loads(json.dumps([worker_overrides, template]))
-        self.groups.add(WorkerGroup(name, group_settings(self.settings, worker_overrides), template))
+        self.groups.add(WorkerGroup(name, group_settings(self.settings, worker_overrides, image), template))
         self.record(f"worker group {name!r} added")
 
     async def remove_worker_group(self, name: str) -> None:

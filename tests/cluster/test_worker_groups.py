@@ -16,8 +16,8 @@ pytestmark = pytest.mark.timeout(240)
 
 GPU_TOLERATION = {"key": "accelerator", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
 GPU_GROUP = dict(
-    cores=1,
-    memory="512MiB",
+    worker_cores=1,
+    worker_memory="512MiB",
     resources={"GPU": 1, "example.com/gpu": 1},
     node_selector={"accelerator": "gpu"},
     tolerations=[GPU_TOLERATION],
@@ -110,7 +110,7 @@ def test_a_broken_group_stops_alone_and_the_default_group_keeps_working(kube):
     kwargs = cluster_kwargs(kube, allocation={"pending-timeout": "2s"}, executor={"max-failures": 2})
     broken_template = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "w", "image": "example.com/invalid:1"}]}}
     with KubeSparkCluster(n_workers=1, **kwargs) as cluster, Client(cluster) as client:
-        cluster.add_worker_group("broken", cores=1, memory="256MiB", pod_template=broken_template)
+        cluster.add_worker_group("broken", worker_cores=1, worker_memory="256MiB", pod_template=broken_template)
         cluster.scale(1, group="broken")
         wait_until(lambda: "broken" in cluster.refresh_status().errors, timeout=90, what="broken group blocked")
         assert "ErrImagePull" in cluster.refresh_status().errors["broken"] or "image" in cluster.refresh_status().errors["broken"]
@@ -122,7 +122,7 @@ def test_a_broken_group_stops_alone_and_the_default_group_keeps_working(kube):
 
 def test_over_asking_an_extended_resource_stays_unschedulable_with_the_real_message(kube):
     with KubeSparkCluster(**cluster_kwargs(kube)) as cluster:
-        cluster.add_worker_group("greedy", cores=1, memory="256MiB", resources={"example.com/gpu": 3},
+        cluster.add_worker_group("greedy", worker_cores=1, worker_memory="256MiB", resources={"example.com/gpu": 3},
                                  node_selector={"accelerator": "gpu"}, tolerations=[GPU_TOLERATION])
         cluster.scale(1, group="greedy")
         reason = wait_until(lambda: cluster.refresh_status().pending_reasons.get("1"), timeout=60, what="pending reason")
@@ -132,9 +132,9 @@ def test_over_asking_an_extended_resource_stays_unschedulable_with_the_real_mess
 def test_bad_group_definitions_fail_before_any_pod(kube, core_api):
     with KubeSparkCluster(**cluster_kwargs(kube)) as cluster:
         with pytest.raises(ValueError, match="worker group name"):
-            cluster.add_worker_group("GPU!", cores=1)
+            cluster.add_worker_group("GPU!", worker_cores=1)
         with pytest.raises(ValueError, match="memory"):
-            cluster.add_worker_group("gpu", memory="lots")
+            cluster.add_worker_group("gpu", worker_memory="lots")
         with pytest.raises(Exception, match="does not exist"):
             cluster.scale(1, group="nope")
         assert app_pods(core_api, cluster.app.app_id) == []

@@ -77,16 +77,16 @@ def test_a_group_over_the_limit_range_is_refused_naming_the_option_and_nothing_i
     core_api.create_namespaced_limit_range(namespace, {"metadata": {"name": "max"}, "spec": {"limits": [
         {"type": "Container", "max": {"memory": "2Gi"}}]}})
     with pytest.raises(QuotaError) as info:
-        cluster.add_worker_group("big", memory="4GiB", cores=1)
+        cluster.add_worker_group("big", worker_memory="4GiB", worker_cores=1)
     message = str(info.value)
     assert message.startswith("add_worker_group('big'): the policies of namespace")
-    assert "memory='4GiB' makes the pod ask limits.memory=4506Mi,requests.memory=4506Mi" in message
+    assert "worker_memory='4GiB' makes the pod ask limits.memory=4506Mi,requests.memory=4506Mi" in message
     assert "maximum memory usage per Container is 2Gi, but limit is 4506Mi" in message
     assert "nothing was created and the group was not added" in message
-    assert "Fix: call add_worker_group('big', ...) with smaller memory so one pod fits" in message
+    assert "Fix: call add_worker_group('big', ...) with smaller worker_memory so one pod fits" in message
     assert_group_not_added(cluster, "big")
     assert pods(core_api, namespace) == []
-    cluster.add_worker_group("fits", memory="1GiB", cores=1)  # 1GiB + 384MiB overhead <= 2Gi: accepted
+    cluster.add_worker_group("fits", worker_memory="1GiB", worker_cores=1)  # 1GiB + 384MiB overhead <= 2Gi: accepted
     assert "worker group 'fits' added" in cluster.refresh_status().events
 
 
@@ -105,13 +105,13 @@ def test_an_extended_resource_larger_than_the_quota_is_refused_naming_resources(
 def test_a_quota_requirement_the_group_leaves_unset_is_refused(cluster, core_api, namespace):
     quota(core_api, namespace, {"limits.cpu": "8"})
     with pytest.raises(QuotaError, match=r"add_worker_group\('nolimit'\).*requires every container to set limits.cpu"):
-        cluster.add_worker_group("nolimit", cores=1)
+        cluster.add_worker_group("nolimit", worker_cores=1)
     assert_group_not_added(cluster, "nolimit")
 
 
 def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(cluster, core_api, namespace, caplog):
     quota(core_api, namespace, {"pods": "3", "requests.cpu": "10"})
-    cluster.add_worker_group("small", cores=1)  # a quota that is merely full now is no reason to refuse a group
+    cluster.add_worker_group("small", worker_cores=1)  # a quota that is merely full now is no reason to refuse a group
     cluster.scale(2)
     wait_until(lambda: used_pods(core_api, namespace) == 2, timeout=30, what="the quota to count 2 default pods")
     with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
@@ -124,7 +124,7 @@ def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(clust
     [record] = preflight_warnings(caplog)
     assert ("scale(3, group='small') needs 2 more worker pods, but only 0 fit: ResourceQuota 'compute': each worker "
             "pod requests pods=1, used: pods=3, limited: pods=3") in record.getMessage()
-    assert "lower the cores / memory / resources of worker group 'small'" in record.getMessage()
+    assert "lower the worker_cores / worker_memory / resources of worker group 'small'" in record.getMessage()
     assert any("scale(3, group='small') needs 2 more" in str(entry) for entry in cluster._cluster_manager_logs)
 
 
