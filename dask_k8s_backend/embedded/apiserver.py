@@ -33,6 +33,7 @@ import yaml
 
 from . import authz, discovery, openapi, podlogs, protobuf
 from .faults import FaultInjector
+from .listoptions import parse_list_options
 from .patch import PATCH_TYPES, apply_patch
 from .selectors import parse_field_selector, parse_label_selector
 from .status import (StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run,
@@ -318,16 +319,19 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def _list(self, route: Route) -> None:
         args = self.get_query_argument
+        options = parse_list_options(lambda name: args(name, None), watch=False)
+        at, limit = options.list_plan()
         entries, rv, token, remaining = self.server.store.list_entries(
             route.info.name, route.namespace, label_selector=args("labelSelector", None),
-            field_selector=args("fieldSelector", None), limit=_int(args("limit", None), "limit"),
-            continue_token=args("continue", None))
+            field_selector=args("fieldSelector", None), limit=limit, continue_token=options.continue_token,
+            resource_version=at)
         if self._wants_table():
             self._send(200, table_for(route.info, [e.obj for e in entries], rv, token))
             return
         meta: dict[str, Any] = {"resourceVersion": rv}
         if token:
             meta["continue"] = token
+        if remaining is not None:
             meta["remainingItemCount"] = remaining
         head = b'{"kind":"' + route.info.kind.encode() + b'List","apiVersion":"v1","metadata":' + _dumps(meta)
         self._send(200, head + b',"items":[' + b",".join(e.json() for e in entries) + b"]}")
@@ -472,15 +476,16 @@ class ApiHandler(tornado.web.RequestHandler):
         args = self.get_query_argument
         labels = parse_label_selector(args("labelSelector", None))
         fields = parse_field_selector(args("fieldSelector", None), route.info.name)
+        options = parse_list_options(lambda name: args(name, None), watch=True)
         timeout = _int(args("timeoutSeconds", None), "timeoutSeconds") or self.server.watch_timeout()
-        bookmarks = _bool(args("allowWatchBookmarks", None))
+        bookmarks = options.allow_watch_bookmarks
         stream = WatchStream(self.server.store, asyncio.get_running_loop(), resource=route.info.name,
                              namespace=route.namespace, labels=labels, fields=fields)
         stream.as_table = self._wants_table()
         self.set_status(200)
         self.set_header("Content-Type", JSON)
         try:
-            stream.start(args("resourceVersion", None))
+            stream.start(options)
         except StatusError as e:
             if e.code != 410:
                 raise

@@ -21,6 +21,7 @@ class StatusError(Exception):
         message: str,
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -28,13 +29,14 @@ class StatusError(Exception):
         self.message = message
         self.details = details or {}
         self.headers = headers or {}
+        self.metadata = metadata or {}  # the Status's ListMeta, e.g. a fresh ``continue`` on 410
 
     def to_status(self) -> dict[str, Any]:
         """The JSON body a kube-apiserver would answer with."""
         status: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
-            "metadata": {},
+            "metadata": dict(self.metadata),
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
@@ -69,23 +71,36 @@ def conflict(resource: str, name: str, message: str) -> StatusError:
     )
 
 
-def invalid(kind: str, name: str, causes: list[tuple[str, str]]) -> StatusError:
-    """422 Invalid; ``causes`` are (field, message) pairs, e.g. ("metadata.name", "Invalid value: ...")."""
-    text = "; ".join(f"{field}: {msg}" for field, msg in causes)
-    return StatusError(
-        422,
-        "Invalid",
-        f'{kind} "{name}" is invalid: {text}',
-        {
-            "name": name,
-            "kind": kind,
-            "causes": [{"reason": "FieldValueInvalid", "message": msg, "field": field} for field, msg in causes],
-        },
-    )
+# field.ErrorType of a cause, read from the start of its message (k8s.io/apimachinery/pkg/util/validation/field)
+_CAUSE_TYPES = (("Required value", "FieldValueRequired"), ("Invalid value", "FieldValueInvalid"),
+                ("Unsupported value", "FieldValueNotSupported"), ("Duplicate value", "FieldValueDuplicate"),
+                ("Forbidden", "FieldValueForbidden"), ("Too long", "FieldValueTooLong"),
+                ("Too many", "FieldValueTooMany"), ("Not found", "FieldValueNotFound"))
 
 
-def gone(message: str) -> StatusError:
-    return StatusError(410, "Expired", message)
+def _cause_type(message: str) -> str:
+    return next((t for prefix, t in _CAUSE_TYPES if message.startswith(prefix)), "FieldValueInvalid")
+
+
+def invalid(kind: str, name: str, causes: list[tuple[str, str]], group: str = "") -> StatusError:
+    """422 Invalid; ``causes`` are (field, message) pairs, e.g. ("metadata.name", "Invalid value: ...").
+
+    Shaped as upstream's ``apierrors.NewInvalid``: the message aggregates the field errors (one as
+    is, several as ``[a, b]``, duplicates once), ``details`` has the group, kind, the name when
+    there is one, and one typed cause per error.
+    """
+    errors = list(dict.fromkeys(f"{field}: {msg}" for field, msg in causes))
+    text = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+    qualified = f"{kind}.{group}" if group else kind
+    details: dict[str, Any] = {"name": name, "group": group, "kind": kind}
+    details = {k: v for k, v in details.items() if v}
+    details["causes"] = [{"reason": _cause_type(msg), "message": msg, "field": field} for field, msg in causes]
+    return StatusError(422, "Invalid", f'{qualified} "{name}" is invalid: {text}', details)
+
+
+def gone(message: str, continue_token: str | None = None) -> StatusError:
+    """410 Expired; ``continue_token``: the Status's ``metadata.continue`` (an inconsistent continuation)."""
+    return StatusError(410, "Expired", message, metadata={"continue": continue_token} if continue_token else None)
 
 
 def bad_request(message: str) -> StatusError:

@@ -20,7 +20,6 @@ Every failure is a :class:`~dask_k8s_backend.embedded.status.StatusError`.
 from __future__ import annotations
 
 import base64
-import binascii
 import collections
 import itertools
 import json
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .podstatus import rfc3339
+from .listoptions import decode_continue, encode_continue
 from .resources import pod_qos_class
 from .selectors import FIELDS, Selector, parse_field_selector, parse_label_selector
 from .status import StatusError, already_exists, bad_request, conflict, gone, not_found
@@ -174,16 +174,23 @@ def resource_info(resource: str) -> ResourceInfo:
     return info
 
 
-def encode_continue(rv: int, key: Key) -> str:
-    return base64.urlsafe_b64encode(_dumps({"rv": rv, "ns": key[0], "name": key[1]})).decode()
+def key_string(key: Key) -> str:
+    """The key's place in list order, as etcd's ``<namespace>/<name>`` (cluster-scoped: ``<name>``)."""
+    return key[1] if key[0] is None else f"{key[0]}/{key[1]}"
 
 
-def decode_continue(token: str) -> tuple[int, Key]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return int(data["rv"]), (data["ns"], data["name"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
-        raise bad_request(f"continue key is not valid: {e}") from None
+def _entry_key(entry: Entry) -> Key:
+    meta = entry.meta
+    return (meta.get("namespace"), meta["name"])
+
+
+# upstream's messages (apiserver pkg/storage/etcd3/errors.go)
+_LIST_EXPIRED = "The resourceVersion for the provided list is too old."
+_CONTINUE_EXPIRED = ("The provided continue parameter is too old to display a consistent list result. You can start "
+                     "a new list without the continue parameter, or use the continue token in this response to "
+                     "retrieve the remainder of the results. Continuing with the provided token results in an "
+                     "inconsistent list - objects that were created, modified, or deleted between the time the "
+                     "first chunk was returned and now may show up in the list.")
 
 
 class ObjectStore:
@@ -239,29 +246,59 @@ class ObjectStore:
         return [e.copy() for e in entries], rv, token
 
     def list_entries(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
-                     field_selector: str | None = None, limit: int | None = None,
-                     continue_token: str | None = None) -> tuple[list[Entry], str, str | None, int | None]:
-        """Like :meth:`list` but read-only entries, plus the remaining item count when paginated."""
+                     field_selector: str | None = None, limit: int | None = None, continue_token: str | None = None,
+                     resource_version: int | None = None) -> tuple[list[Entry], str, str | None, int | None]:
+        """Like :meth:`list` but read-only entries, plus the remaining item count when paginated.
+
+        Every page of a list comes from one snapshot, as kube-apiserver serves them: the first at
+        ``resource_version`` (None: now), later ones at the version their continue token carries.
+        An older version is rebuilt from the current objects and the event history after it
+        (objects created, changed or deleted since show as they were), so no page copies the
+        store. A version the history no longer covers is 410 Expired; for a continue token the
+        answer carries a fresh token that continues at the latest version, as upstream's does.
+        Items are in etcd key order (``namespace/name``).
+        """
         info = resource_info(resource)
         labels = parse_label_selector(label_selector)
         fields = parse_field_selector(field_selector, resource)
-        start: Key | None = None
+        prefix = f"{namespace}/" if namespace is not None and info.namespaced else ""
+        at, start = resource_version, prefix
+        if continue_token:
+            at, relative = decode_continue(continue_token)
+            at, start = (None if at < 0 else at), prefix + relative
         with self._lock:
-            list_rv = self._rv
-            if continue_token:
-                list_rv, start = decode_continue(continue_token)
-            objects = self._objects[resource]
-            keys = sorted(objects, key=lambda k: (k[0] or "", k[1]))
-            if namespace is not None and info.namespaced:
-                keys = [k for k in keys if k[0] == namespace]
-            if start is not None:
-                keys = [k for k in keys if (k[0] or "", k[1]) > (start[0] or "", start[1])]
-            matched = [objects[k] for k in keys if _matches(objects[k].view, labels, fields)]
-        if limit and limit > 0 and len(matched) > limit:
-            last = matched[limit - 1].meta
-            return (matched[:limit], str(list_rv), encode_continue(list_rv, (last.get("namespace"), last["name"])),
-                    len(matched) - limit)
-        return matched, str(list_rv), None, None
+            at = self._rv if at is None else min(at, self._rv)
+            changed = self._versions_at(resource, at, start[len(prefix):] if continue_token else None)
+            items = self._snapshot_items(resource, changed, prefix, start)
+        return _page(items, labels, fields, limit or 0, at, prefix)
+
+    def _versions_at(self, resource: str, rv: int, continue_start: str | None) -> dict[Key, Entry | None]:
+        """The version at ``rv`` of each ``resource`` object changed since (None: it did not exist then)."""
+        if rv < self._history_floor:
+            if continue_start is not None:
+                raise gone(_CONTINUE_EXPIRED, encode_continue(-1, continue_start))
+            raise gone(_LIST_EXPIRED)
+        before: dict[Key, Entry | None] = {}
+        for event in self._history_after(rv):
+            if event.resource == resource:
+                before.setdefault(_entry_key(event.entry), event.old)
+        return before
+
+    def _snapshot_items(self, resource: str, changed: dict[Key, Entry | None], prefix: str, start: str
+                        ) -> list[tuple[str, Entry]]:
+        """``(key string, entry)`` of the snapshot's objects under ``prefix`` from ``start`` on, in key order."""
+        objects = self._objects[resource]
+        keys: Iterable[Key] = objects.keys() | changed.keys() if changed else objects.keys()
+        items = []
+        for key in keys:
+            text = key_string(key)
+            if text < start or not text.startswith(prefix):
+                continue
+            entry = changed[key] if key in changed else objects[key]
+            if entry is not None:
+                items.append((text, entry))
+        items.sort(key=lambda item: item[0])
+        return items
 
     def events_since(self, resource_version: str) -> list[tuple[str, dict]]:
         with self._lock:
@@ -285,6 +322,35 @@ class ObjectStore:
                 backlog = self._history_after(_parse_rv(resource_version))
             self._subscribers.append(fn)
         return backlog, lambda: self._remove(self._subscribers, fn)
+
+    def subscribe_now(self, resource: str, fn: Callable[[WatchEvent], None], *, initial: bool
+                      ) -> tuple[list[WatchEvent], int, Callable[[], None]]:
+        """Atomically: ADDED events for every current ``resource`` object in key order (when ``initial``),
+        the resourceVersion that state is at, and ``fn`` (as in :meth:`subscribe`) for every later event.
+
+        A watch's initial events (upstream's ``sendInitialEvents``): the version lets the watch mark
+        where they end.
+        """
+        with self._lock:
+            backlog = []
+            if initial:
+                objects = self._objects[resource]
+                backlog = [WatchEvent("ADDED", resource, objects[key], None, int(objects[key].meta["resourceVersion"]))
+                           for key in sorted(objects, key=key_string)]
+            self._subscribers.append(fn)
+            return backlog, self._rv, lambda: self._remove(self._subscribers, fn)
+
+    def compact(self) -> int:
+        """Forget the event history up to now, as etcd's compaction does; returns the compacted version.
+
+        Lists and watches from an older resourceVersion (continue tokens included) answer 410 after
+        this, which is how tests and chaos scenarios reach a client's relist path.
+        """
+        with self._lock:
+            self._history.clear()
+            self._history_floor = self._rv
+            logger.info("Store history compacted at resourceVersion %d", self._rv)
+            return self._rv
 
     def add_listener(self, fn: Callable[[str, dict], None]) -> Callable[[], None]:
         with self._lock:
@@ -765,6 +831,28 @@ class ObjectStore:
 
 def _matches(obj: dict, labels: Selector, fields: Selector) -> bool:
     return labels(obj) and fields(obj)
+
+
+def _page(items: list[tuple[str, Entry]], labels: Selector, fields: Selector, limit: int, rv: int, prefix: str
+          ) -> tuple[list[Entry], str, str | None, int | None]:
+    """The matching entries of one page, its continue token and remaining count, as upstream builds them.
+
+    Upstream (apiserver pkg/storage/cacher GetList, continue.go PrepareContinueToken): a token
+    whenever objects follow the page's last one, matching or not; ``remainingItemCount`` only
+    without selectors (a count of objects that might not match would be wrong).
+    """
+    selected: list[Entry] = []
+    for index, (key, entry) in enumerate(items):
+        if not _matches(entry.view, labels, fields):
+            continue
+        selected.append(entry)
+        if limit > 0 and len(selected) == limit:
+            if index == len(items) - 1:
+                break
+            token = encode_continue(rv, key[len(prefix):] + "\x00")
+            remaining = len(items) - limit if labels.empty and fields.empty else None
+            return selected, str(rv), token, remaining
+    return selected, str(rv), None, None
 
 
 def _copy(obj: Any) -> dict:

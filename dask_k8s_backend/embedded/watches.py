@@ -1,12 +1,16 @@
 """One watch stream of the embedded API server: from store events to newline-delimited JSON.
 
 A :class:`WatchStream` subscribes to the store (atomically getting the backlog to replay: the
-current objects for resourceVersion ""/"0", the recorded events after any other version), then
+current objects when the watch asks for initial events, which upstream defaults for
+resourceVersion ""/"0", else the recorded events after its version), then
 receives each later event in the writer's thread, where it only appends to a deque and, at most
 once per batch, wakes the event loop. On the loop, :meth:`WatchStream.next_chunk` filters events
 (resource, namespace, label and field selectors; an object that starts or stops matching becomes
 ADDED/DELETED, as in kube-apiserver) and renders them as ``{"type":..,"object":..}\\n`` lines from
-the objects' cached JSON bytes. Bookmarks carry only the last resourceVersion seen.
+the objects' cached JSON bytes. Bookmarks carry only the last resourceVersion seen; the one that
+ends the initial events (``sendInitialEvents=true&allowWatchBookmarks=true``) also carries the
+annotation ``k8s.io/initial-events-end: "true"``, right after the last initial ADDED, as upstream's
+cacher sends it (apiserver pkg/storage/cacher cache_watcher.go processInterval).
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ import collections
 import json
 from typing import Callable
 
+from .listoptions import ListOptions
 from .selectors import Selector
 from .store import ObjectStore, WatchEvent, resource_info
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+_END_OF_INITIAL_EVENTS = "initial-events-end"  # type of the marker event queued after the initial ADDED events
 
 
 class WatchStream:
@@ -39,11 +47,24 @@ class WatchStream:
         self.last_rv = 0
         self.as_table = False  # kubectl get -w: each object as a one-row meta.k8s.io/v1 Table
 
-    def start(self, resource_version: str | None) -> None:
-        """Subscribe; raises the store's 410 Gone when ``resource_version`` is too old."""
-        backlog, self._unsubscribe = self._store.subscribe(self.resource, resource_version, self._on_event)
+    def start(self, options: ListOptions) -> None:
+        """Subscribe as ``options`` ask; raises the store's 410 Gone when their resourceVersion is too old.
+
+        With initial events: every current object, then (when asked) the end-of-initial-events
+        BOOKMARK at the version they show. Without: a watch from ""/"0" starts now, one from a
+        version replays the history after it.
+        """
+        resource_version = options.resource_version
+        if options.initial_events() or resource_version in ("", "0"):
+            backlog, at, self._unsubscribe = self._store.subscribe_now(self.resource, self._on_event,
+                                                                       initial=options.initial_events())
+            if options.initial_events_bookmark():
+                backlog.append(WatchEvent(_END_OF_INITIAL_EVENTS, self.resource, None, None, at))  # type: ignore[arg-type]
+            self.last_rv = at
+        else:
+            backlog, self._unsubscribe = self._store.subscribe(self.resource, resource_version, self._on_event)
+            self.last_rv = max(int(self._store.resource_version), int(resource_version))
         self._pending.extendleft(reversed(backlog))
-        self.last_rv = max(int(self._store.resource_version), int(resource_version or 0))
         if backlog:
             self._wakeup.set()
 
@@ -87,7 +108,7 @@ class WatchStream:
         while self._pending:
             event = self._pending.popleft()
             self.last_rv = max(self.last_rv, event.rv)
-            line = self._render(event)
+            line = self.bookmark(initial_events_end=True) if event.type == _END_OF_INITIAL_EVENTS else self._render(event)
             if line is not None:
                 lines.append(line)
         return b"".join(lines)
@@ -120,9 +141,12 @@ class WatchStream:
                               separators=(",", ":")).encode()
         return b'{"type":"' + type_.encode() + b'","object":' + body + b"}\n"
 
-    def bookmark(self) -> bytes:
-        """A BOOKMARK line with the last resourceVersion this watch has seen."""
-        obj = {"kind": self.kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(self.last_rv)}}
+    def bookmark(self, *, initial_events_end: bool = False) -> bytes:
+        """A BOOKMARK line with the last resourceVersion this watch has seen (marking the initial events' end)."""
+        meta: dict = {"resourceVersion": str(self.last_rv)}
+        if initial_events_end:
+            meta["annotations"] = {INITIAL_EVENTS_END: "true"}
+        obj = {"kind": self.kind, "apiVersion": "v1", "metadata": meta}
         return json.dumps({"type": "BOOKMARK", "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
