@@ -3,11 +3,16 @@
 Why: every component (etcd, the three control-plane binaries, each node agent) must be stopped
 on every exit path, and a component that dies during start must be reported with the end of its
 log rather than as a timeout. A :class:`Component` owns one process in its own session, so
-stopping it also reaches anything it spawned (the process kubelet's pods).
+stopping it also reaches anything it spawned (the process kubelet's pods). Each child also asks
+the kernel for SIGKILL when the launcher dies (even by SIGKILL), so no etcd or apiserver outlives
+it (SIGKILL, not SIGTERM: a kube-apiserver whose etcd went away at the same moment was seen to
+hang in its graceful shutdown; a node agent's pods die with it the same way); the signal follows the *thread* that started the child, so start components from a thread
+that lives as long as they should (the main thread, in the launcher and in pytest fixtures).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -15,6 +20,8 @@ import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+from dask_k8s_backend.embedded.parentdeath import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +60,9 @@ class Component:
         """Start it; stdin is closed so nothing waits on the launcher's terminal."""
         logger.info("Starting %s (log: %s)", self.name, self.log)
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            env=self.env, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                start_new_session=True, preexec_fn=functools.partial(die_with_parent, os.getpid(), signal.SIGKILL))
 
     @property
     def pid(self) -> int | None:
