@@ -35,6 +35,7 @@ from typing import Any, Mapping
 from . import podenv, processes, warm
 from .agent import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
 from .podstatus import ContainerRecord, PodRuntimeView, container_id, image_ref, pod_status
+from .sandbox import ContainerSetup, NoSandbox, PodSandbox
 from .resources import container_memory_limit
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class PodWorker:
         deadline = spec.get("activeDeadlineSeconds")
         self.deadline = time.monotonic() + float(deadline) if deadline else None
         self.expired = False  # activeDeadlineSeconds passed: stopped like a deletion, phase Failed
+        self.setup = ContainerSetup()  # what the node's sandbox adds to every container (env, preexec)
 
     # ------------------------------------------------------------------ signals from other threads
     def request_delete(self, pod: Pod) -> None:
@@ -158,6 +160,7 @@ class PodWorker:
             self.kill_all()
         finally:
             self.kill_all()
+            self.kubelet.sandbox.release(self.uid)
             with self.end_lock:
                 self.ended = True
                 finalize = self.grace is not None and not self.removed and not self.stopping
@@ -169,6 +172,9 @@ class PodWorker:
         self.view.pod_ip = self.kubelet.ips.allocate(self.uid)
         self.view.start_time = now
         self._write()
+        if not self._prepare_sandbox():
+            self._wait_until_done()
+            return
         if not self._pull_images():
             self._wait_until_done()
             return
@@ -180,6 +186,19 @@ class PodWorker:
         self._write()
         self._supervise()
         self._finish()
+
+    def _prepare_sandbox(self) -> bool:
+        """The node's additions for every container (service-account token, API address); False if they failed."""
+        try:
+            self.setup = self.kubelet.sandbox.prepare(self.pod, self.dir)
+            return True
+        except Exception as e:
+            message = f"MountVolume.SetUp failed for the service-account token: {e}"
+            for record in self.view.init_records + self.view.records:
+                record.wait("ContainerCreating", message)
+            self.event("FailedMount", message, "Warning")
+            self._write()
+            return False
 
     def _wait_until_done(self) -> None:
         while not self.done:
@@ -241,6 +260,7 @@ class PodWorker:
                          "podIPs": [{"ip": self.view.pod_ip}], "hostIPs": [{"ip": HOST_IP}]}
         try:
             env = podenv.container_env(pod, spec, self.kubelet.lookup)
+            env = {**self.setup.env, **env}
         except (podenv.ContainerConfigError, ValueError) as e:
             record.wait("CreateContainerConfigError", str(e))
             self.event("Failed", f"Error: {e}", "Warning")
@@ -253,11 +273,11 @@ class PodWorker:
             if program is None:
                 raise FileNotFoundError(argv[0])
             self.dir.mkdir(parents=True, exist_ok=True)
-            proc = self.kubelet.launch([program] + argv[1:], env, self._working_dir(spec), log_path)
-        except OSError as e:
+            proc = self.kubelet.launch([program] + argv[1:], env, self._working_dir(spec), log_path, self.setup.preexec)
+        except (OSError, subprocess.SubprocessError) as e:
             message = (f'failed to create containerd task: failed to create shim task: OCI runtime create failed: '
                        f'runc create failed: unable to start container process: exec: "{argv[0]}": '
-                       f'{"executable file not found in $PATH" if isinstance(e, FileNotFoundError) else e.strerror}: unknown')
+                       f'{"executable file not found in $PATH" if isinstance(e, FileNotFoundError) else getattr(e, "strerror", None) or e}: unknown')
             record.run(now, cid)
             record.terminate(127 if isinstance(e, FileNotFoundError) else 126, now, "ContainerCannotRun", message)
             self.event("Failed", f"Error: {message}", "Warning")
@@ -412,9 +432,10 @@ class ProcessKubelet(KubeletBase):
     """One node whose pods are local processes (see the module docstring)."""
 
     def __init__(self, store: Any, node_name: str, *, memory_sample_interval: float = 0.25,
-                 warm_runtime: bool | None = None, **kwargs: Any) -> None:
+                 warm_runtime: bool | None = None, sandbox: PodSandbox | None = None, **kwargs: Any) -> None:
         super().__init__(store, node_name, **kwargs)
         self.memory_sample_interval = memory_sample_interval
+        self.sandbox: PodSandbox = sandbox if sandbox is not None else NoSandbox()
         enabled = warm.enabled_in_config() if warm_runtime is None else warm_runtime
         self.warm = warm.WarmRuntime(self.work_dir / "warm-runtime") if enabled else None
         self._workers: dict[Key, PodWorker] = {}

@@ -6,12 +6,21 @@ checks the request the way kube-apiserver does (container required when the pod 
 unknown container, not started yet, no previous instance) and returns that path;
 :func:`read_tail` reads the whole file or its last ``tailLines`` lines. Following is done by the
 HTTP layer, which re-reads the file from the last offset until the container stops.
+:func:`parse_log_options` reads the query kube-apiserver forwards to a kubelet's
+``/containerLogs`` (follow, previous, timestamps, sinceSeconds, sinceTime, tailLines, limitBytes)
+into :class:`LogOptions`. Our log files hold raw output without per-line times, so
+``timestamps`` stamps lines with the file's last write and ``since*`` applies to the whole
+file (nothing when it was last written before that time): coarser than a CRI log, never wrong
+about a file that was idle.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .status import StatusError, bad_request
 
@@ -94,3 +103,60 @@ def read_from(path: Path, offset: int) -> tuple[bytes, int]:
     except FileNotFoundError:
         return b"", offset
     return data, offset + len(data)
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """A container log request (core/v1 PodLogOptions as a kubelet receives it)."""
+
+    follow: bool = False
+    previous: bool = False
+    timestamps: bool = False
+    since: float | None = None  # epoch seconds
+    tail_lines: int | None = None
+    limit_bytes: int | None = None
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")
+
+
+def _number(name: str, value: str | None) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise bad_request(f"{name}: invalid value {value!r}: must be an integer") from None
+
+
+def parse_log_options(arg: Callable[[str], str | None], now: float) -> LogOptions:
+    """The options in a query (``arg(name)`` gives a parameter or None); 400 on a malformed value."""
+    since = None
+    seconds = _number("sinceSeconds", arg("sinceSeconds"))
+    if seconds is not None:
+        since = now - seconds
+    text = arg("sinceTime")
+    if text:
+        try:
+            since = datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise bad_request(f"sinceTime: invalid value {text!r}: must be an RFC 3339 time") from None
+    return LogOptions(follow=_flag(arg("follow")), previous=_flag(arg("previous")), timestamps=_flag(arg("timestamps")),
+                      since=since, tail_lines=_number("tailLines", arg("tailLines")),
+                      limit_bytes=_number("limitBytes", arg("limitBytes")))
+
+
+def written_since(path: Path, since: float | None) -> bool:
+    """Whether the file was written at or after ``since`` (always true without a since)."""
+    return since is None or os.stat(path).st_mtime >= since
+
+
+def stamp_lines(data: bytes, when: float) -> bytes:
+    """Prefix each line with ``when`` in RFC 3339 with nanoseconds, as ``--timestamps`` shows it."""
+    if not data:
+        return data
+    moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    prefix = (moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}000Z ").encode()
+    lines = data.splitlines(keepends=True)
+    return b"".join(prefix + line for line in lines)
