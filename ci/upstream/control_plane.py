@@ -9,6 +9,13 @@ directory with credentials and component kubeconfigs -> etcd -> kube-apiserver (
 controller manager and scheduler -> node agents (``python -m dask_k8s_backend node``) -> wait
 until every node is Ready and untainted and the ``default`` ServiceAccount exists. :meth:`stop`
 undoes it in reverse order (agents first, etcd last), each step guarded, then deletes the state.
+
+A fixture (put ``ci/`` on ``sys.path`` first; start it on the main thread, see ``processes``)::
+
+    @pytest.fixture(scope="session")
+    def upstream():
+        with UpstreamKubernetes(nodes=NodeOptions(count=1, kubelet="simulated")) as kube:
+            yield kube  # kube.kubeconfig (admin, system:masters), kube.url
 """
 
 from __future__ import annotations
