@@ -62,6 +62,7 @@ def test_a_status_update_without_qos_class_keeps_it(target):
     # Upstream podStatusStrategy.PrepareForUpdate backfills an empty qosClass from the stored pod.
     target.core_v1.create_namespaced_pod(target.namespace, pod_with("k", GUARANTEED))
     pod = target.api_client.sanitize_for_serialization(target.core_v1.read_namespaced_pod("k", target.namespace))
+    pod["metadata"].pop("resourceVersion")  # unconditional: upstream's scheduler may write the status meanwhile
     pod["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
                                                          "reason": "Unschedulable"}]}
     updated = target.core_v1.replace_namespaced_pod_status("k", target.namespace, pod)
@@ -311,3 +312,57 @@ def test_watch_options_upstream_refuses_are_422(target, query, cause):
     assert code == 422 and status["reason"] == "Invalid" and status["details"]["kind"] == "ListOptions"
     assert (cause[0], cause[1]) in [(c["field"], c["message"]) for c in status["details"]["causes"]]
     assert status["message"].startswith('ListOptions.meta.k8s.io "" is invalid: ')
+
+
+# ------------------------------------------------------------------ Status bodies
+
+
+def failure(code: int, reason: str, message: str, details: dict) -> dict:
+    """A Status as upstream's apierrors builds it (apimachinery pkg/api/errors/errors.go)."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "details": details, "code": code}
+
+
+def test_not_found_is_upstreams_status(target):
+    code, body = target.raw("GET", f"/api/v1/namespaces/{target.namespace}/pods/ghost")
+    assert (code, body) == (404, failure(404, "NotFound", 'pods "ghost" not found', {"name": "ghost", "kind": "pods"}))
+
+
+def test_creating_in_a_missing_namespace_is_upstreams_not_found(target):
+    code, body = target.raw("POST", "/api/v1/namespaces/no-such-namespace/pods", body=pod_with("p", {}))
+    assert (code, body) == (404, failure(404, "NotFound", 'namespaces "no-such-namespace" not found',
+                                         {"name": "no-such-namespace", "kind": "namespaces"}))
+
+
+def test_already_exists_is_upstreams_status(target):
+    path = f"/api/v1/namespaces/{target.namespace}/secrets"
+    assert target.raw("POST", path, body={"metadata": {"name": "dup"}})[0] == 201
+    code, body = target.raw("POST", path, body={"metadata": {"name": "dup"}})
+    assert (code, body) == (409, failure(409, "AlreadyExists", 'secrets "dup" already exists',
+                                         {"name": "dup", "kind": "secrets"}))
+
+
+def test_a_stale_update_is_upstreams_conflict(target):
+    make_secrets(target, "s")
+    path = f"/api/v1/namespaces/{target.namespace}/secrets/s"
+    _, current = target.raw("GET", path)
+    assert target.raw("PUT", path, body={**current, "data": {"v": "Mg=="}})[0] == 200
+    code, body = target.raw("PUT", path, body={**current, "data": {"v": "Mw=="}})
+    assert (code, body) == (409, failure(
+        409, "Conflict", 'Operation cannot be fulfilled on secrets "s": the object has been modified; please apply '
+                         "your changes to the latest version and try again", {"name": "s", "kind": "secrets"}))
+
+
+def test_an_invalid_pod_is_upstreams_invalid_with_every_cause(target):
+    # Upstream NewInvalid: "<Kind> \"<name>\" is invalid: [<field>: <error>, ...]", one typed cause per error.
+    pod = pod_manifest("bad")
+    pod["spec"]["containers"] = [{"name": "a"}, {"name": "a", "image": "busybox:1.36"}]
+    code, body = target.raw("POST", f"/api/v1/namespaces/{target.namespace}/pods", body=pod)
+    image = {"reason": "FieldValueRequired", "message": "Required value", "field": "spec.containers[0].image"}
+    duplicate = {"reason": "FieldValueDuplicate", "message": 'Duplicate value: "a"', "field": "spec.containers[1].name"}
+    assert code == 422 and body["reason"] == "Invalid" and body["kind"] == "Status" and body["code"] == 422
+    assert {k: v for k, v in body["details"].items() if k != "causes"} == {"name": "bad", "kind": "Pod"}
+    assert image in body["details"]["causes"] and duplicate in body["details"]["causes"]
+    assert body["message"].startswith('Pod "bad" is invalid: [') and body["message"].endswith("]")
+    assert "spec.containers[0].image: Required value" in body["message"]
+    assert 'spec.containers[1].name: Duplicate value: "a"' in body["message"]
