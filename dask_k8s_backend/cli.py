@@ -1,7 +1,7 @@
-"""Command line: ``python -m dask_k8s_backend {demo, embedded, status, gc}``.
+"""Command line: ``python -m dask_k8s_backend {demo, embedded, node, status, gc}``.
 
 Only argument parsing lives here; each subcommand delegates to the module that owns the work
-(``demo.main``, ``embedded.cli.run``, ``admin.run_status`` / ``admin.run_gc``), imported lazily
+(``demo.main``, ``embedded.cli.run``, ``node.agent.run``, ``admin.run_status`` / ``admin.run_gc``), imported lazily
 so ``--help`` stays fast and a missing piece gives a clear message instead of an ImportError.
 """
 
@@ -74,6 +74,31 @@ def embedded(kubeconfig: str, kubelet: str, nodes: int, cpu: str, memory: str, p
         sys.exit(1)
     _exit(run(kubeconfig=kubeconfig, kubelet=kubelet, nodes=nodes, cpu=cpu, memory=memory, port=port,
               tls=not no_tls))
+
+
+@cli.command()
+@click.option("--kubeconfig", required=True, help="kubeconfig of the API server to join (any Kubernetes).")
+@click.option("--name", required=True, help="Node name.")
+@click.option("--kubelet", default="process", show_default=True,
+              help="process (pods run as local processes) or simulated (phases only, no processes).")
+@click.option("--cpu", default="4", show_default=True, help="cpu capacity.")
+@click.option("--memory", default="8Gi", show_default=True, help="Memory capacity.")
+@click.option("--pods", type=int, default=110, show_default=True, help="Pod capacity.")
+@click.option("--labels", default=None, help="Node labels: k=v,k2=v2.")
+@click.option("--taints", default=None, help="Node taints: key=value:NoSchedule,...")
+@click.option("--resources", default=None, help="Extended resources: name=qty,... (e.g. nvidia.com/gpu=2).")
+@click.option("--port", type=int, default=0, show_default=True, help="Kubelet HTTPS port; 0 picks a free one.")
+@click.option("--ip-block", type=int, default=None,
+              help="Second octet of the pods' 127.x.y.z IPs (default: derived from the name, 100-254).")
+def node(kubeconfig: str, name: str, kubelet: str, cpu: str, memory: str, pods: int, labels: str | None,
+         taints: str | None, resources: str | None, port: int, ip_block: int | None) -> None:
+    """Join an API server as a node and run the pods bound to it, in the foreground until interrupted."""
+    run = _delegate("dask_k8s_backend.node.agent", "run")
+    if run is None:
+        click.echo("node: not implemented yet (dask_k8s_backend.node.agent is missing).", err=True)
+        sys.exit(1)
+    _exit(run(kubeconfig=kubeconfig, name=name, kubelet=kubelet, cpu=cpu, memory=memory, pods=pods, labels=labels,
+              taints=taints, resources=resources, port=port, ip_block=ip_block))
 
 
 _MASTER = click.option("--master", default="k8s://", show_default=True,

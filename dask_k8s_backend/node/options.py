@@ -75,12 +75,12 @@ def parse_taints(text: str | None) -> list[dict[str, str]]:
     return taints
 
 
-def _check_quantity(option: str, name: str, value: str) -> None:
+def _check_quantity(option: str, name: str, value: str, shown: str | None = None) -> None:
     try:
         res.to_units(name, value, what=f"{option} {name}")
     except (StatusError, ValueError):
-        raise OptionError(f"{option}: {value!r} is not a Kubernetes quantity for {name}; use a number with an "
-                          "optional suffix, e.g. 4, 500m or 8Gi.") from None
+        raise OptionError(f"{option}: {shown or value!r} is not a Kubernetes quantity for {name}; use a number with "
+                          "an optional suffix, e.g. 4, 500m or 8Gi.") from None
 
 
 def _check_kubeconfig(path: str) -> None:
@@ -100,11 +100,12 @@ def _check_name_and_labels(name: str, labels: dict[str, str]) -> None:
     if check_name("nodes", name):
         raise OptionError(f"--name: {name!r} is not a valid node name; use lower-case letters, digits, '-' and '.', "
                           "starting and ending with a letter or digit (e.g. node-1).")
-    try:
-        validate("nodes", "Node", {"metadata": {"name": name, "labels": labels}})
-    except StatusError as e:
-        raise OptionError(f"--labels: {labels} is refused by the API rules ({e.message}); use key=value pairs of "
-                          "letters, digits, '-', '_' and '.'.") from None
+    for key, value in labels.items():
+        try:
+            validate("nodes", "Node", {"metadata": {"name": name, "labels": {key: value}}})
+        except StatusError:
+            raise OptionError(f"--labels: '{key}={value}' is not a valid label; use key=value with letters, digits, "
+                              "'-', '_' and '.' (keys may have a DNS prefix, e.g. example.com/zone=a).") from None
 
 
 def parse_node_options(*, kubeconfig: str, name: str, kubelet: str = "process", cpu: str = "4", memory: str = "8Gi",
@@ -122,7 +123,7 @@ def parse_node_options(*, kubeconfig: str, name: str, kubelet: str = "process", 
         raise OptionError(f"--pods: {pods!r} is not a whole number >= 1; use e.g. 110.")
     extended = _pairs("--resources", resources, "nvidia.com/gpu=2")
     for key, value in extended.items():
-        _check_quantity("--resources", key, value)
+        _check_quantity("--resources", key, value, f"'{key}={value}'")
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise OptionError(f"--port: {port!r} is not a port; use 0 (any free port) or 1-65535.")
     block = derived_ip_block(name) if ip_block is None else ip_block

@@ -1,0 +1,372 @@
+"""Rules of the node agent's HTTP transport, proved with in-memory fakes (no server, no sleeps).
+
+The fakes stand for the API server: ``FakeHttp`` answers requests from a script and records them,
+and serves watch streams as canned lists of lines (an expired watch, bookmarks, a dropped stream).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dask_k8s_backend.errors import Conflict, Gone, KubernetesApiError, NotFound
+from dask_k8s_backend.node import mounts
+from dask_k8s_backend.node.api_transport import ApiTransport, merge_patch
+from dask_k8s_backend.node.lease import NodeLease
+from dask_k8s_backend.node.options import OptionError, derived_ip_block, parse_node_options, parse_taints
+from dask_k8s_backend.node.reflector import PodCache, PodReflector
+from dask_k8s_backend.node.tokens import TokenProjector, refresh_time, token_projection, token_request
+
+
+def pod(name: str, uid: str = "u1", rv: str = "1", **status: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": uid, "resourceVersion": rv},
+            "spec": {"nodeName": "n1", "containers": [{"name": "main"}]}, "status": dict(status)}
+
+
+class FakeStream:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.closed = False
+
+    def __iter__(self):
+        return iter(self.lines)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeHttp:
+    """Scripted answers: ``answers[(method, path)]`` is a value, an exception, or a callable of the body."""
+
+    host_port = ("127.0.0.1", 6443)
+    ca_file = None
+    server = "https://127.0.0.1:6443"
+
+    def __init__(self, answers: dict | None = None, streams: list | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.streams = list(streams or [])
+        self.calls: list[tuple[str, str, Any, dict]] = []
+
+    def request(self, method: str, path: str, *, query=None, body=None, content_type="application/json",
+                action=None, timeout=None) -> dict:
+        self.calls.append((method, path, body, {"query": query, "content_type": content_type}))
+        answer = self.answers.get((method, path), {})
+        if isinstance(answer, list):  # one answer per call
+            answer = answer.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer(body) if callable(answer) else answer
+
+    def stream(self, path: str, *, query=None, read_timeout=None):
+        self.calls.append(("WATCH", path, None, {"query": query}))
+        item = self.streams.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return FakeStream([json.dumps(e) for e in item])
+
+    def close(self) -> None:
+        pass
+
+
+def collect() -> tuple[list, Any]:
+    seen: list[tuple[str, str, str]] = []
+
+    def sink(kind: str, item: Any) -> None:
+        meta = item.obj["metadata"]
+        seen.append((kind, meta["name"], meta["uid"]))
+
+    return seen, sink
+
+
+# ---------------------------------------------------------------- merge patches
+def test_a_status_merge_patch_holds_only_changes_and_nulls_removed_keys():
+    old = {"phase": "Running", "reason": "X", "podIP": "127.1.1.1", "conditions": [{"type": "Ready"}]}
+    new = {"phase": "Failed", "podIP": "127.1.1.1", "conditions": [{"type": "Ready"}, {"type": "Initialized"}]}
+    assert merge_patch(old, new) == {"phase": "Failed", "reason": None,
+                                     "conditions": [{"type": "Ready"}, {"type": "Initialized"}]}
+
+
+def test_nested_maps_are_patched_key_by_key():
+    assert merge_patch({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == {"a": {"c": 3}}
+    assert merge_patch({"a": {"b": 1}}, {"a": {"b": 1}}) == {}
+
+
+# ---------------------------------------------------------------- reflector
+def test_the_watch_resumes_from_the_list_resource_version_and_bookmarks_move_it():
+    http = FakeHttp({("GET", "/api/v1/pods"): {"metadata": {"resourceVersion": "10"}, "items": [pod("a")]}},
+                    streams=[[{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+                              {"type": "MODIFIED", "object": pod("a", rv="16", phase="Running")}]])
+    seen, sink = collect()
+    reflector = PodReflector(http, "n1", sink)
+    backlog = reflector.list_pods()
+    assert [(k, i.obj["metadata"]["name"]) for k, i in backlog] == [("ADDED", "a")]
+    assert http.calls[0][3]["query"] == {"fieldSelector": "spec.nodeName=n1"}
+    reflector.watch_once()
+    watch_query = http.calls[1][3]["query"]
+    assert watch_query["resourceVersion"] == "10" and watch_query["fieldSelector"] == "spec.nodeName=n1"
+    assert watch_query["allowWatchBookmarks"] is True
+    assert seen == [("MODIFIED", "a", "u1")]
+    assert reflector.resource_version == "16"
+    assert reflector.cache.get(("default", "a"))["status"]["phase"] == "Running"
+
+
+def test_an_expired_watch_error_event_raises_gone():
+    http = FakeHttp(streams=[[{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                           "message": "too old resource version"}}]])
+    reflector = PodReflector(http, "n1", lambda *a: None)
+    with pytest.raises(Gone):
+        reflector.watch_once()
+
+
+def test_a_relist_reports_vanished_pods_deleted_and_the_others_modified():
+    http = FakeHttp({("GET", "/api/v1/pods"): [
+        {"metadata": {"resourceVersion": "10"}, "items": [pod("a"), pod("b", uid="u2")]},
+        {"metadata": {"resourceVersion": "30"}, "items": [pod("a", rv="20"), pod("b", uid="u3", rv="25")]},
+    ]})
+    seen, sink = collect()
+    reflector = PodReflector(http, "n1", sink)
+    reflector.list_pods()
+    reflector.relist()
+    assert ("DELETED", "b", "u2") in seen  # replaced by a new pod of the same name: the old one is gone
+    assert ("MODIFIED", "a", "u1") in seen and ("MODIFIED", "b", "u3") in seen
+    assert seen.index(("DELETED", "b", "u2")) < seen.index(("MODIFIED", "b", "u3"))
+    assert reflector.resource_version == "30"
+
+
+def test_the_watch_loop_relists_after_410_and_gives_up_after_bounded_failures():
+    failures = [KubernetesApiError("boom", code=500)] * 3
+    http = FakeHttp({("GET", "/api/v1/pods"): [{"metadata": {"resourceVersion": "1"}, "items": []},
+                                                {"metadata": {"resourceVersion": "5"}, "items": [pod("a")]}]},
+                    streams=[Gone("expired", code=410)] + failures)
+    seen, sink = collect()
+    fatal = threading.Event()
+    reflector = PodReflector(http, "n1", sink, on_fatal=lambda e: fatal.set(), max_failures=3, backoff_start=0.001,
+                             backoff_max=0.002)
+    reflector.list_pods()
+    reflector.start()
+    assert fatal.wait(10), "the reflector never gave up"
+    reflector.stop()
+    assert seen == [("MODIFIED", "a", "u1")]
+    assert [c[0] for c in http.calls].count("GET") == 2
+
+
+def test_the_cache_keeps_the_newest_version_of_a_pod():
+    cache = PodCache()
+    cache.put(pod("a", rv="5", phase="Running"))
+    cache.put(pod("a", rv="3", phase="Pending"))
+    assert cache.get(("default", "a"))["status"]["phase"] == "Running"
+    cache.put(pod("a", uid="u9", rv="1"))  # a new pod of that name replaces the old whatever its version
+    assert cache.get(("default", "a"))["metadata"]["uid"] == "u9"
+
+
+# ---------------------------------------------------------------- transport writes
+def transport_with(http: FakeHttp, *pods: dict) -> ApiTransport:
+    transport = ApiTransport(http)
+    for p in pods:
+        transport.cache.put(p)
+    return transport
+
+
+def test_status_is_merge_patched_with_the_uid_and_only_when_it_changed():
+    path = "/api/v1/namespaces/default/pods/a/status"
+    http = FakeHttp({("PATCH", path): lambda body: pod("a", rv="2", **body["status"])})
+    transport = transport_with(http, pod("a", phase="Pending"))
+    new = transport.write_status(("default", "a"), "u1", lambda p: {**p["status"], "phase": "Running"})
+    assert new["status"]["phase"] == "Running"
+    method, called, body, extra = http.calls[-1]
+    assert (method, called, extra["content_type"]) == ("PATCH", path, "application/merge-patch+json")
+    assert body == {"metadata": {"uid": "u1"}, "status": {"phase": "Running"}}
+    transport.write_status(("default", "a"), "u1", lambda p: dict(p["status"]))
+    assert len(http.calls) == 1, "an unchanged status was sent"
+
+
+def test_status_of_a_replaced_or_vanished_pod_is_not_written():
+    http = FakeHttp({("PATCH", "/api/v1/namespaces/default/pods/a/status"): NotFound("gone")})
+    transport = transport_with(http, pod("a"))
+    assert transport.write_status(("default", "a"), "other-uid", lambda p: {"phase": "Running"}) is None
+    assert http.calls == []
+    assert transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Running"}) is None
+
+
+def test_graceful_deletion_finishes_with_grace_zero_and_a_uid_precondition():
+    http = FakeHttp({("DELETE", "/api/v1/namespaces/default/pods/a"): Conflict("uid precondition failed")})
+    transport = transport_with(http)
+    transport.finish_deletion(("default", "a"), "u1")  # a conflict (new pod of that name) is not an error
+    method, path, body, _ = http.calls[-1]
+    assert method == "DELETE" and path.endswith("/pods/a")
+    assert body["gracePeriodSeconds"] == 0 and body["preconditions"] == {"uid": "u1"}
+    assert "finalizers" not in json.dumps(body)
+
+
+def test_a_missing_secret_is_none_and_other_errors_propagate():
+    http = FakeHttp({("GET", "/api/v1/namespaces/default/secrets/s"): NotFound("no"),
+                     ("GET", "/api/v1/namespaces/default/configmaps/c"): KubernetesApiError("forbidden", code=403)})
+    transport = transport_with(http)
+    assert transport.lookup("secrets", "default", "s") is None
+    with pytest.raises(KubernetesApiError):
+        transport.lookup("configmaps", "default", "c")
+
+
+def test_node_registration_posts_the_node_then_merge_patches_its_status_and_starts_the_lease():
+    node = {"metadata": {"name": "n1", "labels": {"a": "b"}}, "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "daemonEndpoints": {"kubeletEndpoint": {"Port": 12345}}}}
+    http = FakeHttp({("POST", "/api/v1/nodes"): {"metadata": {"name": "n1", "uid": "node-uid"}}})
+    transport = ApiTransport(http, lease_duration=40)
+    transport.register_node(node)
+    transport.lease.stop()
+    calls = [(c[0], c[1]) for c in http.calls]
+    assert calls[:3] == [("POST", "/api/v1/nodes"), ("PATCH", "/api/v1/nodes/n1/status"),
+                         ("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")]
+    assert http.calls[1][2] == {"status": node["status"]}
+    lease = http.calls[2][2]
+    assert lease["spec"]["leaseDurationSeconds"] == 40 and lease["spec"]["holderIdentity"] == "n1"
+    assert lease["metadata"]["ownerReferences"][0] == {"apiVersion": "v1", "kind": "Node", "name": "n1",
+                                                       "uid": "node-uid"}
+
+
+def test_an_existing_node_is_taken_over_by_patching_labels_and_taints():
+    http = FakeHttp({("POST", "/api/v1/nodes"): Conflict("exists"),
+                     ("PATCH", "/api/v1/nodes/n1"): {"metadata": {"name": "n1", "uid": "old"}}})
+    transport = ApiTransport(http)
+    transport.register_node({"metadata": {"name": "n1", "labels": {"x": "y"}}, "spec": {}, "status": {}})
+    transport.lease.stop()
+    assert http.calls[1][2] == {"metadata": {"labels": {"x": "y"}}, "spec": {"taints": None}}
+
+
+def test_the_lease_is_renewed_every_quarter_of_its_duration_with_a_merge_patch():
+    http = FakeHttp()
+    lease = NodeLease(http, duration=40)
+    assert lease.interval == 10.0
+    lease.name = "n1"
+    lease.renew()
+    method, path, body, extra = http.calls[-1]
+    assert (method, path) == ("PATCH", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1")
+    assert set(body["spec"]) == {"renewTime"} and extra["content_type"] == "application/merge-patch+json"
+
+
+def test_a_server_without_leases_gets_no_heartbeat_and_no_error():
+    http = FakeHttp({("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"):
+                     KubernetesApiError("no such method", code=405)})
+    assert NodeLease(http).start({"metadata": {"name": "n1", "uid": "u"}}) is False
+
+
+# ---------------------------------------------------------------- options
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text("clusters: [{name: a, cluster: {server: 'https://127.0.0.1:6443'}}]\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("name", "Bad_Name", "--name"), ("cpu", "lots", "--cpu"), ("memory", "8GB!", "--memory"),
+    ("labels", "novalue", "--labels"), ("labels", "a=b c", "--labels"), ("taints", "k=v:Sometimes", "--taints"),
+    ("resources", "nvidia.com/gpu=two", "--resources"), ("port", 70000, "--port"), ("ip_block", 300, "--ip-block"),
+    ("kubelet", "docker", "--kubelet"), ("pods", 0, "--pods"),
+])
+def test_bad_input_names_the_option_the_value_and_the_fix(kubeconfig, option, value, named):
+    with pytest.raises(OptionError) as info:
+        parse_node_options(**{"kubeconfig": kubeconfig, "name": "n1", option: value})
+    message = str(info.value)
+    assert message.startswith(named + ":") and str(value) in message and ("use" in message or "write" in message
+                                                                          or "give" in message)
+
+
+def test_a_missing_kubeconfig_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(OptionError, match="--kubeconfig"):
+        parse_node_options(kubeconfig=str(tmp_path / "nope"), name="n1")
+
+
+def test_taints_and_labels_parse_and_ip_blocks_derive_from_the_name(kubeconfig):
+    assert parse_taints("a=b:NoSchedule,c:NoExecute") == [{"key": "a", "value": "b", "effect": "NoSchedule"},
+                                                          {"key": "c", "effect": "NoExecute"}]
+    options = parse_node_options(kubeconfig=kubeconfig, name="n1", labels="zone=a,disk=ssd")
+    assert options.labels == {"zone": "a", "disk": "ssd"}
+    assert options.ip_block == derived_ip_block("n1") and 100 <= options.ip_block <= 254
+    assert parse_node_options(kubeconfig=kubeconfig, name="n1", ip_block=7).ip_block == 7
+
+
+# ---------------------------------------------------------------- tokens
+def api_access_pod(expiration: int | None = 3607, audience: str | None = None, automount: bool | None = None) -> dict:
+    source: dict[str, Any] = {"path": "token"}
+    if expiration is not None:
+        source["expirationSeconds"] = expiration
+    if audience:
+        source["audience"] = audience
+    spec: dict[str, Any] = {"serviceAccountName": "worker", "containers": [{"name": "main"}],
+                            "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
+                                {"serviceAccountToken": source},
+                                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            ]}}]}
+    if automount is not None:
+        spec["automountServiceAccountToken"] = automount
+    return {"metadata": {"name": "p", "namespace": "ns1", "uid": "pod-uid"}, "spec": spec}
+
+
+def test_the_token_projection_comes_from_the_kube_api_access_volume():
+    projection = token_projection(api_access_pod(expiration=100, audience="vault"))
+    assert projection.service_account == "worker" and projection.audiences == ("vault",)
+    assert projection.expiration == 600  # TokenRequest's minimum
+    assert token_projection(api_access_pod(automount=False)) is None
+    assert token_projection({"spec": {"containers": []}}) is None
+    assert token_projection({"spec": {"serviceAccountName": "sa"}}).service_account == "sa"
+
+
+def test_the_token_request_is_bound_to_the_pod():
+    body = token_request(api_access_pod(), token_projection(api_access_pod()))
+    assert body["spec"]["boundObjectRef"] == {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": "pod-uid"}
+    assert body["spec"]["expirationSeconds"] == 3607
+
+
+def test_tokens_are_refreshed_after_80_percent_of_their_lifetime():
+    assert refresh_time(1000.0, 2000.0) == 1800.0
+
+
+def test_the_projector_writes_token_ca_and_namespace_and_sets_the_service_address(tmp_path):
+    http = FakeHttp({("POST", "/api/v1/namespaces/ns1/serviceaccounts/worker/token"):
+                     {"status": {"token": "secret-token", "expirationTimestamp": "2099-01-01T00:00:00Z"}}})
+    lookup = lambda r, ns, n: {"data": {"ca.crt": "CA PEM"}} if (r, n) == ("configmaps", "kube-root-ca.crt") else None
+    projector = TokenProjector(http, lookup, mount=False)
+    try:
+        setup = projector.prepare(api_access_pod(), tmp_path)
+    finally:
+        projector.stop()
+    directory = tmp_path / "serviceaccount"
+    assert (directory / "token").read_text() == "secret-token"
+    assert (directory / "ca.crt").read_text() == "CA PEM" and (directory / "namespace").read_text() == "ns1"
+    assert setup.env == {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443",
+                         "KUBERNETES_SERVICE_PORT_HTTPS": "6443"}
+    assert setup.preexec is None
+    assert "secret-token" not in repr(projector)
+
+
+def test_a_server_without_token_requests_projects_nothing(tmp_path):
+    http = FakeHttp({("POST", "/api/v1/namespaces/ns1/serviceaccounts/worker/token"): NotFound("no"),
+                     ("GET", "/api/v1/namespaces/ns1/serviceaccounts/worker"): {"metadata": {"name": "worker"}}})
+    projector = TokenProjector(http, lambda *a: None, mount=False)
+    setup = projector.prepare(api_access_pod(), tmp_path)
+    assert setup.preexec is None and "KUBERNETES_SERVICE_HOST" in setup.env
+    assert not (tmp_path / "serviceaccount" / "token").exists()
+    assert projector.served is False
+
+
+@pytest.mark.skipif(not mounts.mount_namespaces_supported(), reason="needs root and mount namespaces")
+def test_a_container_sees_its_own_directory_at_the_service_account_path(tmp_path):
+    source = tmp_path / "sa"
+    source.mkdir()
+    (source / "token").write_text("pod-token")
+    target = tmp_path / "target"
+    target.mkdir()
+    preexec = mounts.bind_preexec(source, target)
+    seen = subprocess.run([sys.executable, "-c", f"print(open({str(target / 'token')!r}).read())"],
+                          preexec_fn=preexec, capture_output=True, text=True, timeout=30)
+    assert seen.stdout.strip() == "pod-token"
+    assert not (target / "token").exists(), "the bind mount leaked into the host's mount namespace"
