@@ -36,8 +36,10 @@ from distributed.utils import Log, Logs
 from . import labels
 from .config import Settings, load_settings
 from .backend.groups import group_settings, validate_group_name
+from .errors import Forbidden
 from .master import KubeConnection, resolve_manager
 from .pods.builder import AppSpec, base_pod, check_executor_pod
+from .preflight import POD_LOGS, Permission, feature_refusal
 from .status_view import ClusterStatus, format_status_table, render_status_html
 
 logger = logging.getLogger(__name__)
@@ -232,6 +234,8 @@ class KubeSparkCluster(Cluster):
         self.scheduler: Scheduler | None = None
         self._status_cache: ClusterStatus = ClusterStatus.empty(self.app)
         self.pods_left_after_close = -1  # counted through the API by close()
+        # optional permissions the preflight found missing (warned once); the features needing them say so
+        self.missing_optional_permissions: tuple[Permission, ...] = ()
         self.security = Security()  # replaced by the app's own TLS Security when security.tls is set
         self._tls_secret = False
         self._group_adaptives: dict[str, Any] = {}
@@ -595,11 +599,19 @@ class KubeSparkCluster(Cluster):
         return self.sync(self._executor_log, executor_id, tail_lines)
 
     async def _executor_log(self, executor_id: int | str, tail_lines: int | None = None) -> str:
-        return await self.scheduler_comm.k8s_logs(executor_id=str(executor_id), tail_lines=tail_lines)  # type: ignore[union-attr]
+        what = f"cluster.logs({executor_id!r})"
+        if POD_LOGS in self.missing_optional_permissions:  # the preflight knew: say it without asking again
+            raise feature_refusal(what, "read pod logs", POD_LOGS, self.app.namespace)
+        try:
+            return await self.scheduler_comm.k8s_logs(executor_id=str(executor_id), tail_lines=tail_lines)  # type: ignore[union-attr]
+        except Forbidden as e:  # the preflight could not ask (or the scheduler pod's account lacks it)
+            raise feature_refusal(what, "read pod logs", POD_LOGS, self.app.namespace) from e
 
     async def _get_logs(self, cluster: bool = True, scheduler: bool = True, workers: Any = True) -> Logs:
         logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=False)
-        if workers:
+        if workers and POD_LOGS in self.missing_optional_permissions:
+            logs["workers"] = Log(str(feature_refusal("get_logs()", "read pod logs", POD_LOGS, self.app.namespace)))
+        elif workers:
             status = await self._refresh_status()
             for executor in status.executors:
                 if workers is not True and str(executor["id"]) not in {str(w) for w in workers}:

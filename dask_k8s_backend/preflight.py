@@ -15,9 +15,12 @@ added (:func:`check_worker_group`, only refusals no empty namespace would lift a
 ``scale(n, group=...)`` / ``adapt(maximum=..., group=...)`` (:func:`warn_before_scale`, a warning).
 
 Each failing check raises one :class:`PreflightError` subclass whose message names what is wrong
-and the fix (for RBAC: every missing permission and the Role that grants them). Checks that
-this identity may not run (reading quotas is optional) are skipped with a debug log: the
-server's own refusal at creation time still says what went wrong. :func:`quota_shortfall` is
+and the fix (for RBAC: every missing permission and the Role that grants them). Permissions are
+must or nice: without a required one (create/list/watch/delete pods, ...) the backend cannot work
+and the start is refused; without an optional one (``OPTIONAL_PERMISSIONS``: pods/log, reading
+quotas and LimitRanges) the cluster starts with one warning, and the feature that needs it says
+so when used (:func:`feature_refusal`). Checks that this identity may not run (reading quotas)
+are skipped with a debug log: the server's own refusal at creation time still says what went wrong. :func:`quota_shortfall` is
 the same quota rule for a later ``scale(n)``: a warning, not an error.
 """
 
@@ -82,7 +85,15 @@ CLIENT_MODE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("delete", "pods", why="scale down and replace workers"),
     Permission("deletecollection", "pods", why="clean up at close"),
     Permission("patch", "pods", why="label terminated pods kept for debugging"),
-    Permission("get", "pods", "log", why="cluster.logs()"),
+)
+# Permissions a feature needs, not the backend: without them the cluster starts, with one warning at start,
+# and the feature says what is missing when it is used (reading quotas and LimitRanges: the preflight's
+# quota checks are skipped and the API server's own refusal speaks at creation time).
+POD_LOGS = Permission("get", "pods", "log", why="cluster.logs() and get_logs() read the workers' logs")
+OPTIONAL_PERMISSIONS: tuple[Permission, ...] = (
+    POD_LOGS,
+    Permission("list", "resourcequotas", why="checking before creating workers that they fit the namespace's quota"),
+    Permission("list", "limitranges", why="applying the namespace's LimitRange defaults in that quota check"),
 )
 CLUSTER_MODE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("get", "pods", why="the scheduler reads its own pod"),
@@ -120,6 +131,23 @@ def role_snippet(missing: Iterable[Permission], namespace: str) -> str:
     return "\n".join(lines)
 
 
+def optional_permissions_message(missing: Sequence[Permission], namespace: str) -> str:
+    """The one warning at start about optional permissions this identity lacks, and what goes without them."""
+    listed = "\n".join(f"  - {p.describe()}" for p in missing)
+    return (
+        f"The Kubernetes identity in use lacks {len(missing)} optional permission(s) in namespace {namespace!r}; "
+        f"the cluster starts, without what needs them:\n{listed}\nTo have them, ask for them in your Role:\n"
+        f"{role_snippet(missing, namespace)}"
+    )
+
+
+def feature_refusal(what: str, doing: str, permission: Permission, namespace: str) -> MissingPermissionsError:
+    """The error of a feature used without its optional permission: what was asked, what is missing, the Role."""
+    return MissingPermissionsError(
+        f"{what}: your credentials may not {doing} ({permission.verb} {permission.full_resource}) in namespace "
+        f"{namespace!r}; ask for it in your Role:\n{role_snippet([permission], namespace)}", [permission])
+
+
 def missing_permissions_message(missing: Sequence[Permission], namespace: str) -> str:
     listed = "\n".join(f"  - {p.describe()}" for p in missing)
     return (
@@ -153,17 +181,25 @@ async def _allowed(api_client: Any, permission: Permission, namespace: str) -> b
     return bool((review.get("status") or {}).get("allowed"))
 
 
-async def check_permissions(api_client: Any, namespace: str, deploy_mode: str = "client", tls: bool = False) -> None:
-    """Raise :class:`MissingPermissionsError` listing every permission the identity lacks."""
-    wanted = required_permissions(deploy_mode, tls)
+async def check_permissions(api_client: Any, namespace: str, deploy_mode: str = "client",
+                            tls: bool = False) -> tuple[Permission, ...]:
+    """Raise :class:`MissingPermissionsError` listing every required permission the identity lacks;
+    warn once about the optional ones it lacks and return them (the features that need them say so)."""
+    required = required_permissions(deploy_mode, tls)
+    wanted = required + OPTIONAL_PERMISSIONS
     try:
         answers = await asyncio.gather(*(_allowed(api_client, p, namespace) for p in wanted))
     except (NotFound, Forbidden) as e:  # no SelfSubjectAccessReview API here: creation errors will tell
         logger.warning("preflight: cannot ask the API server about permissions (%s); skipping the RBAC check", e.code)
-        return
+        return ()
     missing = [p for p, ok in zip(wanted, answers) if not ok]
-    if missing:
-        raise MissingPermissionsError(missing_permissions_message(missing, namespace), missing)
+    must = [p for p in missing if p in required]
+    if must:
+        raise MissingPermissionsError(missing_permissions_message(must, namespace), must)
+    optional = tuple(p for p in missing if p not in required)
+    if optional:
+        logger.warning("%s", optional_permissions_message(optional, namespace))
+    return optional
 
 
 async def check_namespace(api_client: Any, namespace: str) -> None:
@@ -497,17 +533,19 @@ async def check_service_account(api_client: Any, namespace: str, name: str) -> N
 
 # ------------------------------------------------------------------------------------ entry point
 async def run_preflight(api_client: Any, *, namespace: str, deploy_mode: str, pod: dict, n_workers: int,
-                        tls: bool = False, service_account: str | None = None) -> None:
+                        tls: bool = False, service_account: str | None = None) -> tuple[Permission, ...]:
     """All checks, in order (permissions, namespace, service account, policies); the first failing one raises.
 
     ``service_account``: the cluster-mode scheduler pod's account to check (None: none to check).
+    Returns the optional permissions the identity lacks (already warned about).
     """
-    await check_permissions(api_client, namespace, deploy_mode, tls)
+    optional_missing = await check_permissions(api_client, namespace, deploy_mode, tls)
     await check_namespace(api_client, namespace)
     if deploy_mode == "cluster" and service_account:
         await check_service_account(api_client, namespace, service_account)
     await check_policies(api_client, namespace, pod, n_workers)
     logger.debug("preflight passed for namespace %s (%d workers)", namespace, n_workers)
+    return optional_missing
 
 
 async def check_cluster(cluster: Any) -> None:
@@ -517,9 +555,9 @@ async def check_cluster(cluster: Any) -> None:
 
     pod = check_executor_pod(app=cluster.app, settings=cluster.settings, template=cluster._pod_template)
     service_account = scheduler_service_account(cluster.settings, cluster.connection)
-    await run_preflight(cluster.connection.api_client, namespace=cluster.app.namespace,
-                        deploy_mode=cluster.settings.deploy_mode, pod=pod, n_workers=cluster._n_workers,
-                        tls=cluster.settings.security.tls, service_account=service_account)
+    cluster.missing_optional_permissions = await run_preflight(
+        cluster.connection.api_client, namespace=cluster.app.namespace, deploy_mode=cluster.settings.deploy_mode,
+        pod=pod, n_workers=cluster._n_workers, tls=cluster.settings.security.tls, service_account=service_account)
 
 
 async def warn_before_scale(cluster: Any, n: int, group: str = DEFAULT_GROUP, asked: str | None = None) -> str | None:

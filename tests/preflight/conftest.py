@@ -1,7 +1,7 @@
 """An embedded Kubernetes with restricted users, reached as a real cluster (k8s:// + kubeconfig).
 
-Each restricted user lacks exactly one permission the backend needs (``no-<verb>-<resource>``),
-``nothing`` has none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml: the refusal
+Each restricted user lacks exactly one permission the backend uses, required or optional
+(``no-<verb>-<resource>``), ``nothing`` has none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml: the refusal
 paths go through the real HTTP API with real tokens. Leak checks: no pod of a refused cluster
 exists (checked through the API) and no worker process outlives a test.
 """
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from k8s_helpers import assert_no_worker_processes_left, list_pods, merge_kwargs
 
-from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, Permission
+from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISSIONS, Permission
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,8 @@ def rbac_yaml_rules(namespace: str) -> list[dict]:
 
 
 def restricted_users() -> dict[str, list[dict]]:
-    users = {user_name(p): [rule(q) for q in CLIENT_MODE_PERMISSIONS if q != p] for p in CLIENT_MODE_PERMISSIONS}
+    every = CLIENT_MODE_PERMISSIONS + OPTIONAL_PERMISSIONS
+    users = {user_name(p): [rule(q) for q in every if q != p] for p in every}
     users["nothing"] = []
     users["rbac-yaml"] = rbac_yaml_rules("default")
     return users

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.preflight import (
     CLIENT_MODE_PERMISSIONS,
+    OPTIONAL_PERMISSIONS,
+    POD_LOGS,
     MissingPermissionsError,
     NamespaceNotFoundError,
 )
@@ -34,17 +38,63 @@ def test_each_missing_permission_is_refused_before_any_pod_exists(kube, core_api
 def test_every_missing_permission_is_listed_in_one_error(kube, core_api):
     with pytest.raises(MissingPermissionsError) as info:
         KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, kube.kubeconfig_for("nothing")))
-    assert info.value.missing == CLIENT_MODE_PERMISSIONS
+    assert info.value.missing == CLIENT_MODE_PERMISSIONS  # the required ones only: optional ones never refuse
     listed = [line for line in str(info.value).splitlines() if line.startswith("  - ") and "apiGroups" not in line]
     assert listed == [f"  - {p.describe()}" for p in CLIENT_MODE_PERMISSIONS]
-    assert 'resources: ["pods/log"]\n    verbs: ["get"]' in str(info.value)
+    assert 'resources: ["pods"]\n    verbs: ["create", "list", "watch", "delete", "deletecollection", "patch"]' in str(info.value)
+    assert "pods/log" not in str(info.value)
     assert worker_pods(core_api) == []
+
+
+def backend_warnings(caplog, recorded) -> list[str]:
+    """What the user is shown as a warning: our loggers' warnings and our UserWarnings."""
+    logged = [r.getMessage() for r in caplog.records
+              if r.name.startswith("dask_k8s_backend") and r.levelno >= logging.WARNING]
+    return logged + [str(w.message) for w in recorded if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("permission", OPTIONAL_PERMISSIONS, ids=lambda p: f"{p.verb}-{p.full_resource}")
+def test_a_missing_optional_permission_starts_the_cluster_with_one_warning(kube, core_api, permission, caplog):
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, kube.kubeconfig_for(user_name(permission)))) as cluster:
+            cluster.wait_for_workers(1, timeout=60)
+            shown = backend_warnings(caplog, recorded)
+    assert len(shown) == 1, shown
+    assert "lacks 1 optional permission(s)" in shown[0] and f"  - {permission.describe()}" in shown[0]
+    assert f'resources: ["{permission.full_resource}"]\n    verbs: ["{permission.verb}"]' in shown[0]  # the Role
+    assert cluster.missing_optional_permissions == (permission,)
+
+
+def test_logs_without_pods_log_permission_say_what_to_ask_for(kube, core_api):
+    with KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, kube.kubeconfig_for(user_name(POD_LOGS)))) as cluster:
+        cluster.wait_for_workers(1, timeout=60)
+        with pytest.raises(MissingPermissionsError) as info:
+            cluster.logs(1)
+        message = str(info.value)
+        assert message.startswith("cluster.logs(1): your credentials may not read pod logs (get pods/log)")
+        assert "ask for it in your Role" in message and 'resources: ["pods/log"]' in message
+        assert info.value.missing == (POD_LOGS,)
+        logs = cluster.get_logs()  # the rest of get_logs still works; the workers' part says what is missing
+        assert "may not read pod logs (get pods/log)" in str(logs["workers"])
+        assert cluster.status_table  # everything else works
+
+
+def test_a_forbidden_pod_log_found_only_at_use_is_explained_the_same_way(kube, core_api):
+    """Where the preflight could not ask (or a cluster-mode scheduler pod's account lacks it), the 403 at use
+    gets the same explanation."""
+    with KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, kube.kubeconfig_for(user_name(POD_LOGS)))) as cluster:
+        cluster.wait_for_workers(1, timeout=60)
+        cluster.missing_optional_permissions = ()  # as if the preflight had not been able to ask
+        with pytest.raises(MissingPermissionsError, match=r"^cluster.logs\(1\): your credentials may not read pod logs"):
+            cluster.logs(1)
 
 
 def test_the_role_in_deploy_rbac_yaml_is_enough_to_run_workers(kube, core_api):
     kwargs = cluster_kwargs(kube, kube.kubeconfig_for("rbac-yaml"))
     with KubeSparkCluster(n_workers=1, **kwargs) as cluster:
         cluster.wait_for_workers(1, timeout=60)
+        assert cluster.missing_optional_permissions == ()  # the Role has the optional ones too
         assert cluster.logs(1) is not None  # pods/log
         app_id = cluster.app.app_id
     assert cluster.pods_left_after_close == 0

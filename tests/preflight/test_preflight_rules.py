@@ -85,7 +85,7 @@ def test_only_a_wanted_executor_with_other_versions_blocks_its_group():
         store=SimpleNamespace(current=SimpleNamespace(executor_pods={})),
         failures=SimpleNamespace(record_failure=lambda g, i, m: None, block=lambda g, m: blocked.append((g, m))),
     )
-    backend = SimpleNamespace(components=components, app=SimpleNamespace(app_id="a"), record=lambda m: None,
+    backend = SimpleNamespace(components=components, app=SimpleNamespace(app_id="a"), record=lambda m, level=None: None,
                               settings=SimpleNamespace(image="img:1", worker=SimpleNamespace(pod_template_container_name=None)))
     gatekeeper = RegistrationGatekeeper(backend)
     other = {"packages": dict(get_versions()["packages"], dask="1.0")}

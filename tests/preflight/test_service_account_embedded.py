@@ -17,7 +17,7 @@ from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.cluster_mode import scheduler_service_account
 from dask_k8s_backend.config import load_settings
 from dask_k8s_backend.preflight import (
-    CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, MissingPermissionsError,
+    CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, OPTIONAL_PERMISSIONS, MissingPermissionsError,
     ServiceAccountError, run_preflight, service_account_user,
 )
 
@@ -38,7 +38,7 @@ USERS = {
     service_account_user(NS, "dask-sa"): rbac_yaml_rules(NS),        # deploy/rbac.yaml bound to it
     service_account_user(NS, "weak"): rules([p for p in IN_POD_PERMISSIONS if p.verb != "delete"]),
     # a notebook identity with every cluster-mode permission, but not that of asking about others
-    "notebook": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS)
+    "notebook": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS + OPTIONAL_PERMISSIONS)
     + [{"resources": ["serviceaccounts"], "verbs": ["get"], "namespaces": [NS]}],
 }
 
