@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pki import Pki
+from .pki import FRONT_PROXY_CLIENT, Pki
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -93,6 +93,20 @@ def kube_apiserver(layout: Layout) -> list[str]:
         f"--kubelet-client-certificate={kubelet_client.cert}",
         f"--kubelet-client-key={kubelet_client.key}",
         "--endpoint-reconciler-type=none",
+        *_front_proxy(pki),
+    ]
+
+
+def _front_proxy(pki: Pki) -> list[str]:
+    """The aggregation layer's request-header authentication, as kubeadm configures it."""
+    return [
+        f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+        f"--proxy-client-key-file={pki.front_proxy_client.key}",
     ]
 
 

@@ -41,6 +41,13 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# The aggregation layer's identity: the API server proxies to extension API servers with it, and
+# they (and the controller manager's and scheduler's delegated authentication) read its CA from
+# kube-system/extension-apiserver-authentication. Without one they log "missing content for CA
+# bundle ... requestheader-client-ca-file" every few seconds.
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
 @dataclass(frozen=True)
 class CertPair:
     """A certificate and its private key, as PEM files."""
@@ -58,6 +65,8 @@ class Pki:
     clients: dict[str, CertPair]
     sa_public: Path
     sa_private: Path
+    front_proxy_ca: CertPair
+    front_proxy_client: CertPair
 
 
 def _name(common_name: str, groups: tuple[str, ...] = ()) -> x509.Name:
@@ -80,11 +89,11 @@ def _write_pair(directory: Path, stem: str, cert: x509.Certificate, key: ec.Elli
 class _Issuer:
     """Signs leaf certificates with one CA key; validity starts 5 minutes back to absorb clock skew."""
 
-    def __init__(self, days: int) -> None:
+    def __init__(self, days: int, common_name: str) -> None:
         self.start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
         self.end = self.start + datetime.timedelta(days=days)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = _name("dask-k8s-backend upstream CA")
+        subject = _name(common_name)
         usage = x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
                               key_encipherment=False, data_encipherment=False, key_agreement=False,
                               encipher_only=False, decipher_only=False)
@@ -128,7 +137,7 @@ def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
 def make_pki(directory: Path, *, days: int = 7) -> Pki:
     """Create the CA, the serving and client certificates and the service-account keys in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    issuer = _Issuer(days)
+    issuer = _Issuer(days, "dask-k8s-backend upstream CA")
     ca = _write_pair(directory, "ca", issuer.cert, issuer.key)
     san = x509.SubjectAlternativeName([x509.DNSName(n) for n in SERVING_DNS]
                                       + [x509.IPAddress(ipaddress.ip_address(i)) for i in SERVING_IPS])
@@ -137,8 +146,15 @@ def make_pki(directory: Path, *, days: int = 7) -> Pki:
     clients = {stem: _write_pair(directory, stem, *issuer.leaf(_name(user, groups), ExtendedKeyUsageOID.CLIENT_AUTH))
                for stem, (user, groups) in CLIENTS.items()}
     sa_public, sa_private = _write_service_account_keys(directory)
+    # A CA of its own, as kubeadm has: a certificate it signs lets the holder assert any user in
+    # X-Remote-User headers, so no ordinary client certificate may qualify.
+    proxy_issuer = _Issuer(days, "dask-k8s-backend upstream front-proxy CA")
+    front_proxy_ca = _write_pair(directory, "front-proxy-ca", proxy_issuer.cert, proxy_issuer.key)
+    front_proxy_client = _write_pair(directory, "front-proxy-client",
+                                     *proxy_issuer.leaf(_name(FRONT_PROXY_CLIENT), ExtendedKeyUsageOID.CLIENT_AUTH))
     logger.info("Credentials for the upstream control plane written to %s", directory)
-    return Pki(ca=ca, serving=serving, clients=clients, sa_public=sa_public, sa_private=sa_private)
+    return Pki(ca=ca, serving=serving, clients=clients, sa_public=sa_public, sa_private=sa_private,
+               front_proxy_ca=front_proxy_ca, front_proxy_client=front_proxy_client)
 
 
 def _b64(path: Path) -> str:

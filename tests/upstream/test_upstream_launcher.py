@@ -48,7 +48,8 @@ def test_client_certificates_carry_user_as_cn_and_groups_as_o(credentials):
 
 
 def test_every_private_key_is_readable_by_its_owner_only(credentials):
-    keys = [credentials.ca.key, credentials.serving.key, credentials.sa_private,
+    keys = [credentials.ca.key, credentials.serving.key, credentials.sa_private, credentials.front_proxy_ca.key,
+            credentials.front_proxy_client.key,
             *(c.key for c in credentials.clients.values())]
     assert {stat.S_IMODE(k.stat().st_mode) for k in keys} == {0o600}
 
