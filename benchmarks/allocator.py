@@ -169,13 +169,14 @@ async def pod_api(kind: str, pods: int, latency: float = 0.005):
 
     from dask_k8s_backend.backend.kube_api import KubePodApi
     from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
+    from dask_k8s_backend.client import STREAM_CONNECTIONS
 
     nodes = max(1, -(-pods // 500))
     kube = EmbeddedKubernetes(kubelet="simulated", nodes=nodes, cpu="1000", memory="1000Gi", pods=500)
     with kube:
         configuration = k8s_client.Configuration()
         k8s_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
-        configuration.connection_pool_maxsize = 32  # one connection per API thread
+        configuration.connection_pool_maxsize = 32 + STREAM_CONNECTIONS  # one per API thread and per watch
         api = KubePodApi(k8s_client.ApiClient(configuration), "default", max_threads=32)
         try:
             yield api

@@ -39,6 +39,14 @@ from .errors import ApiUnreachable
 
 logger = logging.getLogger(__name__)
 
+#: Request threads of one ``KubePodApi`` (its pod creations and deletions run this many at a time).
+API_THREADS = 16
+#: Connections held by long-lived streams (watches) beside those threads.
+STREAM_CONNECTIONS = 4
+#: Connections kept per API server: one per request thread and stream, so a busy backend never opens
+#: a connection the pool must then discard ("Connection pool is full, discarding connection").
+CONNECTION_POOL_SIZE = API_THREADS + STREAM_CONNECTIONS
+
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_BACKOFF = 5.0
@@ -309,6 +317,7 @@ def create_api_client(servers: list[str] | None, settings: Settings, *,
     explicit = bool(servers)
     cfg, servers = _base_configuration(servers, settings)
     _apply_authentication(cfg, settings, explicit_servers=explicit)
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE)
     exposed = [s for s in servers if s.startswith("http://") and urlsplit(s).hostname not in _LOOPBACK]
     if exposed and (cfg.api_key or cfg.refresh_api_key_hook):
         logger.warning("Sending a bearer token over plain http to %s; use https", ", ".join(exposed))

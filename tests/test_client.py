@@ -479,3 +479,20 @@ def test_watch_requests_get_no_default_read_timeout(servers, clients):
     assert rest._timeout_for("/api/v1/pods?labelSelector=a") == (2.0, 7.0)
     assert rest._timeout_for("/api/v1/pods?watch=True&resourceVersion=5") == (2.0, None)
     assert rest._timeout_for("/api/v1/namespaces/d/pods/p/log?follow=true") == (2.0, None)
+
+
+# ---------------------------------------------------------------------------- connection pool
+
+def test_the_connection_pool_holds_every_request_thread_and_watch_of_the_pod_api(clients):
+    """Fewer pooled connections than concurrent requests makes urllib3 discard (and warn) on every return."""
+    from dask_k8s_backend.backend.kube_api import KubePodApi
+
+    api_client = clients(["http://127.0.0.1:1"])
+    pod_api = KubePodApi(api_client, "default")
+    try:
+        threads = pod_api._pool._max_workers
+        assert threads == client_mod.API_THREADS
+        assert api_client.configuration.connection_pool_maxsize >= threads + client_mod.STREAM_CONNECTIONS
+        assert api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] >= threads + client_mod.STREAM_CONNECTIONS
+    finally:
+        pod_api._pool.shutdown(wait=False)

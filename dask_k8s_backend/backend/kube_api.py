@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from ..client import API_THREADS, STREAM_CONNECTIONS
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -73,7 +75,7 @@ class KubePodApi:
         api_client: Any,
         namespace: str,
         *,
-        max_threads: int = 16,
+        max_threads: int = API_THREADS,
         request_timeout: float | None = None,
         connect_timeout: float | None = None,
     ) -> None:
@@ -81,10 +83,11 @@ class KubePodApi:
 
         self.namespace = namespace
         self._core = k8s.CoreV1Api(api_client)
-        # More threads than pooled connections would open and discard a connection per extra call.
+        # More threads than pooled connections (less those the watches hold) would open and discard a
+        # connection per extra call.
         pool_size = getattr(getattr(api_client, "configuration", None), "connection_pool_maxsize", None)
         if isinstance(pool_size, int) and pool_size > 0:
-            max_threads = min(max_threads, pool_size)
+            max_threads = max(1, min(max_threads, pool_size - STREAM_CONNECTIONS))
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="k8s-api")
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout or request_timeout
