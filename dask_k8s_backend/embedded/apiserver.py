@@ -33,7 +33,7 @@ import yaml
 
 from . import authz, discovery, openapi, podlogs, protobuf
 from .faults import FaultInjector
-from .listoptions import parse_list_options
+from .listoptions import parse_list_options, too_large_resource_version
 from .patch import PATCH_TYPES, apply_patch
 from .selectors import parse_field_selector, parse_label_selector
 from .status import (StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run,
@@ -320,7 +320,10 @@ class ApiHandler(tornado.web.RequestHandler):
     def _list(self, route: Route) -> None:
         args = self.get_query_argument
         options = parse_list_options(lambda name: args(name, None), watch=False)
-        at, limit = options.list_plan()
+        at, limit, least = options.list_plan()
+        current = int(self.server.store.resource_version)
+        if max(at or 0, least) > current:  # one process: nothing to wait for, answer at once
+            raise too_large_resource_version(max(at or 0, least), current)
         entries, rv, token, remaining = self.server.store.list_entries(
             route.info.name, route.namespace, label_selector=args("labelSelector", None),
             field_selector=args("fieldSelector", None), limit=limit, continue_token=options.continue_token,

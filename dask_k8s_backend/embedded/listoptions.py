@@ -23,7 +23,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Callable
 
-from .status import bad_request, invalid
+from .status import StatusError, bad_request, invalid
 
 NOT_OLDER_THAN = "NotOlderThan"
 EXACT = "Exact"
@@ -43,22 +43,23 @@ class ListOptions:
     send_initial_events: bool | None = None
     allow_watch_bookmarks: bool = False
 
-    def list_plan(self) -> tuple[int | None, int]:
-        """``(exact resourceVersion or None for the latest, effective limit)`` of a LIST.
+    def list_plan(self) -> tuple[int | None, int, int]:
+        """``(exact resourceVersion or None for the latest, effective limit, minimum resourceVersion)`` of a LIST.
 
         As upstream: ``resourceVersion=0`` is served from the watch cache, which ignores ``limit``;
-        ``Exact``, or a legacy ``limit`` with a positive resourceVersion, lists at that version.
-        A continue token carries its own version (the store reads it).
+        ``Exact``, or a legacy ``limit`` with a positive resourceVersion, lists at that version;
+        any other resourceVersion is the least the answer must show (a server behind it answers
+        504, see :func:`too_large_resource_version`). A continue token carries its own version.
         """
         if self.continue_token:
             if self.resource_version not in ("", "0"):
                 raise bad_request("specifying resource version is not allowed when using continue")
-            return None, self.limit
+            return None, self.limit, 0
         rv = parse_resource_version(self.resource_version)
         limit = 0 if self.resource_version == "0" and self.resource_version_match != EXACT else self.limit
         exact = self.resource_version_match == EXACT or (
             not self.resource_version_match and self.limit > 0 and self.resource_version not in ("", "0"))
-        return (rv if exact else None), limit
+        return (rv if exact else None), limit, rv
 
     def initial_events(self) -> bool:
         """Whether a WATCH starts with ADDED events for every existing object.
@@ -83,32 +84,37 @@ def _bool(name: str, value: str | None) -> bool | None:
     raise bad_request(f'{name}: strconv.ParseBool: parsing "{value}": invalid syntax')
 
 
-def _int(name: str, value: str | None) -> int:
+def _int(value: str | None) -> int:
     if value in (None, ""):
         return 0
     try:
         return int(value)  # type: ignore[arg-type]
     except ValueError:
-        raise bad_request(f'{name}: strconv.ParseInt: parsing "{value}": invalid syntax') from None
+        raise bad_request(f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
 
 
 def parse_resource_version(value: str) -> int:
-    """A resourceVersion query value as an integer; 400 as upstream's versioner answers otherwise."""
-    try:
-        rv = int(value or 0)
-    except ValueError:
-        raise bad_request(f'invalid resource version: resource version "{value}" is not a valid resource '
-                          "version; use the metadata.resourceVersion of a list or object") from None
-    if rv < 0:
-        raise bad_request(f"invalid resource version: resource version {rv} must be >= 0")
-    return rv
+    """A LIST's resourceVersion as an integer; 400 in upstream's words (its versioner's ParseUint) otherwise."""
+    if not value:
+        return 0
+    if value.isdigit() and value.isascii():
+        return int(value)
+    raise bad_request(f'invalid resource version: resourceVersion: Invalid value: "{value}": strconv.ParseUint: '
+                      f'parsing "{value}": invalid syntax')
+
+
+def too_large_resource_version(asked: int, current: int) -> StatusError:
+    """Upstream's 504 for a LIST at a resourceVersion the server has not reached (storage.NewTooLargeResourceVersionError)."""
+    return StatusError(504, "Timeout", f"Timeout: Too large resource version: {asked}, current: {current}",
+                       {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                        "retryAfterSeconds": 1})
 
 
 def parse_list_options(get: Callable[[str], str | None], *, watch: bool) -> ListOptions:
     """The request's options (``get(name)`` reads one query argument), defaulted and validated as upstream."""
     options = ListOptions(
         watch=watch, resource_version=get("resourceVersion") or "",
-        resource_version_match=get("resourceVersionMatch") or "", limit=_int("limit", get("limit")),
+        resource_version_match=get("resourceVersionMatch") or "", limit=_int(get("limit")),
         continue_token=get("continue") or "", send_initial_events=_bool("sendInitialEvents", get("sendInitialEvents")),
         allow_watch_bookmarks=bool(_bool("allowWatchBookmarks", get("allowWatchBookmarks"))))
     options = _with_watch_list_defaults(options)

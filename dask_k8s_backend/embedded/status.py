@@ -40,10 +40,10 @@ class StatusError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
         if self.details:
             status["details"] = self.details
+        status["code"] = self.code  # after details, in metav1.Status's field order
         return status
 
     def __repr__(self) -> str:

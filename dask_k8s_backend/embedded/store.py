@@ -267,7 +267,7 @@ class ObjectStore:
             at, relative = decode_continue(continue_token)
             at, start = (None if at < 0 else at), prefix + relative
         with self._lock:
-            at = self._rv if at is None else min(at, self._rv)
+            at = self._rv if at is None else min(at, self._rv)  # the API server answers 504 for a future version
             changed = self._versions_at(resource, at, start[len(prefix):] if continue_token else None)
             items = self._snapshot_items(resource, changed, prefix, start)
         return _page(items, labels, fields, limit or 0, at, prefix)

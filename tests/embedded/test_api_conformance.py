@@ -162,6 +162,34 @@ def test_bad_continue_requests_are_400(target, query, message):
     assert code == 400 and status["reason"] == "BadRequest" and status["message"].startswith(message)
 
 
+@pytest.mark.parametrize("query, message", [
+    ({"resourceVersion": "abc"},
+     'invalid resource version: resourceVersion: Invalid value: "abc": strconv.ParseUint: parsing "abc": invalid syntax'),
+    ({"resourceVersion": "-5"},
+     'invalid resource version: resourceVersion: Invalid value: "-5": strconv.ParseUint: parsing "-5": invalid syntax'),
+    ({"limit": "x"}, 'strconv.ParseInt: parsing "x": invalid syntax'),
+])
+def test_unparsable_list_options_are_upstreams_400(target, query, message):
+    code, status = list_secrets(target, **query)
+    assert (code, status["reason"], status["message"]) == (400, "BadRequest", message)
+
+
+def test_a_negative_limit_lists_everything(target):
+    make_secrets(target, "a", "b")
+    code, body = list_secrets(target, limit=-1)
+    assert code == 200 and names(body) == ["a", "b"] and set(body["metadata"]) == {"resourceVersion"}
+
+
+@pytest.mark.parametrize("query", [{"resourceVersion": "99999999"}, {"resourceVersion": "99999999", "limit": "1"}])
+def test_a_list_at_a_version_the_server_has_not_reached_is_504(target, query):
+    # Upstream storage.NewTooLargeResourceVersionError (cacher waitUntilFreshAndBlock; it waits up to 3 s first).
+    code, status = list_secrets(target, **query)
+    assert code == 504 and status["reason"] == "Timeout"
+    assert status["message"].startswith("Timeout: Too large resource version: 99999999, current: ")
+    assert status["details"] == {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                                 "retryAfterSeconds": 1}
+
+
 def test_a_continue_token_whose_version_was_compacted_is_410_with_a_token_for_the_rest(target):
     # Upstream etcd3 errors.go handleCompactedErrorForPaging: 410 Expired, the inconsistentContinue
     # message, and metadata.continue with rv -1 (continue at the latest version from the same key).
