@@ -288,11 +288,15 @@ class WarmRuntime:
             with template.lock:
                 future, args = template.pending.pop(message[1])
                 proc = template.children[message[2]] = WarmProcess(message[2], args)
+            if not future.set_running_or_notify_cancel():
+                processes.kill_group(proc.pid)
+                return
             future.set_result(proc)
         elif kind == "failed":
             with template.lock:
                 future, _ = template.pending.pop(message[1])
-            future.set_exception(OSError(message[2], message[3]))
+            if future.set_running_or_notify_cancel():
+                future.set_exception(OSError(message[2], message[3]))
         elif kind == "exited":
             with template.lock:
                 proc = template.children.pop(message[1], None)
@@ -308,7 +312,8 @@ class WarmRuntime:
             pending, template.pending = list(template.pending.values()), {}
             children, template.children = list(template.children.values()), {}
         for future, _ in pending:
-            future.set_exception(OSError("the warm runtime's template exited"))
+            if future.set_running_or_notify_cancel():
+                future.set_exception(OSError("the warm runtime's template exited"))
         for proc in children:
             processes.kill_group(proc.pid)
             proc.exited(-signal.SIGKILL)
@@ -335,7 +340,12 @@ class WarmRuntime:
             with template.lock:
                 template.pending.pop(request["id"], None)
             return None
-        return future.result(FORK_TIMEOUT)
+        try:
+            return future.result(FORK_TIMEOUT)
+        except OSError as e:  # the template could not fork, died, or did not answer: exec instead
+            future.cancel()  # a late answer then kills the child nobody waits for
+            logger.warning("warm runtime: starting %s failed (%s); the container is exec'd", argv[0], e)
+            return None
 
     def _stop(self, template: _Template) -> None:
         """Shut the socket down: the template reads end of file and exits, the reading thread ends."""

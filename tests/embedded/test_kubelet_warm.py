@@ -22,6 +22,7 @@ import psutil
 import pytest
 from kubelet_fixtures import container_state, make_store, pod, python, store_events, wait_for, wait_phase
 
+from dask_k8s_backend.embedded import podenv, warm
 from dask_k8s_backend.embedded.kubelet import ProcessKubelet
 from dask_k8s_backend.embedded.scheduler import EmbeddedScheduler
 
@@ -88,6 +89,29 @@ def node(tmp_path):
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and _alive(p.pid)]
     assert left == [], f"processes left behind (the template included): {left}"
     assert [t for t in threading.enumerate() if t not in threads and t.is_alive()] == []
+
+
+def test_python_commands_and_scripts_of_this_interpreter_are_forked_the_rest_exec_d(tmp_path):
+    py = sys.executable
+    assert warm.classify([py, "-m", "distributed.cli.dask_worker", "a"]) == warm.Launch(
+        "module", "distributed.cli.dask_worker", ("distributed.cli.dask_worker", "a"), (py, "-m", "distributed.cli.dask_worker", "a"))
+    assert warm.classify([py, "-c", "pass", "x"]).argv == ("-c", "x")
+    assert warm.classify([py, "job.py", "x"]) == warm.Launch("path", "job.py", ("job.py", "x"), (py, "job.py", "x"))
+    dask_script = str(podenv.interpreter_bin() / "dask")
+    assert warm.classify([dask_script, "worker"]).kind == "path"
+    other = tmp_path / "other"
+    other.write_text("#!/usr/bin/env python3\n")
+    for argv in ([py], [py, "-u", "-c", "pass"], [py, "-"], ["/bin/sh", "-c", "true"], [str(other)]):
+        assert warm.classify(argv) is None, argv
+
+
+def test_a_container_whose_interpreter_variables_differ_from_the_template_s_is_exec_d():
+    template = {"PATH": "/bin", "HOME": "/root", "PYTHONPATH": "/a"}
+    assert warm.same_interpreter_env({"PATH": "/x", "HOME": "/root", "PYTHONPATH": "/a", "DASK_X": "1"}, template)
+    for changed in ({"PYTHONPATH": "/b"}, {"PYTHONPATH": None}, {"PYTHONHASHSEED": "0"}, {"HOME": "/home/x"},
+                    {"DASK_CONFIG": "/etc/x"}, {"LANG": "C"}):
+        env = {**template, **changed}
+        assert not warm.same_interpreter_env({k: v for k, v in env.items() if v is not None}, template), changed
 
 
 def test_a_python_container_is_forked_from_the_template_with_its_env_cwd_argv_and_log(node, tmp_path):
