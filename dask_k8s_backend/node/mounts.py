@@ -12,7 +12,6 @@ then bind-mount the pod's directory on the target. Needs root (CAP_SYS_ADMIN);
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -29,7 +28,9 @@ MS_PRIVATE = 0x40000
 
 @functools.lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # the interpreter's own symbols include libc's; find_library would run ldconfig in a child process,
+    # which must not happen in a container's child before exec
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _enter(source: bytes, target: bytes) -> None:
