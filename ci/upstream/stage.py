@@ -50,6 +50,8 @@ class Suite:
 
 SUITES = (
     Suite("smoke (kubectl: version, nodes, run/logs/delete)", ("tests/upstream", "--k8s-kubeconfig", "{kc}"), 300),
+    Suite("node agent (tests/node: registration, lease, phases, logs via pods/log, SIGTERM/SIGKILL, tokens)",
+          ("tests/node", "--k8s-kubeconfig", "{kc}"), 300),
     # Pods (the cluster-mode scheduler's included) run as deploy/rbac.yaml's service account, so
     # that Role alone must authorize the backend, as on a user's cluster.
     Suite("KubeSparkCluster suites (tests/cluster)",

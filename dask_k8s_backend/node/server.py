@@ -154,7 +154,7 @@ class KubeletServer:
             (r"/healthz", HealthHandler, args),
             (r"/containerLogs/([^/]+)/([^/]+)/([^/]+)", ContainerLogsHandler, args),
         ], compress_response=False, log_function=lambda h: logger.debug("%s %s -> %d", h.request.method,
-                                                                         h.request.path, h.get_status()))
+                                                                         h.request.uri, h.get_status()))
 
     def _run(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.new_event_loop()
