@@ -10,6 +10,9 @@ this class only
 4. and forwards ``scale``/``scale_down``/``status``/``logs``/``close`` to the plugin's RPC
    handlers over ``scheduler_comm``, exactly as it would for a scheduler in a pod.
 
+After ``close()`` there is no scheduler to forward to: scaling, adapting and changing groups raise
+:class:`ClusterClosedError` saying what to do, and the status view says the cluster is closed.
+
 Written async-first; distributed's ``SyncMethodMixin`` gives the blocking API.
 """
 
@@ -39,7 +42,8 @@ from .backend.groups import group_settings, validate_group_name
 from .errors import Forbidden
 from .master import KubeConnection, resolve_manager
 from .pods.builder import AppSpec, base_pod, check_executor_pod
-from .preflight import POD_LOGS, Permission, feature_refusal
+from .preflight import (POD_LOGS, Permission, check_cluster, check_worker_group, feature_refusal, group_argument,
+                        warn_before_scale)
 from .status_view import ClusterStatus, format_status_table, render_status_html
 
 logger = logging.getLogger(__name__)
@@ -270,8 +274,6 @@ class KubeSparkCluster(Cluster):
         self.status = Status.starting
         self.connection = await asyncio.to_thread(self._manager.connect, self.settings.master, self.settings)
         if not self._attach:  # RBAC, namespace, quotas: fail here, before anything is created
-            from .preflight import check_cluster
-
             await check_cluster(self)
         if self._attach:
             address = await self._attach_to_running_scheduler()
@@ -393,6 +395,10 @@ class KubeSparkCluster(Cluster):
         if not shutdown and self.settings.deploy_mode == "cluster":
             return (f"its scheduler pod and workers were left running (shutdown_on_close=False); reconnect with "
                     f"KubeSparkCluster.from_name({self.app.app_name!r})")
+        if not shutdown:
+            return ("its scheduler stopped and its worker pods were left to exit on their own after "
+                    "k8s-backend.worker.death-timeout (shutdown_on_close=False); create a new KubeSparkCluster to run "
+                    "workers again")
         left = (f"{self.pods_left_after_close} of its pods were still present at close; "
                 if self.pods_left_after_close > 0 else "")
         return f"{left}its scheduler and worker pods were shut down; create a new KubeSparkCluster to run workers again"
@@ -443,8 +449,6 @@ class KubeSparkCluster(Cluster):
         return self.sync(self._scale, n, group)
 
     async def _scale(self, n: int, group: str = "default") -> None:
-        from .preflight import warn_before_scale
-
         await warn_before_scale(self, n, group)  # logs when the quota cannot hold the new pods
         await self.scheduler_comm.k8s_request_total_executors(n=n, group=group)  # type: ignore[union-attr]
         await self._refresh_status()
@@ -493,8 +497,6 @@ class KubeSparkCluster(Cluster):
 
     async def _add_worker_group(self, name: str, worker_overrides: dict[str, Any], template: dict | None,
                                 settings: Settings, pod: dict, explicit: dict[str, Any], image: str | None) -> None:
-        from .preflight import check_worker_group
-
         await check_worker_group(self, name, pod, settings, explicit)  # LimitRange/quota: before anything exists
         await self.scheduler_comm.k8s_add_worker_group(  # type: ignore[union-attr]
             name=name, worker_overrides=worker_overrides, template=template, image=image)
@@ -541,8 +543,6 @@ class KubeSparkCluster(Cluster):
 
     def _warn_before_adapt(self, maximum: int, group: str) -> None:
         """adapt(maximum=...) warns, as scale(n) does, when that many pods of the group cannot fit the quota."""
-        from .preflight import group_argument, warn_before_scale
-
         asked = f"adapt(maximum={maximum}{group_argument(group)}) may need {{extra}} more worker pods"
         if self.asynchronous or self.called_from_running_loop:
             self.loop.add_callback(warn_before_scale, self, maximum, group, asked)  # logged when it answers

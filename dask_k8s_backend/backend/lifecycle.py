@@ -143,7 +143,7 @@ class ExecutorPodsLifecycleManager:
     async def _lost(self, executor_id: int, explanation: str) -> None:
         self.lost_ids.add(executor_id)
         self._last_seen.pop(executor_id, None)
-        logger.info("%s", explanation)
+        logger.debug("%s", explanation)  # the owner (the plugin) shows and logs it: once
         try:
             result = self.on_executor_lost(executor_id, explanation)
             if inspect.isawaitable(result):
