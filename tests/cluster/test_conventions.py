@@ -74,7 +74,7 @@ def test_a_closed_cluster_refuses_scale_and_adapt_and_reports_itself_closed(kube
     cluster = KubeSparkCluster(**cluster_kwargs(kube))
     cluster.scale(1)
     cluster.wait_for_workers(1, timeout=60)
-    assert "Running=1" in repr(cluster)
+    wait_until(lambda: "Running=1" in repr(cluster), timeout=10, what="the running pod in the repr")
     cluster.close()
     for call, what in ((lambda: cluster.scale(2), "scale(2)"), (lambda: cluster.adapt(minimum=0, maximum=3), "adapt("),
                        (lambda: cluster.add_worker_group("late"), "add_worker_group('late'"),
