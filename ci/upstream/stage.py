@@ -4,13 +4,11 @@
 Why a script of its own: the stage owns a background launcher that must be stopped on every exit
 path (a failed suite, a timeout, SIGINT/SIGTERM from CI), and it runs several pytest commands
 with their own options, which .ci/run keeps out of itself (that file runs the README's command
-and nothing else that looks like it). Runs in CI's venv (PyYAML from the project's dependencies).
+and nothing else that looks like it). Standard library only, so it runs in any venv.
 
 Data flow: ``python ci/upstream_k8s.py build`` (Go missing -> the stage fails with that
 message; never skipped) -> ``up --kubeconfig WORK/upstream.kubeconfig --nodes 2 --kubelet
-process`` in the background -> wait for the kubeconfig -> deploy/rbac.yaml applied in the tests'
-namespace (the scheduler pod of cluster mode runs as its service account, as a user's would) ->
-each suite in :data:`SUITES` in turn
+process`` in the background -> wait for the kubeconfig -> each suite in :data:`SUITES` in turn
 (exit 5, "no tests collected", is a failure) -> SIGTERM to the launcher (SIGKILL after a bound)
 -> a summary with every step's result and duration. Exit code 0 only if every step passed.
 """
@@ -23,19 +21,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "ci" / "upstream_k8s.py"
 NODES = 2
 START_TIMEOUT = 420.0  # a loaded 2-core machine starts the control plane in ~15 s; agents add their own start
 STOP_TIMEOUT = 90.0
-RBAC = ROOT / "deploy" / "rbac.yaml"
-NAMESPACE = "default"  # tests/cluster's helpers look for pods there
-SERVICE_ACCOUNT = "dask-k8s-backend"  # the ServiceAccount deploy/rbac.yaml binds its Role to
 
 
 @dataclass(frozen=True)
@@ -45,18 +38,16 @@ class Suite:
     name: str
     args: tuple[str, ...]
     timeout: float
-    env: dict[str, str] = field(default_factory=dict)
 
 
 SUITES = (
     Suite("smoke (kubectl: version, nodes, run/logs/delete)", ("tests/upstream", "--k8s-kubeconfig", "{kc}"), 300),
     Suite("node agent (tests/node: registration, lease, phases, logs via pods/log, SIGTERM/SIGKILL, tokens)",
           ("tests/node", "--k8s-kubeconfig", "{kc}"), 300),
-    # Pods (the cluster-mode scheduler's included) run as deploy/rbac.yaml's service account, so
-    # that Role alone must authorize the backend, as on a user's cluster.
+    # Its fixture applies deploy/rbac.yaml and runs the cluster-mode scheduler pod as that
+    # ServiceAccount: the shipped Role alone authorizes it, as on a user's cluster.
     Suite("KubeSparkCluster suites (tests/cluster)",
-          ("tests/cluster", "--k8s-master", "k8s://", "--k8s-kubeconfig", "{kc}", "--k8s-namespace", NAMESPACE),
-          1200, {"DASK_K8S_BACKEND__WORKER__SERVICE_ACCOUNT": SERVICE_ACCOUNT}),
+          ("tests/cluster", "--k8s-master", "k8s://", "--k8s-kubeconfig", "{kc}"), 1200),
 )
 
 
@@ -118,32 +109,10 @@ def wait_for_kubeconfig(launcher: subprocess.Popen[bytes], work: Path, kubeconfi
     return Step("start upstream control plane", True, time.monotonic() - start)
 
 
-def rbac_manifest(namespace: str) -> str:
-    """deploy/rbac.yaml with every namespace (objects and the binding's subjects) set to ``namespace``."""
-    documents = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
-    for document in documents:
-        document["metadata"]["namespace"] = namespace
-        for subject in document.get("subjects", []):
-            subject["namespace"] = namespace
-    return yaml.safe_dump_all(documents, sort_keys=False)
-
-
-def apply_rbac(kubeconfig: Path) -> Step:
-    argv = ["kubectl", "--kubeconfig", str(kubeconfig), "apply", "-f", "-"]
-    print(f"+ {' '.join(argv)}  < deploy/rbac.yaml (namespace {NAMESPACE})", flush=True)
-    start = time.monotonic()
-    try:
-        result = subprocess.run(argv, input=rbac_manifest(NAMESPACE), capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return Step("apply deploy/rbac.yaml", False, time.monotonic() - start, str(e))
-    print(result.stdout, end="", flush=True)
-    return Step("apply deploy/rbac.yaml", result.returncode == 0, time.monotonic() - start, result.stderr.strip())
-
-
 def run_suite(suite: Suite, kubeconfig: Path) -> Step:
     argv = [sys.executable, "-m", "pytest", "-q", *(a.format(kc=kubeconfig) for a in suite.args)]
     print(f"+ {' '.join(argv[1:])}", flush=True)
-    env = {**os.environ, "DASK_K8S_UPSTREAM_NODES": str(NODES), **suite.env}
+    env = {**os.environ, "DASK_K8S_UPSTREAM_NODES": str(NODES)}
     start = time.monotonic()
     try:
         code = subprocess.call(argv, cwd=ROOT, env=env, timeout=suite.timeout)
@@ -194,8 +163,6 @@ def run(work: Path) -> int:
     launcher = start_launcher(work, kubeconfig)
     try:
         steps.append(wait_for_kubeconfig(launcher, work, kubeconfig))
-        if steps[-1].ok:
-            steps.append(apply_rbac(kubeconfig))
         if steps[-1].ok:
             for suite in SUITES:
                 steps.append(run_suite(suite, kubeconfig))
