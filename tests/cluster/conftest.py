@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes import utils as k8s_utils
+from kubernetes.utils import FailToCreateError
 
 from k8s_helpers import assert_no_worker_processes_left, merge_kwargs
 
@@ -25,21 +31,49 @@ class ExternalKubernetes:
     image: str | None
     namespace: str
 
+    service_account: str | None = None
+
     @property
     def url(self) -> str:
         return self.master.removeprefix("k8s://")
+
+
+RBAC_YAML = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
+
+
+def install_rbac_yaml(kubeconfig: str | None, namespace: str) -> str:
+    """Apply deploy/rbac.yaml in ``namespace`` (as a user deploying us would); returns its ServiceAccount.
+
+    On a real API server, RBAC is enforced: a cluster-mode scheduler pod runs with its service
+    account's token, so the tests give it exactly the Role the project ships, nothing more.
+    """
+    api = k8s_config.new_client_from_config(config_file=kubeconfig)
+    account = ""
+    try:
+        for doc in yaml.safe_load_all(RBAC_YAML.read_text()):
+            doc["metadata"]["namespace"] = namespace
+            for subject in doc.get("subjects") or []:
+                subject["namespace"] = namespace
+            if doc["kind"] == "ServiceAccount":
+                account = doc["metadata"]["name"]
+            try:
+                k8s_utils.create_from_dict(api, doc, namespace=namespace)
+            except FailToCreateError as e:
+                if any(getattr(x, "status", None) != 409 for x in e.api_exceptions):
+                    raise
+    finally:
+        api.close()
+    return account
 
 
 @pytest.fixture(scope="module")
 def kube(request):
     master = request.config.getoption("--k8s-master")
     if master:
-        yield ExternalKubernetes(
-            master=master,
-            kubeconfig=request.config.getoption("--k8s-kubeconfig") or os.environ.get("KUBECONFIG"),
-            image=request.config.getoption("--k8s-image"),
-            namespace=request.config.getoption("--k8s-namespace"),
-        )
+        kubeconfig = request.config.getoption("--k8s-kubeconfig") or os.environ.get("KUBECONFIG")
+        namespace = request.config.getoption("--k8s-namespace")
+        yield ExternalKubernetes(master=master, kubeconfig=kubeconfig, image=request.config.getoption("--k8s-image"),
+                                 namespace=namespace, service_account=install_rbac_yaml(kubeconfig, namespace))
         return
     from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
 
@@ -49,10 +83,8 @@ def kube(request):
 
 @pytest.fixture
 def core_api(kube):
-    from kubernetes import client, config
-
-    api_client = config.new_client_from_config(config_file=kube.kubeconfig)
-    yield client.CoreV1Api(api_client)
+    api_client = k8s_config.new_client_from_config(config_file=kube.kubeconfig)
+    yield k8s_client.CoreV1Api(api_client)
     api_client.close()
 
 
@@ -71,6 +103,8 @@ def cluster_kwargs(kube, **extra: Any) -> dict[str, Any]:
         kwargs["image"] = kube.image
     if getattr(kube, "namespace", None):
         kwargs["namespace"] = kube.namespace
+    if getattr(kube, "service_account", None):
+        kwargs["worker"] = {**kwargs["worker"], "service-account": kube.service_account}
     return merge_kwargs(kwargs, extra)
 
 
