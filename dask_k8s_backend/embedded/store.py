@@ -423,7 +423,9 @@ class ObjectStore:
                 new["kind"], new["apiVersion"] = info.kind, "v1"
                 apply_defaults(resource, new)
                 validate(resource, info.kind, new)
-                check_update(resource, info.kind, old.obj, new)
+                old_obj = old.obj
+                check_update(resource, info.kind, old_obj, new)
+                _bump_generation(info, old_obj, new)
             return self._update(info, key, old, new, dry_run).copy()
 
     def mutate(self, resource: str, namespace: str | None, name: str, fn: Callable[[dict], None], *,
@@ -573,8 +575,10 @@ class ObjectStore:
         meta["creationTimestamp"] = rfc3339(self._clock())
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
             meta.pop(field, None)
+        meta.pop("generation", None)
         if info.name == "pods":
-            # kube-apiserver's pod PrepareForCreate: a client's status is dropped; qosClass is fixed here
+            # kube-apiserver's pod PrepareForCreate: generation 1, a client's status dropped, qosClass fixed here
+            meta["generation"] = 1
             obj["status"] = {"phase": "Pending", "qosClass": pod_qos_class(obj)}
         if info.name == "services" and obj["spec"].get("type") != "ExternalName":
             if not obj["spec"].get("clusterIP"):
@@ -708,6 +712,8 @@ class ObjectStore:
         """A copy of ``entry`` marked for deletion in ``grace`` seconds (uncommitted)."""
         new = entry.copy()
         meta = new["metadata"]
+        if not meta.get("deletionTimestamp") and meta.get("generation", 0) > 0:
+            meta["generation"] += 1  # upstream rest.BeforeDelete: the first deletionTimestamp is a new generation
         meta["deletionTimestamp"] = rfc3339(self._clock() + grace)
         meta["deletionGracePeriodSeconds"] = grace
         if finalizer and finalizer not in meta.setdefault("finalizers", []):
@@ -867,11 +873,17 @@ def _copy(obj: Any) -> dict:
 def _keep_system_metadata(meta: dict, old_meta: dict) -> None:
     """Fields clients cannot change through an update."""
     for field in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace",
-                  "name", "generateName"):
+                  "name", "generateName", "generation"):
         if field in old_meta:
             meta[field] = old_meta[field]
         else:
             meta.pop(field, None)
+
+
+def _bump_generation(info: ResourceInfo, old: dict, new: dict) -> None:
+    """A pod's spec change is a new generation (upstream pod strategy updatePodGeneration)."""
+    if info.name == "pods" and new["metadata"].get("generation") and new.get("spec") != old.get("spec"):
+        new["metadata"]["generation"] += 1
 
 
 def _prepare_status_update(info: ResourceInfo, old_status: dict, new: dict) -> None:

@@ -394,3 +394,20 @@ def test_an_invalid_pod_is_upstreams_invalid_with_every_cause(target):
     assert body["message"].startswith('Pod "bad" is invalid: [') and body["message"].endswith("]")
     assert "spec.containers[0].image: Required value" in body["message"]
     assert 'spec.containers[1].name: Duplicate value: "a"' in body["message"]
+
+
+def test_a_pods_generation_counts_spec_changes_and_the_start_of_its_deletion(target):
+    # Upstream podStrategy.PrepareForCreate (generation 1), updatePodGeneration (spec changes only),
+    # rest.BeforeDelete / registry store (the first deletionTimestamp bumps a set generation).
+    pods, ns = target.core_v1, target.namespace
+    pod = pod_with("g", {})
+    pod["metadata"]["generation"] = 7  # a client cannot choose it
+    assert pods.create_namespaced_pod(ns, pod).metadata.generation == 1
+    assert pods.patch_namespaced_pod("g", ns, {"metadata": {"labels": {"a": "b"}}}).metadata.generation == 1
+    patched = pods.patch_namespaced_pod("g", ns, {"spec": {"containers": [{"name": "c0", "image": "busybox:1.37"}]}})
+    assert patched.metadata.generation == 2
+    assert pods.patch_namespaced_pod("g", ns, {"metadata": {"generation": 9}}).metadata.generation == 2
+    pods.patch_namespaced_pod("g", ns, {"metadata": {"finalizers": ["example.com/hold"]}})
+    deleting = pods.delete_namespaced_pod("g", ns)
+    assert deleting.metadata.deletion_timestamp and deleting.metadata.generation == 3
+    assert pods.patch_namespaced_pod("g", ns, {"metadata": {"finalizers": None}}).metadata.generation == 3
