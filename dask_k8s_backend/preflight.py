@@ -181,12 +181,12 @@ async def _allowed(api_client: Any, permission: Permission, namespace: str) -> b
     return bool((review.get("status") or {}).get("allowed"))
 
 
-async def check_permissions(api_client: Any, namespace: str, deploy_mode: str = "client",
-                            tls: bool = False) -> tuple[Permission, ...]:
+async def check_permissions(api_client: Any, namespace: str, deploy_mode: str = "client", tls: bool = False,
+                            optional: tuple[Permission, ...] = OPTIONAL_PERMISSIONS) -> tuple[Permission, ...]:
     """Raise :class:`MissingPermissionsError` listing every required permission the identity lacks;
-    warn once about the optional ones it lacks and return them (the features that need them say so)."""
+    warn once about the ``optional`` ones it lacks and return them (the features that need them say so)."""
     required = required_permissions(deploy_mode, tls)
-    wanted = required + OPTIONAL_PERMISSIONS
+    wanted = required + optional
     try:
         answers = await asyncio.gather(*(_allowed(api_client, p, namespace) for p in wanted))
     except (NotFound, Forbidden) as e:  # no SelfSubjectAccessReview API here: creation errors will tell
@@ -447,6 +447,7 @@ SERVICE_ACCOUNT_OPTION = "k8s-backend.worker.service-account"
 IN_POD_PERMISSIONS: tuple[Permission, ...] = CLIENT_MODE_PERMISSIONS + (
     Permission("get", "pods", why="the scheduler reads its own pod"),
 )
+IN_POD_OPTIONAL_PERMISSIONS: tuple[Permission, ...] = (POD_LOGS,)  # cluster.logs() is served by the scheduler pod
 
 
 def service_account_user(namespace: str, name: str) -> str:
@@ -507,28 +508,45 @@ def service_account_message(missing: Sequence[Permission], namespace: str, name:
     )
 
 
-async def check_service_account_permissions(api_client: Any, namespace: str, name: str) -> None:
-    """Raise :class:`MissingPermissionsError` naming the service account and what it lacks.
+async def check_service_account_permissions(api_client: Any, namespace: str, name: str) -> tuple[Permission, ...]:
+    """Raise :class:`MissingPermissionsError` naming the service account and the required permissions it
+    lacks; warn once about the optional ones (``IN_POD_OPTIONAL_PERMISSIONS``) and return them.
 
     Asked with SubjectAccessReviews; an identity that may not create them (403) or a server
     without them (404) gets a warning: the scheduler pod's own refusals will say what is missing.
     """
     user = service_account_user(namespace, name)
+    wanted = IN_POD_PERMISSIONS + IN_POD_OPTIONAL_PERMISSIONS
     try:
-        answers = await asyncio.gather(*(_subject_allowed(api_client, user, p, namespace) for p in IN_POD_PERMISSIONS))
+        answers = await asyncio.gather(*(_subject_allowed(api_client, user, p, namespace) for p in wanted))
     except (Forbidden, NotFound) as e:
         logger.warning("preflight: cannot ask what service account %r may do (%s: creating subjectaccessreviews "
                        "needs that permission); not checking the scheduler pod's permissions", name, e.code)
-        return
-    missing = [p for p, ok in zip(IN_POD_PERMISSIONS, answers) if not ok]
-    if missing:
-        raise MissingPermissionsError(service_account_message(missing, namespace, name), missing)
+        return ()
+    missing = [p for p, ok in zip(wanted, answers) if not ok]
+    must = [p for p in missing if p in IN_POD_PERMISSIONS]
+    if must:
+        raise MissingPermissionsError(service_account_message(must, namespace, name), must)
+    optional = tuple(p for p in missing if p not in IN_POD_PERMISSIONS)
+    if optional:
+        logger.warning("cluster mode: the scheduler pod's service account %r: %s", name,
+                       optional_permissions_message(optional, namespace))
+    return optional
 
 
-async def check_service_account(api_client: Any, namespace: str, name: str) -> None:
-    """The cluster-mode scheduler pod's service account exists and may do what the backend in it does."""
+async def check_service_account(api_client: Any, namespace: str, name: str) -> tuple[Permission, ...]:
+    """The cluster-mode scheduler pod's service account exists and may do what the backend in it does;
+    returns the optional permissions it lacks."""
     await check_service_account_exists(api_client, namespace, name)
-    await check_service_account_permissions(api_client, namespace, name)
+    return await check_service_account_permissions(api_client, namespace, name)
+
+
+def client_optional_permissions(deploy_mode: str, service_account: str | None) -> tuple[Permission, ...]:
+    """The optional permissions asked of the client's identity: where the scheduler pod reads logs with its
+    own service account, pods/log is that account's business (asked of it), not the notebook's."""
+    if deploy_mode == "cluster" and service_account:
+        return tuple(p for p in OPTIONAL_PERMISSIONS if p not in IN_POD_OPTIONAL_PERMISSIONS)
+    return OPTIONAL_PERMISSIONS
 
 
 # ------------------------------------------------------------------------------------ entry point
@@ -539,10 +557,11 @@ async def run_preflight(api_client: Any, *, namespace: str, deploy_mode: str, po
     ``service_account``: the cluster-mode scheduler pod's account to check (None: none to check).
     Returns the optional permissions the identity lacks (already warned about).
     """
-    optional_missing = await check_permissions(api_client, namespace, deploy_mode, tls)
+    optional_missing = await check_permissions(api_client, namespace, deploy_mode, tls,
+                                               client_optional_permissions(deploy_mode, service_account))
     await check_namespace(api_client, namespace)
     if deploy_mode == "cluster" and service_account:
-        await check_service_account(api_client, namespace, service_account)
+        optional_missing += await check_service_account(api_client, namespace, service_account)
     await check_policies(api_client, namespace, pod, n_workers)
     logger.debug("preflight passed for namespace %s (%d workers)", namespace, n_workers)
     return optional_missing

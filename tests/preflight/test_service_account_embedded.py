@@ -18,7 +18,7 @@ from dask_k8s_backend.cluster_mode import scheduler_service_account
 from dask_k8s_backend.config import load_settings
 from dask_k8s_backend.preflight import (
     CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, OPTIONAL_PERMISSIONS, MissingPermissionsError,
-    ServiceAccountError, run_preflight, service_account_user,
+    POD_LOGS, ServiceAccountError, run_preflight, service_account_user,
 )
 
 from k8s_helpers import list_pods
@@ -37,6 +37,12 @@ def rules(permissions) -> list[dict]:
 USERS = {
     service_account_user(NS, "dask-sa"): rbac_yaml_rules(NS),        # deploy/rbac.yaml bound to it
     service_account_user(NS, "weak"): rules([p for p in IN_POD_PERMISSIONS if p.verb != "delete"]),
+    service_account_user(NS, "no-logs"): rules(IN_POD_PERMISSIONS),  # every required one, no pods/log
+    # a notebook identity without pods/log: in cluster mode the scheduler pod's account reads the logs
+    "notebook-no-logs": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS
+                              + tuple(p for p in OPTIONAL_PERMISSIONS if p != POD_LOGS))
+    + [{"resources": ["serviceaccounts"], "verbs": ["get"], "namespaces": [NS]},
+       {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}],
     # a notebook identity with every cluster-mode permission, but not that of asking about others
     "notebook": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS + OPTIONAL_PERMISSIONS)
     + [{"resources": ["serviceaccounts"], "verbs": ["get"], "namespaces": [NS]}],
@@ -49,7 +55,7 @@ def kube():
 
     with EmbeddedKubernetes(kubelet="simulated", nodes=1, users=USERS) as k:
         core = k.store
-        for name in ("dask-sa", "weak"):
+        for name in ("dask-sa", "weak", "no-logs"):
             core.create("serviceaccounts", NS, {"apiVersion": "v1", "kind": "ServiceAccount",
                                                 "metadata": {"name": name, "namespace": NS}})
         yield k
@@ -161,3 +167,23 @@ def test_which_service_account_is_checked(kube):
         assert scheduler_service_account(named, local) == "dask-sa"
     finally:
         local.api_client.close()
+
+
+@pytest.mark.parametrize("identity, account, warned", [
+    ("notebook-no-logs", "dask-sa", None),      # the notebook's pods/log does not matter: the pod reads the logs
+    ("admin", "no-logs", "service account 'no-logs'"),  # the pod's account lacks it: one warning, naming the account
+])
+def test_pods_log_is_optional_and_asked_of_whoever_reads_the_logs(kube, caplog, identity, account, warned):
+    client = api_client(kube.kubeconfig if identity == "admin" else kube.kubeconfig_for(identity))
+    try:
+        with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+            missing = asyncio.run(run_preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0,
+                                                service_account=account))
+    finally:
+        client.close()
+    shown = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.preflight"]
+    if warned is None:
+        assert missing == () and shown == []
+    else:
+        assert missing == (POD_LOGS,) and len(shown) == 1
+        assert warned in shown[0] and "  - get pods/log" in shown[0]
