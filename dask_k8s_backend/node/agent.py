@@ -26,7 +26,7 @@ from ..embedded.kubelet import ProcessKubelet
 from ..embedded.simulated import SimulatedKubelet
 from .api_transport import ApiTransport
 from .http import ApiHttp
-from .options import NodeOptions, OptionError, parse_node_options
+from .options import NodeOptions, OptionError, blocks_in_use, derived_ip_block, parse_node_options
 from .server import KubeletServer
 from .tokens import TokenProjector
 
@@ -46,6 +46,7 @@ class NodeAgent:
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"node-{options.name}-"))
         self.failed = threading.Event()  # set when the pod watch gave up
+        self.ip_block = options.ip_block or 0
         self.http: ApiHttp | None = None
         self.transport: ApiTransport | None = None
         self.tokens: TokenProjector | None = None
@@ -67,6 +68,7 @@ class NodeAgent:
     def _start(self) -> None:
         opts = self.options
         self.http = ApiHttp(opts.kubeconfig)
+        self.ip_block = opts.ip_block or self._free_ip_block(self.http)
         self.transport = ApiTransport(self.http, lease_duration=self.lease_duration, on_fatal=self._fatal)
         self.kubelet = self._make_kubelet(self.transport)
         self.server = KubeletServer(self.kubelet, port=opts.port, cert_dir=self.work_dir / "pki")
@@ -74,12 +76,17 @@ class NodeAgent:
         self.kubelet.kubelet_port = self.server.port
         self.kubelet.start()
         logger.info("node %s joined %s (kubelet endpoint %s, pod IPs 127.%d.x.y)", opts.name, self.http.server,
-                    self.server.url, opts.ip_block)
+                    self.server.url, self.ip_block)
+
+    def _free_ip_block(self, http: ApiHttp) -> int:
+        """The name's block, or the next one no other node of this API server uses."""
+        nodes = http.request("GET", "/api/v1/nodes", action="list the nodes (to pick a free pod IP block)")
+        return derived_ip_block(self.options.name, blocks_in_use(nodes.get("items") or [], self.options.name))
 
     def _make_kubelet(self, transport: ApiTransport) -> Any:
         opts = self.options
         common = dict(cpu=opts.cpu, memory=opts.memory, pods=opts.pods, labels=opts.labels, taints=opts.taints,
-                      extended_resources=opts.resources, ip_block=opts.ip_block, work_dir=self.work_dir / "kubelet",
+                      extended_resources=opts.resources, ip_block=self.ip_block, work_dir=self.work_dir / "kubelet",
                       hostname=HOSTNAME, **self.kubelet_options)
         if opts.kubelet == "simulated":
             return SimulatedKubelet(transport, opts.name, **common)
@@ -126,7 +133,7 @@ def run(**raw: Any) -> int:
         with NodeAgent(options) as agent:
             assert agent.server is not None and agent.http is not None
             print(f"Node {options.name} ({options.kubelet}) joined {agent.http.server}; kubelet endpoint "
-                  f"{agent.server.url}; pod IPs 127.{options.ip_block}.x.y", flush=True)
+                  f"{agent.server.url}; pod IPs 127.{agent.ip_block}.x.y", flush=True)
             print("Press Ctrl-C to stop (pods get their grace period, then the Node is deleted).", flush=True)
             while not stop.wait(0.5) and not agent.failed.is_set():
                 pass

@@ -3,9 +3,10 @@
 Data flow: :meth:`NodeLease.start` creates ``kube-node-lease/<node>`` (holderIdentity = the node,
 ``leaseDurationSeconds``, ``renewTime``, owned by the Node so it goes when the Node goes) or takes
 over one left by an earlier run, then one thread merge-patches ``spec.renewTime`` every
-``duration / 4`` seconds (plus up to 4% jitter, as the kubelet's ``JitterUntil``). The node lifecycle controller reads the renew time: a Lease
-not renewed within ``node-monitor-grace-period`` makes the node NotReady/Unknown. An API server
-that serves no Leases (the embedded one) gets no heartbeat: logged once, nothing else fails.
+``duration / 4`` seconds (plus up to 4% jitter, as the kubelet's ``JitterUntil``). The node
+lifecycle controller reads the renew time: a Lease not renewed within
+``node-monitor-grace-period`` makes the node NotReady/Unknown. An API server that serves no
+Leases (the embedded one) gets no heartbeat: logged once, nothing else fails.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -41,12 +41,36 @@ class NodeOptions:
     taints: list[dict[str, str]] = field(default_factory=list)
     resources: dict[str, str] = field(default_factory=dict)
     port: int = 0
-    ip_block: int = 100
+    ip_block: int | None = None  # None: chosen at start (derived from the name, skipping blocks in use)
 
 
-def derived_ip_block(name: str) -> int:
-    """A second octet for the node's pod IPs (127.<block>.x.y), stable per name, in 100-254."""
-    return IP_BLOCKS.start + zlib.crc32(name.encode()) % len(IP_BLOCKS)
+def derived_ip_block(name: str, used: Iterable[int] = ()) -> int:
+    """A second octet for the node's pod IPs (127.<block>.x.y): stable per name, in 100-254, not in ``used``.
+
+    ``used`` holds the blocks of the nodes already registered (their ``spec.podCIDR``), so two
+    agents on one machine never hand out the same pod IP (barring two starting at the same instant).
+    """
+    taken = set(used)
+    first = zlib.crc32(name.encode()) % len(IP_BLOCKS)
+    for step in range(len(IP_BLOCKS)):
+        block = IP_BLOCKS[(first + step) % len(IP_BLOCKS)]
+        if block not in taken:
+            return block
+    raise OptionError(f"--ip-block: every block 100-254 is used by another node; give one with --ip-block "
+                      f"(the nodes use {sorted(taken)}).")
+
+
+def blocks_in_use(nodes: Iterable[dict[str, Any]], except_name: str) -> set[int]:
+    """The second octets of the other nodes' loopback pod CIDRs (127.<block>.0.0/16)."""
+    used = set()
+    for node in nodes:
+        if (node.get("metadata") or {}).get("name") == except_name:
+            continue
+        cidr = (node.get("spec") or {}).get("podCIDR") or ""
+        parts = cidr.split(".")
+        if len(parts) == 4 and parts[0] == "127" and parts[1].isdigit():
+            used.add(int(parts[1]))
+    return used
 
 
 def _pairs(option: str, text: str | None, example: str) -> dict[str, str]:
@@ -126,10 +150,9 @@ def parse_node_options(*, kubeconfig: str, name: str, kubelet: str = "process", 
         _check_quantity("--resources", key, value, f"'{key}={value}'")
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise OptionError(f"--port: {port!r} is not a port; use 0 (any free port) or 1-65535.")
-    block = derived_ip_block(name) if ip_block is None else ip_block
-    if not isinstance(block, int) or not 1 <= block <= 255:
+    if ip_block is not None and (not isinstance(ip_block, int) or not 1 <= ip_block <= 255):
         raise OptionError(f"--ip-block: {ip_block!r} is not between 1 and 255 (the second octet of the pods' "
                           "127.x.y.z IPs); give each node on this machine its own.")
     return NodeOptions(kubeconfig=str(Path(kubeconfig).expanduser()), name=name, kubelet=kubelet, cpu=str(cpu),
                        memory=str(memory), pods=pods, labels=label_map, taints=parse_taints(taints),
-                       resources=extended, port=port, ip_block=block)
+                       resources=extended, port=port, ip_block=ip_block)

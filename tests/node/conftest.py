@@ -41,8 +41,10 @@ def api(request) -> Iterator[Api]:
         api.http.close()
 
 
-def _agent_threads(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.is_alive() and (name in t.name or t.name.startswith("kubelet-server-"))]
+def _agent_threads(name: str, port: int) -> list[threading.Thread]:
+    """Live threads of one agent: its kubelet, pod watch, lease, events and kubelet endpoint."""
+    return [t for t in threading.enumerate() if t.is_alive() and (
+        t.name.endswith(f"-{name}") or f"-{name}-" in t.name or t.name == f"kubelet-server-{port}")]
 
 
 @pytest.fixture
@@ -60,15 +62,18 @@ def make_agent(api: Api, tmp_path: Path) -> Iterator[Callable[..., NodeAgent]]:
         return agent.start()
 
     yield make
+    stopped = []
     for agent in agents:
+        port = agent.server.port if agent.server is not None else -1
         _delete_pods_of(api, agent.options.name)
         agent.stop()
-        name = agent.options.name
+        stopped.append((agent.options.name, port))
+    for name, port in stopped:
         assert api.get(f"/api/v1/nodes/{name}") is None, f"node {name} still exists after the agent stopped"
-        deadline = time.monotonic() + 5
-        while _agent_threads(name) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 5  # threads end just after stop() returns
+        while _agent_threads(name, port) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _agent_threads(name), f"threads of node {name} left: {_agent_threads(name)}"
+        assert not _agent_threads(name, port), f"threads of node {name} left: {_agent_threads(name, port)}"
 
 
 def _delete_pods_of(api: Api, node: str) -> None:

@@ -10,18 +10,18 @@ creates anything. See conftest.py for the server and the agent fixtures.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from node_helpers import NAMESPACE, phase, python_pod, terminated, unique
+
+from dask_k8s_backend.node.options import derived_ip_block
 
 EMBEDDED_HAS_NO_LEASES = "the embedded API server serves no coordination.k8s.io Leases"
 EMBEDDED_PROXIES_NO_LOGS = "the embedded API server serves pods/log only for its in-process kubelets"
@@ -93,7 +93,7 @@ def test_a_pod_runs_through_its_phases_and_reports_its_exit_code(api, make_agent
                                              "time.sleep(0.05)\nsys.exit(3)"))
     running = api.wait_pod(failing, lambda p: phase(p) == "Running" and p, 60, "Running")
     status = running["status"]
-    assert status["podIP"] == status["podIPs"][0]["ip"] and status["podIP"].startswith(f"127.{agent.options.ip_block}.")
+    assert status["podIP"] == status["podIPs"][0]["ip"] and status["podIP"].startswith(f"127.{agent.ip_block}.")
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
     gate.touch()
     failed = api.wait_pod(failing, lambda p: phase(p) == "Failed" and p, 60, "Failed")
@@ -102,6 +102,13 @@ def test_a_pod_runs_through_its_phases_and_reports_its_exit_code(api, make_agent
     succeeded = api.wait_pod(passing, lambda p: phase(p) == "Succeeded" and p, 60, "Succeeded")
     assert terminated(succeeded)["exitCode"] == 0 and terminated(succeeded)["reason"] == "Completed"
     assert succeeded["status"]["podIP"] != failed["status"]["podIP"]
+
+
+def test_two_agents_on_one_machine_never_share_a_pod_ip_block(make_agent):
+    first = make_agent()
+    clash = next(f"clash-{i}" for i in range(100_000) if derived_ip_block(f"clash-{i}") == first.ip_block)
+    second = make_agent(name=clash)  # its name hashes to the first one's block
+    assert second.ip_block != first.ip_block
 
 
 def test_containers_get_the_api_server_address_and_pod_env(api, make_agent):

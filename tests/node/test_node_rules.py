@@ -19,7 +19,8 @@ from dask_k8s_backend.errors import Conflict, Gone, KubernetesApiError, NotFound
 from dask_k8s_backend.node import mounts
 from dask_k8s_backend.node.api_transport import ApiTransport, merge_patch
 from dask_k8s_backend.node.lease import NodeLease
-from dask_k8s_backend.node.options import OptionError, derived_ip_block, parse_node_options, parse_taints
+from dask_k8s_backend.node.options import (OptionError, blocks_in_use, derived_ip_block, parse_node_options,
+                                           parse_taints)
 from dask_k8s_backend.node.reflector import PodCache, PodReflector
 from dask_k8s_backend.node.tokens import TokenProjector, refresh_time, token_projection, token_request
 
@@ -290,8 +291,21 @@ def test_taints_and_labels_parse_and_ip_blocks_derive_from_the_name(kubeconfig):
                                                           {"key": "c", "effect": "NoExecute"}]
     options = parse_node_options(kubeconfig=kubeconfig, name="n1", labels="zone=a,disk=ssd")
     assert options.labels == {"zone": "a", "disk": "ssd"}
-    assert options.ip_block == derived_ip_block("n1") and 100 <= options.ip_block <= 254
+    assert options.ip_block is None  # chosen at start
     assert parse_node_options(kubeconfig=kubeconfig, name="n1", ip_block=7).ip_block == 7
+
+
+def test_a_derived_ip_block_is_stable_and_skips_blocks_other_nodes_use():
+    block = derived_ip_block("n1")
+    assert 100 <= block <= 254 and derived_ip_block("n1") == block
+    nodes = [{"metadata": {"name": "other"}, "spec": {"podCIDR": f"127.{block}.0.0/16"}},
+             {"metadata": {"name": "n1"}, "spec": {"podCIDR": "127.150.0.0/16"}},  # itself, from an earlier run
+             {"metadata": {"name": "real"}, "spec": {"podCIDR": "10.244.0.0/24"}}]
+    used = blocks_in_use(nodes, "n1")
+    assert used == {block}
+    assert derived_ip_block("n1", used) == (block + 1 if block < 254 else 100)
+    with pytest.raises(OptionError, match="--ip-block"):
+        derived_ip_block("n1", range(100, 255))
 
 
 # ---------------------------------------------------------------- tokens
