@@ -215,6 +215,14 @@ def test_user_env_overrides_template_env_but_not_backend_env():
     assert len(names) == len(set(names))
 
 
+def test_the_nanny_forks_its_worker_unless_the_template_or_the_user_says_otherwise():
+    key = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+    assert env_of(env_step(empty_pod(), ctx()))[key]["value"] == "fork"
+    template = empty_pod({"name": "w", "env": [{"name": key, "value": "forkserver"}]})
+    assert env_of(env_step(template, ctx()))[key]["value"] == "forkserver"
+    assert env_of(env_step(template, ctx(settings(env={key: "spawn"}))))[key]["value"] == "spawn"
+
+
 # ----------------------------------------------------------------------------- resources
 def test_memory_overhead_follows_sparks_example_1g_plus_384m_is_1408mi():
     assert pod_memory_bytes(1 * GiB, 0.1, 384 * MiB) == 1408 * MiB
