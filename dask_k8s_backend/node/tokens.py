@@ -211,6 +211,11 @@ class TokenProjector:
             with self._cond:
                 heapq.heappush(self._heap, (self.clock() + 10.0, uid))
 
+    def poke(self) -> None:
+        """Make the refresher look at the clock again (after an injected clock moved)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
             self._warned.add(key)

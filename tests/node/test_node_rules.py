@@ -362,6 +362,35 @@ def test_the_projector_writes_token_ca_and_namespace_and_sets_the_service_addres
     assert "secret-token" not in repr(projector)
 
 
+def test_a_token_is_renewed_once_80_percent_of_its_lifetime_has_passed(tmp_path):
+    now = [1000.0]
+    issued = []
+
+    def issue(body):
+        issued.append(body)
+        return {"status": {"token": f"token-{len(issued)}", "expirationTimestamp": "1970-01-01T00:16:50Z"}}  # 1010
+
+    http = FakeHttp({("POST", "/api/v1/namespaces/ns1/serviceaccounts/worker/token"): issue})
+    projector = TokenProjector(http, lambda *a: None, clock=lambda: now[0], mount=False)
+    renewed = threading.Event()
+    try:
+        projector.prepare(api_access_pod(), tmp_path)
+        token = tmp_path / "serviceaccount" / "token"
+        assert token.read_text() == "token-1"
+        assert projector._heap[0][0] == 1008.0  # 80% of the 10 s lifetime
+        now[0] = 1008.0
+        projector.poke()
+        for _ in range(200):  # bounded: the refresher thread writes the file
+            if token.read_text() == "token-2":
+                renewed.set()
+                break
+            threading.Event().wait(0.02)
+    finally:
+        projector.stop()
+    assert renewed.is_set() and len(issued) == 2
+    assert oct(token.stat().st_mode & 0o777) == "0o600"
+
+
 def test_a_server_without_token_requests_projects_nothing(tmp_path):
     http = FakeHttp({("POST", "/api/v1/namespaces/ns1/serviceaccounts/worker/token"): NotFound("no"),
                      ("GET", "/api/v1/namespaces/ns1/serviceaccounts/worker"): {"metadata": {"name": "worker"}}})
