@@ -211,6 +211,12 @@ class TokenProjector:
             with self._cond:
                 heapq.heappush(self._heap, (self.clock() + 10.0, uid))
 
+    @property
+    def next_refresh(self) -> float | None:
+        """When the next token renewal is due (the injected clock's time), None when none is."""
+        with self._cond:
+            return self._heap[0][0] if self._heap else None
+
     def poke(self) -> None:
         """Make the refresher look at the clock again (after an injected clock moved)."""
         with self._cond:

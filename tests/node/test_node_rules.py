@@ -377,7 +377,7 @@ def test_a_token_is_renewed_once_80_percent_of_its_lifetime_has_passed(tmp_path)
         projector.prepare(api_access_pod(), tmp_path)
         token = tmp_path / "serviceaccount" / "token"
         assert token.read_text() == "token-1"
-        assert projector._heap[0][0] == 1008.0  # 80% of the 10 s lifetime
+        assert projector.next_refresh == 1008.0  # 80% of the 10 s lifetime
         now[0] = 1008.0
         projector.poke()
         for _ in range(200):  # bounded: the refresher thread writes the file
