@@ -9,7 +9,9 @@ in the transport's cache, the file through the runtime (``container_log_path``) 
 :mod:`dask_k8s_backend.embedded.podlogs`, exactly as the embedded API server serves ``pods/log``;
 a follow re-reads the file until the container stops or the client leaves. ``/healthz`` answers
 ``ok``. Errors are plain text with the kubelet's status code; the API server wraps them in a Status.
-Served by tornado on its own event loop in one daemon thread, bound to 127.0.0.1.
+Served by tornado on its own event loop in one daemon thread, bound to 127.0.0.1. Like kwok's
+server it does not authenticate callers (a real kubelet checks the API server's client
+certificate and asks SubjectAccessReview): anyone on this machine may read the pods' logs.
 """
 
 from __future__ import annotations
