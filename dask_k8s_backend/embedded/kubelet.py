@@ -437,7 +437,7 @@ class ProcessKubelet(KubeletBase):
         self.memory_sample_interval = memory_sample_interval
         self.sandbox: PodSandbox = sandbox if sandbox is not None else NoSandbox()
         enabled = warm.enabled_in_config() if warm_runtime is None else warm_runtime
-        self.warm = warm.WarmRuntime(self.work_dir / "warm-runtime") if enabled else None
+        self.warm = warm.WarmRuntime(self.work_dir / "warm-runtime") if enabled and warm.supported() else None
         self._workers: dict[Key, PodWorker] = {}
         self._workers_lock = threading.Lock()
         self._monitor: threading.Thread | None = None

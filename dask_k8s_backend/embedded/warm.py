@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 import dask.config
 
-from . import podenv, processes
+from . import parentdeath, podenv, processes
 from .processes import ContainerProcess, Preexec
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ FORK_TIMEOUT = 30.0
 #: Environment variables read while an interpreter starts (or by the preload at import), which a
 #: forked child could not honour: a container that sets them differently is exec'd.
 _INTERPRETER_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE", "HOME", "DASK_CONFIG", "DASK_ROOT_CONFIG")
+
+
+def supported() -> bool:
+    """Linux only: the children need the parent-death signal, and forking after imports is only safe there."""
+    return parentdeath.supported()
 
 
 def enabled_in_config() -> bool:
