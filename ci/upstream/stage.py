@@ -46,6 +46,9 @@ SUITES = (
     Suite("smoke (kubectl: version, nodes, run/logs/delete)", ("tests/upstream", "--k8s-kubeconfig", "{kc}"), 300),
     Suite("node agent (tests/node: registration, lease, phases, logs via pods/log, SIGTERM/SIGKILL, tokens)",
           ("tests/node", "--k8s-kubeconfig", "{kc}"), 300),
+    # The same requests against the embedded API server and this one (issue 14's differential conformance).
+    Suite("API conformance, embedded vs upstream (tests/embedded/test_api_conformance.py)",
+          ("tests/embedded/test_api_conformance.py", "--k8s-kubeconfig", "{kc}"), 300),
     # Its fixture applies deploy/rbac.yaml and runs the cluster-mode scheduler pod as that
     # ServiceAccount: the shipped Role alone authorizes it, as on a user's cluster.
     Suite("KubeSparkCluster suites (tests/cluster)",

@@ -31,8 +31,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from .podstatus import rfc3339
 from .listoptions import decode_continue, encode_continue
+from .podstatus import rfc3339
 from .resources import pod_qos_class
 from .selectors import FIELDS, Selector, parse_field_selector, parse_label_selector
 from .status import StatusError, already_exists, bad_request, conflict, gone, not_found
