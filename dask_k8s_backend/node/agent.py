@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..embedded.kubelet import ProcessKubelet
+from ..errors import KubernetesApiError
 from ..embedded.simulated import SimulatedKubelet
 from .api_transport import ApiTransport
 from .http import ApiHttp
@@ -130,15 +131,29 @@ def run(**raw: Any) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with NodeAgent(options) as agent:
-            assert agent.server is not None and agent.http is not None
-            print(f"Node {options.name} ({options.kubelet}) joined {agent.http.server}; kubelet endpoint "
-                  f"{agent.server.url}; pod IPs 127.{agent.ip_block}.x.y", flush=True)
-            print("Press Ctrl-C to stop (pods get their grace period, then the Node is deleted).", flush=True)
-            while not stop.wait(0.5) and not agent.failed.is_set():
-                pass
-            print(f"Stopping node {options.name}...", flush=True)
-            return 1 if agent.failed.is_set() else 0
+        try:
+            agent = NodeAgent(options).start()
+        except KubernetesApiError as e:
+            print(f"node: {options.name} could not join the API server of {options.kubeconfig}: {e}",
+                  file=sys.stderr, flush=True)
+            return 1
+        try:
+            return _serve(agent, stop)
+        finally:
+            agent.stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _serve(agent: NodeAgent, stop: threading.Event) -> int:
+    """Announce the node, wait for a signal (or a lost pod watch); 1 when the watch was lost."""
+    name = agent.options.name
+    assert agent.server is not None and agent.http is not None
+    print(f"Node {name} ({agent.options.kubelet}) joined {agent.http.server}; kubelet endpoint "
+          f"{agent.server.url}; pod IPs 127.{agent.ip_block}.x.y", flush=True)
+    print("Press Ctrl-C to stop (pods get their grace period, then the Node is deleted).", flush=True)
+    while not stop.wait(0.5) and not agent.failed.is_set():
+        pass
+    print(f"Stopping node {name}...", flush=True)
+    return 1 if agent.failed.is_set() else 0

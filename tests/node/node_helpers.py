@@ -42,19 +42,23 @@ class Api:
             pass
 
     def wait_for(self, collection: str, name: str, check: Callable[[dict | None], Any], timeout: float = 60.0,
-                 what: str = "condition") -> Any:
-        """Watch ``collection`` (an API path) for object ``name`` until ``check(obj or None if deleted)`` is truthy."""
+                 what: str = "condition", selector: str | None = None) -> Any:
+        """Watch ``collection`` (an API path) for object ``name`` until ``check(obj or None if deleted)`` is truthy.
+
+        ``selector`` replaces the ``metadata.name`` field selector (then ``check`` sees any matching object).
+        """
         deadline = time.monotonic() + timeout
         seen: list[Any] = []
+        selector = selector or f"metadata.name={name}"
         while time.monotonic() < deadline:
-            answer = self.http.request("GET", collection, query={"fieldSelector": f"metadata.name={name}"})
+            answer = self.http.request("GET", collection, query={"fieldSelector": selector})
             items = answer.get("items") or []
-            result = check(items[0] if items else None)
+            result = next(filter(None, map(check, items)), None) if items else check(None)
             if result:
                 return result
             rv = answer["metadata"]["resourceVersion"]
             remaining = max(1, int(deadline - time.monotonic()))
-            stream = self.http.stream(collection, query={"watch": True, "fieldSelector": f"metadata.name={name}",
+            stream = self.http.stream(collection, query={"watch": True, "fieldSelector": selector,
                                                          "resourceVersion": rv, "timeoutSeconds": remaining},
                                       read_timeout=remaining + 5)
             try:

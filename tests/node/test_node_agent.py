@@ -120,6 +120,11 @@ def test_containers_get_the_api_server_address_and_pod_env(api, make_agent):
     host, port = agent.http.host_port
     code, body = kubelet_get(agent, f"/containerLogs/{NAMESPACE}/{name}/main")
     assert (code, body.decode().split()) == (200, [host, str(port)])
+    started = api.wait_for(f"/api/v1/namespaces/{NAMESPACE}/events", name,
+                           lambda e: e and e["reason"] == "Started" and e, 30, "the Started event",
+                           selector=f"involvedObject.name={name}")
+    assert started["source"] == {"component": "kubelet", "host": agent.options.name}
+    assert started["involvedObject"]["uid"]
 
 
 def test_the_kubelet_endpoint_serves_logs_with_the_api_servers_query(api, make_agent):
@@ -261,6 +266,19 @@ def test_the_cli_refuses_bad_input_before_creating_anything(api):
     assert proc.returncode == 2
     assert err.startswith("node: --taints: 'dedicated=dask'") and "NoSchedule" in err
     assert api.get(f"/api/v1/nodes/{name}") is None
+
+
+def test_the_cli_says_when_it_cannot_reach_the_api_server(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+                          "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    proc = run_cli("--kubeconfig", str(kubeconfig), "--name", "lonely")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("node: lonely could not join the API server") and "127.0.0.1:1" in last
+    assert "Traceback" not in err
 
 
 def test_the_cli_joins_in_the_foreground_and_leaves_on_sigterm(api):
