@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import psutil
 import pytest
 from node_helpers import NAMESPACE, Api, unique
 
@@ -41,6 +42,17 @@ def api(request) -> Iterator[Api]:
         api.http.close()
 
 
+def _children() -> set[int]:
+    alive = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
 def _agent_threads(name: str, port: int) -> list[threading.Thread]:
     """Live threads of one agent: its kubelet, pod watch, lease, events and kubelet endpoint."""
     return [t for t in threading.enumerate() if t.is_alive() and (
@@ -51,6 +63,7 @@ def _agent_threads(name: str, port: int) -> list[threading.Thread]:
 def make_agent(api: Api, tmp_path: Path) -> Iterator[Callable[..., NodeAgent]]:
     """``make_agent(kubelet="process", **options)``: a started agent with a unique node name."""
     agents: list[NodeAgent] = []
+    children_before = _children()
 
     def make(kubelet: str = "process", lease_duration: int = 40, kubelet_options: dict | None = None,
              **options: Any) -> NodeAgent:
@@ -74,6 +87,7 @@ def make_agent(api: Api, tmp_path: Path) -> Iterator[Callable[..., NodeAgent]]:
         while _agent_threads(name, port) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _agent_threads(name, port), f"threads of node {name} left: {_agent_threads(name, port)}"
+    assert not _children() - children_before, f"processes left after the agents stopped: {_children() - children_before}"
 
 
 def _delete_pods_of(api: Api, node: str) -> None:
