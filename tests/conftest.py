@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 
 import dask.config
 import pytest
+
+from k8s_helpers import ONE_SERVER_ONLY
+
+ONE_SERVER_SKIP = re.compile(re.escape(ONE_SERVER_ONLY).replace(r"\{kind\}", r"\w+"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +37,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def one_server_skips(reports: list) -> list[tuple[str, str]]:
+    """(test id, reason) of every skip whose reason says the test runs on one API server only."""
+    found = []
+    for report in reports:
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        reason = reason.removeprefix("Skipped: ")
+        if ONE_SERVER_SKIP.match(reason):
+            found.append((report.nodeid, reason))
+    return sorted(set(found))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """List the tests skipped because they can run on one server only, with why: CI prints this list."""
+    skips = one_server_skips(terminalreporter.stats.get("skipped", []))
+    if not skips:
+        return
+    terminalreporter.section("runs on one server only")
+    for nodeid, reason in skips:
+        terminalreporter.write_line(f"{nodeid}: {reason}")
 
 
 @pytest.fixture

@@ -27,6 +27,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60, interval: floa
         time.sleep(interval)
 
 
+# A skip reason starting with this says the test can run on one API server only (the embedded one or
+# upstream's); tests/conftest.py lists every such skip at the end of the run.
+ONE_SERVER_ONLY = "runs on the {kind} API server only: "
+
+
+def one_server_only_reason(kind: str, why: str) -> str:
+    """The skip reason of a test that can run on ``kind`` ("embedded" or "upstream") only, and why."""
+    return ONE_SERVER_ONLY.format(kind=kind) + why
+
+
 def list_pods(core_api: Any, selector: str, namespace: str = "default") -> list[dict]:
     """Pods matching a label selector, as plain dicts, read through the API."""
     response = core_api.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)

@@ -307,13 +307,20 @@ def is_quota_exceeded(exc: BaseException) -> bool:
     return _status_code(exc) == 403 and "exceeded quota" in str(exc)
 
 
+def is_quota_status_unknown(exc: BaseException) -> bool:
+    """A 403 from upstream's ResourceQuota admission for a quota whose status the quota controller has not
+    filled yet (just created): nothing is wrong with the pod, and the answer changes within moments."""
+    return _status_code(exc) == 403 and "status unknown for quota" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying later (throttling, server trouble, connection loss, a full quota), not the pod's fault."""
+    """Errors worth retrying later (throttling, server trouble, connection loss, a full quota, a quota not yet
+    counted), not the pod's fault."""
     code = _status_code(exc)
     if not code:
         return True  # unreachable API server (ApiUnreachable has code 0), timeouts
-    if is_quota_exceeded(exc):
-        return True  # retried when capacity frees; the message carries the quota's numbers
+    if is_quota_exceeded(exc) or is_quota_status_unknown(exc):
+        return True  # retried when capacity frees or the quota controller has counted; the message says which
     return code in TRANSIENT_CODES
 
 

@@ -382,6 +382,19 @@ async def test_an_exceeded_quota_backs_off_instead_of_counting_failures():
 
 
 @run_async
+async def test_a_quota_whose_status_is_not_counted_yet_backs_off_instead_of_counting_failures():
+    # upstream's ResourceQuota admission, for a quota the quota controller has not filled in yet
+    h = Harness()
+    h.api.fail_next("create_pod", make_error(Forbidden, 'pods "app-exec-1" is forbidden: status unknown for quota: q, '
+                                                        'resources: requests.cpu'))
+    await h.set_target(1)
+    assert h.failures.failure_count("default") == 0 and h.created() == []
+    await h.tick(2.0)
+    assert h.created() == [2]
+    await h.stop()
+
+
+@run_async
 async def test_new_ids_start_after_every_id_already_seen():
     h = Harness()
     h.see(executor_pod(41, phase="Running"))

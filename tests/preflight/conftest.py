@@ -1,9 +1,11 @@
-"""An embedded Kubernetes with restricted users, reached as a real cluster (k8s:// + kubeconfig).
+"""A Kubernetes with restricted users, reached as a real cluster (k8s:// + kubeconfig).
 
-Each restricted user lacks exactly one permission the backend uses, required or optional
-(``no-<verb>-<resource>``), ``nothing`` has none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml: the refusal
-paths go through the real HTTP API with real tokens. Leak checks: no pod of a refused cluster
-exists (checked through the API) and no worker process outlives a test.
+The embedded Kubernetes by default; upstream's kube-apiserver with ``--k8s-kubeconfig`` (servers.py),
+whose RBAC authorizes the restricted identities for real. Each restricted user lacks exactly one
+permission the backend uses, required or optional (``no-<verb>-<resource>``), ``nothing`` has
+none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml: the refusal paths go through the
+real HTTP API with real tokens. Leak checks: no pod of a refused cluster exists (checked through
+the API) and no worker process outlives a test.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import yaml
 from k8s_helpers import assert_no_worker_processes_left, list_pods, merge_kwargs
 
 from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISSIONS, Permission
+
+from .servers import api_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,11 +47,9 @@ def restricted_users() -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def kube():
-    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
-
-    with EmbeddedKubernetes(kubelet="process", nodes=1, cpu="16", memory="32Gi", users=restricted_users()) as k:
-        yield k
+def kube(request):
+    with api_server(request, restricted_users(), kubelet="process", nodes=1, cpu="16", memory="32Gi") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +62,16 @@ def core_api(kube):
 
 
 def cluster_kwargs(kube, kubeconfig: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A small, fast KubeSparkCluster on the embedded server, as ``kubeconfig``'s user (default: admin)."""
+    """A small, fast KubeSparkCluster on the test's server and namespace, as ``kubeconfig``'s user (default: admin)."""
     kwargs: dict[str, Any] = dict(
-        master=f"k8s://{kube.url}", worker_memory="256MiB", worker_cores=1, quiet=True,
+        master=f"k8s://{kube.url}", namespace=kube.namespace, worker_memory="256MiB", worker_cores=1, quiet=True,
         authenticate={"kubeconfig": kubeconfig or kube.kubeconfig},
         executor={"delete-grace-period": "2s"}, worker={"death-timeout": "20s"},
     )
     return merge_kwargs(kwargs, extra)
 
 
-def worker_pods(core_api, namespace: str = "default") -> list[dict]:
+def worker_pods(core_api, namespace: str) -> list[dict]:
     """Every worker pod of any app in ``namespace``, read through the API as the admin."""
     return list_pods(core_api, "dask-k8s-backend/role=worker", namespace)
 

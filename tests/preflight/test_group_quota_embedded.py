@@ -1,10 +1,11 @@
-"""Worker groups get the default group's LimitRange / ResourceQuota checks, on the embedded Kubernetes.
+"""Worker groups get the default group's LimitRange / ResourceQuota checks (embedded, or upstream with --k8s-kubeconfig).
 
 ``add_worker_group`` refuses a group no pod of which the namespace would ever admit (one error
 naming the group, the option, its value and the fix; nothing created, group not added), and
 ``scale(n, group=...)`` / ``adapt(maximum=..., group=...)`` warn when that many pods of the group
 do not fit the quota next to what the other groups already use. Pods only need to exist to count
-against a quota, so simulated kubelets are enough.
+against a quota, so simulated kubelets are enough (on upstream, pods asking for a GPU no node has stay
+Pending and count all the same).
 """
 
 from __future__ import annotations
@@ -18,26 +19,26 @@ from dask_k8s_backend.preflight import QuotaError
 
 from k8s_helpers import list_pods, wait_until
 
+from .servers import api_server, create_quota
+
 pytestmark = pytest.mark.timeout(120)
 
 GPU = "example.com/gpu"
 
 
 @pytest.fixture(scope="module")
-def kube():
-    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
-
+def kube(request):
     specs = [{"name": "cpu-node"}, {"name": "gpu-node", "extended_resources": {GPU: "4"}}]
-    with EmbeddedKubernetes(kubelet="simulated", nodes=2, cpu="16", memory="32Gi", node_specs=specs) as k:
-        yield k
+    with api_server(request, {}, kubelet="simulated", nodes=2, cpu="16", memory="32Gi", node_specs=specs) as server:
+        yield server
 
 
 @pytest.fixture
-def namespace(core_api, request):
-    name = ("g-" + request.node.name.replace("_", "-"))[:40].strip("-").lower()
-    core_api.create_namespace({"metadata": {"name": name}})
+def namespace(kube, core_api, request):
+    name = f"{kube.namespace}-g-{request.node.name.replace('_', '-')}"[:50].strip("-").lower()
+    kube.create_namespace(core_api, name)
     yield name
-    core_api.delete_namespace(name)
+    kube.delete_namespace(core_api, name)
 
 
 @pytest.fixture
@@ -51,10 +52,6 @@ def cluster(kube, namespace):
 
 def pods(core_api, namespace):
     return list_pods(core_api, "dask-k8s-backend/role=worker", namespace)
-
-
-def quota(core_api, namespace, hard, name="compute"):
-    core_api.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
 
 
 def used_pods(core_api, namespace, name="compute"):
@@ -91,7 +88,7 @@ def test_a_group_over_the_limit_range_is_refused_naming_the_option_and_nothing_i
 
 
 def test_an_extended_resource_larger_than_the_quota_is_refused_naming_resources(cluster, core_api, namespace):
-    quota(core_api, namespace, {f"requests.{GPU}": "1"}, name="gpus")
+    create_quota(core_api, namespace, {f"requests.{GPU}": "1"}, name="gpus")
     with pytest.raises(QuotaError) as info:
         cluster.add_worker_group("gpu", resources={"GPU": 2, GPU: 2})
     message = str(info.value)
@@ -103,14 +100,14 @@ def test_an_extended_resource_larger_than_the_quota_is_refused_naming_resources(
 
 
 def test_a_quota_requirement_the_group_leaves_unset_is_refused(cluster, core_api, namespace):
-    quota(core_api, namespace, {"limits.cpu": "8"})
+    create_quota(core_api, namespace, {"limits.cpu": "8"})
     with pytest.raises(QuotaError, match=r"add_worker_group\('nolimit'\).*requires every container to set limits.cpu"):
         cluster.add_worker_group("nolimit", worker_cores=1)
     assert_group_not_added(cluster, "nolimit")
 
 
 def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(cluster, core_api, namespace, caplog):
-    quota(core_api, namespace, {"pods": "3", "requests.cpu": "10"})
+    create_quota(core_api, namespace, {"pods": "3", "requests.cpu": "10"})
     cluster.add_worker_group("small", worker_cores=1)  # a quota that is merely full now is no reason to refuse a group
     cluster.scale(2)
     wait_until(lambda: used_pods(core_api, namespace) == 2, timeout=30, what="the quota to count 2 default pods")
@@ -129,7 +126,7 @@ def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(clust
 
 
 def test_adapt_maximum_of_a_group_warns_when_it_cannot_fit(cluster, core_api, namespace, caplog):
-    quota(core_api, namespace, {f"requests.{GPU}": "3"}, name="gpus")
+    create_quota(core_api, namespace, {f"requests.{GPU}": "3"}, name="gpus")
     cluster.add_worker_group("gpu", resources={"GPU": 1, GPU: 1})
     with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
         cluster.adapt(minimum=0, maximum=3, group="gpu")  # 3 x 1 GPU: fits
@@ -144,7 +141,7 @@ def test_adapt_maximum_of_a_group_warns_when_it_cannot_fit(cluster, core_api, na
 def test_adapt_of_an_asynchronous_cluster_warns_once_the_quota_is_read(kube, namespace, core_api, caplog):
     import asyncio
 
-    quota(core_api, namespace, {f"requests.{GPU}": "1"}, name="gpus")
+    create_quota(core_api, namespace, {f"requests.{GPU}": "1"}, name="gpus")
 
     async def main() -> list[logging.LogRecord]:
         async with KubeSparkCluster(master=f"k8s://{kube.url}", namespace=namespace, worker_memory="256MiB",

@@ -1,12 +1,14 @@
-"""Preflight refusals on the embedded Kubernetes, through the real HTTP API, before any pod exists."""
+"""Preflight refusals through the real HTTP API, before any pod exists (embedded, or upstream with --k8s-kubeconfig)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import warnings
 
 import pytest
+from kubernetes import client, config
 
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.preflight import (
@@ -24,15 +26,15 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.mark.parametrize("permission", CLIENT_MODE_PERMISSIONS, ids=lambda p: f"{p.verb}-{p.full_resource}")
 def test_each_missing_permission_is_refused_before_any_pod_exists(kube, core_api, permission):
-    before = worker_pods(core_api)
+    before = worker_pods(core_api, kube.namespace)
     with pytest.raises(MissingPermissionsError) as info:
         KubeSparkCluster(n_workers=2, **cluster_kwargs(kube, kube.kubeconfig_for(user_name(permission))))
     assert info.value.missing == (permission,)
     message = str(info.value)
     assert f"  - {permission.describe()}" in message
     assert f'resources: ["{permission.full_resource}"]\n    verbs: ["{permission.verb}"]' in message  # the Role
-    assert "namespace: default" in message and "nothing was created" in message
-    assert worker_pods(core_api) == before
+    assert f"namespace: {kube.namespace}" in message and "nothing was created" in message
+    assert worker_pods(core_api, kube.namespace) == before
 
 
 def test_every_missing_permission_is_listed_in_one_error(kube, core_api):
@@ -43,7 +45,7 @@ def test_every_missing_permission_is_listed_in_one_error(kube, core_api):
     assert listed == [f"  - {p.describe()}" for p in CLIENT_MODE_PERMISSIONS]
     assert 'resources: ["pods"]\n    verbs: ["create", "list", "watch", "delete", "deletecollection", "patch"]' in str(info.value)
     assert "pods/log" not in str(info.value)
-    assert worker_pods(core_api) == []
+    assert worker_pods(core_api, kube.namespace) == []
 
 
 def backend_warnings(caplog, recorded) -> list[str]:
@@ -98,24 +100,23 @@ def test_the_role_in_deploy_rbac_yaml_is_enough_to_run_workers(kube, core_api):
         assert cluster.logs(1) is not None  # pods/log
         app_id = cluster.app.app_id
     assert cluster.pods_left_after_close == 0
-    assert [p for p in worker_pods(core_api) if p["metadata"]["labels"]["dask-k8s-backend/app-id"] == app_id] == []
+    assert [p for p in worker_pods(core_api, kube.namespace) if p["metadata"]["labels"]["dask-k8s-backend/app-id"] == app_id] == []
 
 
 def test_a_missing_namespace_is_refused_before_any_pod_exists(kube, core_api):
     with pytest.raises(NamespaceNotFoundError, match="namespace 'nowhere'.*kubectl create namespace nowhere"):
-        KubeSparkCluster(n_workers=1, namespace="nowhere", **cluster_kwargs(kube))
+        KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, namespace="nowhere"))
     namespaces = {n.metadata.name for n in core_api.list_namespace().items}
     assert "nowhere" not in namespaces
 
 
 
 def test_kubectl_auth_can_i_answers_from_the_restricted_users_rules(kube):
-    import subprocess
-
     config = kube.kubeconfig_for("no-create-pods")
 
     def can_i(verb: str, resource: str, *extra: str) -> str:
-        done = subprocess.run(["kubectl", "--kubeconfig", config, "auth", "can-i", verb, resource, "-n", "default", *extra],
+        done = subprocess.run(["kubectl", "--kubeconfig", config, "auth", "can-i", verb, resource, "-n", kube.namespace,
+                               *extra],
                               capture_output=True, text=True, timeout=30)
         return done.stdout.strip()
 
@@ -126,19 +127,17 @@ def test_kubectl_auth_can_i_answers_from_the_restricted_users_rules(kube):
 
 
 def test_a_restricted_token_gets_kube_apiservers_403_for_what_its_rules_do_not_grant(kube):
-    from kubernetes import client, config
-
     api_client = config.new_client_from_config(config_file=kube.kubeconfig_for("no-delete-pods"))
     try:
         core = client.CoreV1Api(api_client)
-        assert core.list_namespaced_pod("default", limit=1).items is not None  # granted
+        assert core.list_namespaced_pod(kube.namespace, limit=1).items is not None  # granted
         with pytest.raises(client.ApiException) as info:
-            core.delete_namespaced_pod("anything", "default")
+            core.delete_namespaced_pod("anything", kube.namespace)
         assert info.value.status == 403
         status = json.loads(info.value.body)
-        assert (status["code"], status["reason"]) == (403, "Forbidden")
-        assert status["message"] == ('pods "anything" is forbidden: User "no-delete-pods" cannot delete resource "pods" '
-                                     'in API group "" in the namespace "default"')
+        assert (status["code"], status["reason"], status["details"]) == (403, "Forbidden", {"name": "anything", "kind": "pods"})
+        assert status["message"] == (f'pods "anything" is forbidden: User "{kube.user_name("no-delete-pods")}" cannot '
+                                     f'delete resource "pods" in API group "" in the namespace "{kube.namespace}"')
         with pytest.raises(client.ApiException) as info:
             core.list_namespaced_pod("kube-system")  # rules are namespaced
         assert info.value.status == 403

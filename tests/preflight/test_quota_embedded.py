@@ -1,4 +1,8 @@
-"""ResourceQuota and LimitRange on the embedded Kubernetes: refused up front, and at creation time."""
+"""ResourceQuota and LimitRange: refused up front, and at creation time.
+
+On the embedded Kubernetes, or with ``--k8s-kubeconfig`` on upstream's, where the quota and
+LimitRange admission plugins and kube-controller-manager's quota controller give the answers.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,24 @@ from dask_k8s_backend.preflight import QuotaError
 from k8s_helpers import wait_until
 
 from .conftest import cluster_kwargs, worker_pods
+from .servers import create_quota
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def namespace(core_api, request):
+def namespace(kube, core_api, request):
     """A fresh namespace for one test, deleted afterwards."""
-    name = request.node.name.replace("_", "-")[:40].strip("-").lower()
-    core_api.create_namespace({"metadata": {"name": name}})
+    name = f"{kube.namespace}-{request.node.name.replace('_', '-')}"[:50].strip("-").lower()
+    kube.create_namespace(core_api, name)
     yield name
-    core_api.delete_namespace(name)
-
-
-def make_quota(core_api, namespace, hard, name="compute"):
-    core_api.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
+    kube.delete_namespace(core_api, name)
 
 
 def test_workers_that_cannot_fit_the_quota_are_refused_up_front_with_its_numbers(kube, core_api, namespace):
-    make_quota(core_api, namespace, {"requests.cpu": "2", "pods": "10"})
+    create_quota(core_api, namespace, {"requests.cpu": "2", "pods": "10"})
     with pytest.raises(QuotaError) as info:
-        KubeSparkCluster(n_workers=3, namespace=namespace, **cluster_kwargs(kube))
+        KubeSparkCluster(n_workers=3, **cluster_kwargs(kube, namespace=namespace))
     message = str(info.value)
     assert "n_workers=3 asks for 3 worker pods, but only 2 fit" in message
     assert "ResourceQuota 'compute': each worker pod requests requests.cpu=1, used: requests.cpu=0, limited: requests.cpu=2" in message
@@ -39,15 +40,15 @@ def test_workers_that_cannot_fit_the_quota_are_refused_up_front_with_its_numbers
 
 
 def test_a_quota_on_limits_needs_them_set_and_limit_range_defaults_count(kube, core_api, namespace):
-    make_quota(core_api, namespace, {"limits.cpu": "3"})
+    create_quota(core_api, namespace, {"limits.cpu": "3"})
     with pytest.raises(QuotaError, match="requires every container to set limits.cpu for: "):
-        KubeSparkCluster(n_workers=1, namespace=namespace, **cluster_kwargs(kube))
+        KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, namespace=namespace))
     core_api.create_namespaced_limit_range(namespace, {"metadata": {"name": "defaults"}, "spec": {"limits": [
         {"type": "Container", "default": {"cpu": "2"}}]}})
     with pytest.raises(QuotaError, match=r"limits.cpu=2, used: limits.cpu=0, limited: limits.cpu=3"):
-        KubeSparkCluster(n_workers=2, namespace=namespace, **cluster_kwargs(kube))  # 2 x the default 2 > 3
+        KubeSparkCluster(n_workers=2, **cluster_kwargs(kube, namespace=namespace))  # 2 x the default 2 > 3
     assert worker_pods(core_api, namespace) == []
-    with KubeSparkCluster(n_workers=1, namespace=namespace, **cluster_kwargs(kube)) as cluster:
+    with KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, namespace=namespace)) as cluster:
         pods = wait_until(lambda: worker_pods(core_api, namespace), what="the worker pod")
         resources = pods[0]["spec"]["containers"][0]["resources"]
         assert resources["limits"]["cpu"] == "2"  # the API server applied the LimitRange default
@@ -59,13 +60,13 @@ def test_a_quota_on_limits_needs_them_set_and_limit_range_defaults_count(kube, c
 
 
 def test_a_full_quota_at_creation_time_is_reported_and_retried_when_capacity_frees(kube, core_api, namespace):
-    make_quota(core_api, namespace, {"pods": "2"})
-    blocker = {"metadata": {"name": "blocker"},
-               "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "pause"}]}}
-    core_api.create_namespaced_pod(namespace, blocker)  # another app's pod, Pending forever, counts
+    create_quota(core_api, namespace, {"pods": "2"})
+    blocker = {"metadata": {"name": "blocker"},  # no node has the label: Pending forever on any server
+               "spec": {"nodeSelector": {"example.com/nowhere": "true"}, "containers": [{"name": "c", "image": "pause"}]}}
+    core_api.create_namespaced_pod(namespace, blocker)  # another app's pod, Pending, counts
     wait_until(lambda: (core_api.read_namespaced_resource_quota("compute", namespace).status.used or {}).get("pods") == "1",
                what="the quota controller to count the blocker")
-    with KubeSparkCluster(namespace=namespace, **cluster_kwargs(kube)) as cluster:
+    with KubeSparkCluster(**cluster_kwargs(kube, namespace=namespace)) as cluster:
         cluster.scale(3)
         cluster_log = str(cluster.get_logs(scheduler=False, workers=False)["Cluster"])
         assert ("scale(3) needs 3 more worker pods, but only 1 fit: ResourceQuota 'compute': each worker pod requests "

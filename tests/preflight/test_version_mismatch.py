@@ -63,4 +63,4 @@ def test_a_worker_with_other_dask_versions_is_refused_naming_both_versions_and_t
         assert [name for name, _ in refused] == ["1"]  # blocked at once: no replacement pods
         status = cluster.refresh_status()
         assert status.pods_created == 1 and status.errors["default"] in message
-    assert worker_pods(core_api) == []
+    assert worker_pods(core_api, kube.namespace) == []

@@ -1,0 +1,211 @@
+"""The API server the preflight tests run on: the embedded Kubernetes, or upstream's with ``--k8s-kubeconfig``.
+
+Both kinds offer the tests one face (:class:`EmbeddedServer`, :class:`UpstreamServer`): ``kind``,
+``url``, ``kubeconfig`` (the admin's), ``namespace`` (where the restricted identities' namespaced
+rules apply), ``kubeconfig_for(user)``, ``user_name(user)`` (the name the server authenticates
+that user as, which its 403 messages show) and ``create_namespace`` / ``delete_namespace``.
+
+Restricted users are given as ``{name: [rule, ...]}`` in the YAML shape of Role rules; a rule
+with ``namespaces`` applies in the test namespace, one without applies cluster-wide.
+
+* Embedded: the users are registered with ``EmbeddedKubernetes(users=...)``; the namespace is
+  ``default``. Names in ``service_accounts`` are registered as ``system:serviceaccount:default:<name>``
+  (what a SubjectAccessReview asks about) and get a ServiceAccount object.
+* Upstream: every user is made for real through the API with the admin kubeconfig, in a fresh
+  namespace: a ServiceAccount, a Role with its namespaced rules and a RoleBinding, a ClusterRole
+  and ClusterRoleBinding for its cluster-wide rules, and a kubeconfig with a TokenRequest token for
+  the same server and CA. Closing deletes the cluster-wide objects and the namespace (with all in it).
+
+A test that can run on one kind only calls :func:`only_on`; tests/conftest.py lists those skips at
+the end of the run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as kube_config
+
+from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
+from dask_k8s_backend.embedded.tls import write_kubeconfig
+from dask_k8s_backend.preflight import service_account_user
+
+from k8s_helpers import one_server_only_reason, wait_until
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+TOKEN_SECONDS = 3600  # longer than any preflight module runs
+ACCOUNT_TIMEOUT = 60.0  # the serviceaccount controller makes a new namespace's `default` in well under a second
+
+
+def only_on(kube: Any, kind: str, why: str) -> None:
+    """Skip the calling test unless it runs on ``kind`` ("embedded" or "upstream"), saying why."""
+    if kube.kind != kind:
+        pytest.skip(one_server_only_reason(kind, why))
+
+
+class EmbeddedServer:
+    """The embedded Kubernetes as the preflight tests see it (its users are plain user names)."""
+
+    kind = "embedded"
+    namespace = "default"
+
+    def __init__(self, embedded: EmbeddedKubernetes, service_accounts: Sequence[str] = ()) -> None:
+        self.embedded = embedded
+        self._service_accounts = set(service_accounts)
+
+    @property
+    def url(self) -> str:
+        return self.embedded.url
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.embedded.kubeconfig
+
+    def user_name(self, user: str) -> str:
+        if user in self._service_accounts:
+            return service_account_user(self.namespace, user)
+        return user
+
+    def kubeconfig_for(self, user: str) -> str:
+        return self.embedded.kubeconfig_for(self.user_name(user))
+
+    def create_namespace(self, core_api: Any, name: str) -> None:
+        core_api.create_namespace({"metadata": {"name": name}})
+
+    def delete_namespace(self, core_api: Any, name: str) -> None:
+        core_api.delete_namespace(name)
+
+
+class UpstreamServer:
+    """An upstream kube-apiserver whose restricted users are ServiceAccounts bound to Roles made for them."""
+
+    kind = "upstream"
+
+    def __init__(self, admin_kubeconfig: str, work_dir: Path, prefix: str = "preflight") -> None:
+        self.kubeconfig = admin_kubeconfig
+        self.api = kube_config.new_client_from_config(config_file=admin_kubeconfig)
+        self.core = k8s.CoreV1Api(self.api)
+        self.rbac = k8s.RbacAuthorizationV1Api(self.api)
+        self.namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self._work_dir = work_dir
+        self._kubeconfigs: dict[str, str] = {}
+        self._cluster_objects: list[str] = []  # ClusterRole and ClusterRoleBinding names (the same name)
+
+    @property
+    def url(self) -> str:
+        return self.api.configuration.host
+
+    def user_name(self, user: str) -> str:
+        return service_account_user(self.namespace, user)
+
+    def start(self, users: Mapping[str, list[dict]], service_accounts: Sequence[str] = ()) -> None:
+        self.create_namespace(self.core, self.namespace)
+        for name in service_accounts:
+            if name not in users:
+                self.core.create_namespaced_service_account(self.namespace, {"metadata": {"name": name}})
+        for name, rules in users.items():
+            self.add_user(name, rules)
+
+    def add_user(self, name: str, rules: list[dict]) -> None:
+        """A ServiceAccount ``name`` bound to exactly ``rules`` (namespaced ones in a Role, the rest in a ClusterRole)."""
+        self.core.create_namespaced_service_account(self.namespace, {"metadata": {"name": name}})
+        subject = [{"kind": "ServiceAccount", "name": name, "namespace": self.namespace}]
+        namespaced = [role_rule(r) for r in rules if r.get("namespaces")]
+        cluster_wide = [role_rule(r) for r in rules if not r.get("namespaces")]
+        if namespaced:
+            self.rbac.create_namespaced_role(self.namespace, {"metadata": {"name": name}, "rules": namespaced})
+            self.rbac.create_namespaced_role_binding(self.namespace, binding(name, "Role", subject))
+        if cluster_wide:
+            global_name = f"{self.namespace}-{name}"
+            self._cluster_objects.append(global_name)
+            self.rbac.create_cluster_role({"metadata": {"name": global_name}, "rules": cluster_wide})
+            self.rbac.create_cluster_role_binding(binding(global_name, "ClusterRole", subject))
+
+    def kubeconfig_for(self, user: str) -> str:
+        """A kubeconfig (0600) with a bearer token of ``user``'s ServiceAccount (TokenRequest), made once."""
+        if user not in self._kubeconfigs:
+            request = {"spec": {"expirationSeconds": TOKEN_SECONDS}}
+            token = self.core.create_namespaced_service_account_token(user, self.namespace, request).status.token
+            path = write_kubeconfig(self._work_dir / f"kubeconfig-{user}", server=self.url,
+                                    ca_file=Path(self.api.configuration.ssl_ca_cert), token=token, name=user)
+            self._kubeconfigs[user] = str(path)
+        return self._kubeconfigs[user]
+
+    def create_namespace(self, core_api: Any, name: str) -> None:
+        """Create ``name`` and wait for its ``default`` ServiceAccount: until the serviceaccount controller
+        made it, ServiceAccount admission refuses every pod of the namespace."""
+        core_api.create_namespace({"metadata": {"name": name}})
+        wait_until(lambda: any(a.metadata.name == "default"
+                               for a in core_api.list_namespaced_service_account(name).items),
+                   timeout=ACCOUNT_TIMEOUT, interval=0.1, what=f"namespace {name}'s default service account")
+
+    def delete_namespace(self, core_api: Any, name: str) -> None:
+        core_api.delete_namespace(name)  # finished in the background by the namespace controller
+
+    def close(self) -> None:
+        """Delete what :meth:`start` made; each step runs even if one before it failed."""
+        try:
+            for name in self._cluster_objects:
+                self.rbac.delete_cluster_role_binding(name)
+                self.rbac.delete_cluster_role(name)
+        finally:
+            try:
+                self.core.delete_namespace(self.namespace)
+            finally:
+                self.api.close()
+
+
+def role_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """A test's rule as an RBAC PolicyRule: the core group by default, no ``namespaces`` key."""
+    out = {"apiGroups": list(rule.get("apiGroups", [""])), "resources": list(rule["resources"]),
+           "verbs": list(rule["verbs"])}
+    if rule.get("resourceNames"):
+        out["resourceNames"] = list(rule["resourceNames"])
+    return out
+
+
+def binding(name: str, kind: str, subjects: list[dict]) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "subjects": subjects,
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": kind, "name": name}}
+
+
+@contextmanager
+def api_server(request: pytest.FixtureRequest, users: Mapping[str, list[dict]], service_accounts: Sequence[str] = (),
+               **embedded: Any) -> Iterator[EmbeddedServer | UpstreamServer]:
+    """Upstream's API server when pytest got ``--k8s-kubeconfig``, else an EmbeddedKubernetes(**embedded)."""
+    kubeconfig = request.config.getoption("--k8s-kubeconfig")
+    if kubeconfig:
+        with tempfile.TemporaryDirectory(prefix="preflight-kubeconfigs-") as work_dir:
+            server = UpstreamServer(kubeconfig, Path(work_dir))
+            try:
+                server.start(users, service_accounts)
+                yield server
+            finally:
+                server.close()
+        return
+    registered = {service_account_user(EmbeddedServer.namespace, n) if n in service_accounts else n: rules
+                  for n, rules in users.items()}
+    with EmbeddedKubernetes(users=registered, **embedded) as kube:
+        for name in service_accounts:
+            kube.store.create("serviceaccounts", EmbeddedServer.namespace, {
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": EmbeddedServer.namespace}})
+        yield EmbeddedServer(kube, service_accounts)
+
+
+def create_quota(core_api: Any, namespace: str, hard: dict[str, str], name: str = "compute") -> None:
+    """Create a ResourceQuota and wait until the quota controller has filled its status.
+
+    Upstream's quota admission refuses every pod with "status unknown for quota" until then; the
+    embedded controller fills it too, so the wait holds on both.
+    """
+    core_api.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
+    wait_until(lambda: set((core_api.read_namespaced_resource_quota(name, namespace).status.hard or {})) == set(hard),
+               timeout=30, interval=0.05, what=f"ResourceQuota {name}'s status from the quota controller")
