@@ -124,14 +124,23 @@ def unauthorized() -> StatusError:
     return StatusError(401, "Unauthorized", "Unauthorized")
 
 
-def forbidden(user: str, verb: str, resource: str, namespace: str | None, subresource: str = "") -> StatusError:
+def forbidden(user: str, verb: str, resource: str, namespace: str | None, subresource: str = "",
+              api_group: str = "", name: str | None = None) -> StatusError:
+    """kube-apiserver's 403 for an authorization denial (responsewriters.forbiddenMessage + errors.NewForbidden).
+
+    The object named first is the group-qualified resource without the subresource
+    (``pods "x"``, ``subjectaccessreviews.authorization.k8s.io``); the sentence names the full one.
+    """
     res = f"{resource}/{subresource}" if subresource else resource
     scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    qualified = f"{resource}.{api_group}" if api_group else resource
+    subject = f'{qualified} "{name}"' if name else qualified
+    details = {**({"name": name} if name else {}), **({"group": api_group} if api_group else {}), "kind": resource}
     return StatusError(
         403,
         "Forbidden",
-        f'{res} is forbidden: User "{user}" cannot {verb} resource "{res}" in API group ""{scope}',
-        {"kind": resource},
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{res}" in API group "{api_group}"{scope}',
+        details,
     )
 
 

@@ -49,6 +49,21 @@ def test_denial_is_kube_apiservers_403():
     assert info.value.message == 'pods is forbidden: User "reader" cannot create resource "pods" in API group "" in the namespace "dask"'
 
 
+def test_a_denial_names_the_group_qualified_resource_and_object_first_as_upstream_does():
+    ids = Identities()
+    reader = ids.authenticate(ids.add_user("reader", POD_READER))
+    with pytest.raises(StatusError) as info:
+        check(reader, "get", "pods", "log", namespace="dask", name="w-1")
+    assert info.value.message == ('pods "w-1" is forbidden: User "reader" cannot get resource "pods/log" in API group "" '
+                                  'in the namespace "dask"')
+    assert info.value.details == {"name": "w-1", "kind": "pods"}
+    with pytest.raises(StatusError) as info:
+        check(reader, "create", "subjectaccessreviews", api_group="authorization.k8s.io")
+    assert info.value.message == ('subjectaccessreviews.authorization.k8s.io is forbidden: User "reader" cannot create '
+                                  'resource "subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope')
+    assert info.value.details == {"group": "authorization.k8s.io", "kind": "subjectaccessreviews"}
+
+
 def test_self_subject_access_review_answers_from_the_same_rules():
     ids = Identities()
     reader = ids.authenticate(ids.add_user("reader", POD_READER))

@@ -143,3 +143,16 @@ def test_a_restricted_token_gets_kube_apiservers_403_for_what_its_rules_do_not_g
         assert info.value.status == 403
     finally:
         api_client.close()
+
+
+def test_a_denied_subresource_names_the_object_by_its_resource_and_the_subresource_in_the_sentence(kube):
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig_for(user_name(POD_LOGS)))
+    try:
+        with pytest.raises(client.ApiException) as info:
+            client.CoreV1Api(api_client).read_namespaced_pod_log("anything", kube.namespace)  # denied before looked up
+    finally:
+        api_client.close()
+    status = json.loads(info.value.body)
+    assert (status["code"], status["details"]) == (403, {"name": "anything", "kind": "pods"})
+    assert status["message"] == (f'pods "anything" is forbidden: User "{kube.user_name(user_name(POD_LOGS))}" cannot '
+                                 f'get resource "pods/log" in API group "" in the namespace "{kube.namespace}"')

@@ -1,8 +1,10 @@
-"""SubjectAccessReview on the embedded API server: what a named user (a service account) may do.
+"""SubjectAccessReview: what a named user (a service account) may do.
 
-Asked through the official client over HTTPS, as the preflight asks a real cluster: the answer
-comes from the rules registered for that user name, an unknown user may do nothing, and asking
-about someone else is itself a permission restricted users lack.
+Asked through the official client over HTTPS, as the preflight asks a real cluster, of the embedded
+API server (the answer comes from the rules registered for that user name) or, with
+``--k8s-kubeconfig``, of upstream's (its RBAC, for ServiceAccounts bound to Roles made for the
+test): an unknown user may do nothing, and asking about someone else is itself a permission
+restricted users lack. The answers' fields are upstream's: ``allowed``, and no reason for a denial.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import pytest
 from dask_k8s_backend.embedded.authz import Identities, Identity, subject_access_review
 from dask_k8s_backend.embedded.status import StatusError
 
+from .servers import api_server
+
 pytestmark = pytest.mark.timeout(60)
 
-SA = "system:serviceaccount:default:dask-sa"
+SA = "dask-sa"  # a service account: system:serviceaccount:<the test namespace>:dask-sa
 USERS = {
     SA: [{"resources": ["pods"], "verbs": ["create", "list"], "namespaces": ["default"]}],
     "auditor": [{"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}],
@@ -23,11 +27,9 @@ USERS = {
 
 
 @pytest.fixture(scope="module")
-def kube():
-    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
-
-    with EmbeddedKubernetes(kubelet="simulated", nodes=1, users=USERS) as k:
-        yield k
+def kube(request):
+    with api_server(request, USERS, service_accounts=[SA], kubelet="simulated", nodes=1) as server:
+        yield server
 
 
 def review(user: str, verb: str, resource: str = "pods", namespace: str = "default", groups=None) -> dict:
@@ -50,19 +52,23 @@ def ask(kubeconfig: str, body: dict) -> dict:
         api_client.close()
 
 
-@pytest.mark.parametrize("verb, namespace, allowed", [
-    ("create", "default", True), ("list", "default", True),
-    ("delete", "default", False),   # not in its rules
-    ("create", "other", False),     # its rules are for namespace default only
+@pytest.mark.parametrize("verb, own_namespace, allowed", [
+    ("create", True, True), ("list", True, True),
+    ("delete", True, False),   # not in its rules
+    ("create", False, False),  # its rules are for its own namespace only
 ])
-def test_the_answer_comes_from_the_named_users_rules_not_the_callers(kube, verb, namespace, allowed):
-    answer = ask(kube.kubeconfig, review(SA, verb, namespace=namespace))  # the admin asks: the admin may do all
+def test_the_answer_comes_from_the_named_users_rules_not_the_callers(kube, verb, own_namespace, allowed):
+    namespace = kube.namespace if own_namespace else "other"
+    answer = ask(kube.kubeconfig, review(kube.user_name(SA), verb, namespace=namespace))  # the admin may do all
     assert answer["kind"] == "SubjectAccessReview"
     assert answer["status"]["allowed"] is allowed, answer
+    if not allowed:
+        assert answer["status"] == {"allowed": False}, answer  # upstream's RBAC gives no reason for a denial
 
 
 def test_an_unknown_user_may_do_nothing_and_system_masters_everything(kube):
-    assert ask(kube.kubeconfig, review("system:serviceaccount:default:nobody", "list"))["status"]["allowed"] is False
+    nobody = review(f"system:serviceaccount:{kube.namespace}:nobody", "list", namespace=kube.namespace)
+    assert ask(kube.kubeconfig, nobody)["status"] == {"allowed": False}
     masters = review("someone", "delete", groups=["system:masters"])
     assert ask(kube.kubeconfig, masters)["status"]["allowed"] is True
 
@@ -72,12 +78,16 @@ def test_asking_about_others_needs_its_own_permission(kube):
 
     from kubernetes.client.exceptions import ApiException
 
+    question = review(kube.user_name(SA), "create", namespace=kube.namespace)
     with pytest.raises(ApiException) as info:
-        ask(kube.kubeconfig_for("plain"), review(SA, "create"))
+        ask(kube.kubeconfig_for("plain"), question)
     assert info.value.status == 403
-    message = json.loads(info.value.body)["message"]
-    assert 'cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io"' in message, message
-    assert ask(kube.kubeconfig_for("auditor"), review(SA, "create"))["status"]["allowed"] is True
+    status = json.loads(info.value.body)
+    assert status["message"] == (f'subjectaccessreviews.authorization.k8s.io is forbidden: User "{kube.user_name("plain")}" '
+                                 'cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io" at '
+                                 'the cluster scope')
+    assert status["details"] == {"group": "authorization.k8s.io", "kind": "subjectaccessreviews"}
+    assert ask(kube.kubeconfig_for("auditor"), question)["status"]["allowed"] is True
 
 
 def test_self_reviews_still_answer_for_the_caller(kube):
@@ -87,7 +97,7 @@ def test_self_reviews_still_answer_for_the_caller(kube):
 
     api_client = config.new_client_from_config(config_file=kube.kubeconfig_for("plain"))
     try:
-        body = {"spec": {"resourceAttributes": {"namespace": "default", "verb": "create", "resource": "pods"}}}
+        body = {"spec": {"resourceAttributes": {"namespace": kube.namespace, "verb": "create", "resource": "pods"}}}
         answer = json.loads(client.AuthorizationV1Api(api_client).create_self_subject_access_review(
             body, _preload_content=False).data)
     finally:
