@@ -84,7 +84,7 @@ class KubeConnection:
         if self.embedded is not None:
             return True
         if self._embedded_server is None:
-            self._embedded_server = _api_server_is_local(self) and _version_is_embedded(self.api_client)
+            self._embedded_server = _api_server_is_local(self) and version_is_embedded(self.api_client)
         return self._embedded_server
 
     def api_server_is_local(self) -> bool:
@@ -108,7 +108,7 @@ def _api_server_is_local(connection: KubeConnection) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _version_is_embedded(api_client: kubernetes.client.ApiClient) -> bool:
+def version_is_embedded(api_client: kubernetes.client.ApiClient) -> bool:
     """The embedded API server reports ``vX.Y.Z-embedded`` as its gitVersion (embedded/discovery.py)."""
     version = kubernetes.client.VersionApi(api_client).get_code()
     return str(version.git_version or "").endswith(EMBEDDED_VERSION_SUFFIX)

@@ -19,6 +19,8 @@ from kubernetes import config as k8s_config
 from kubernetes import utils as k8s_utils
 from kubernetes.utils import FailToCreateError
 
+from dask_k8s_backend.master import version_is_embedded
+
 from k8s_helpers import assert_no_worker_processes_left, merge_kwargs
 
 
@@ -41,15 +43,18 @@ class ExternalKubernetes:
 RBAC_YAML = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
 
 
-def install_rbac_yaml(kubeconfig: str | None, namespace: str) -> str:
+def install_rbac_yaml(kubeconfig: str | None, namespace: str) -> str | None:
     """Apply deploy/rbac.yaml in ``namespace`` (as a user deploying us would); returns its ServiceAccount.
 
     On a real API server, RBAC is enforced: a cluster-mode scheduler pod runs with its service
-    account's token, so the tests give it exactly the Role the project ships, nothing more.
+    account's token, so the tests give it exactly the Role the project ships, nothing more. A
+    separately started embedded server serves no RBAC objects (its pods use the kubeconfig): None.
     """
     api = k8s_config.new_client_from_config(config_file=kubeconfig)
-    account = ""
+    account = None
     try:
+        if version_is_embedded(api):
+            return None
         for doc in yaml.safe_load_all(RBAC_YAML.read_text()):
             doc["metadata"]["namespace"] = namespace
             for subject in doc.get("subjects") or []:
