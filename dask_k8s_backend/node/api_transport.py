@@ -126,7 +126,8 @@ class ApiTransport(Transport):
             return pod
         try:
             new = self.http.request("PATCH", pod_path(key) + "/status", body={"metadata": {"uid": uid}, "status": diff},
-                                    content_type=MERGE_PATCH, action=f"write the status of pod {key[0]}/{key[1]}")
+                                    content_type=MERGE_PATCH, action=f"write the status of pod {key[0]}/{key[1]}",
+                                    idempotent=True)
         except (NotFound, Conflict):
             return None
         except KubernetesApiError as e:
@@ -142,7 +143,8 @@ class ApiTransport(Transport):
     def finish_deletion(self, key: Key, uid: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
         try:
-            self.http.request("DELETE", pod_path(key), body=options, action=f"finish deleting pod {key[0]}/{key[1]}")
+            self.http.request("DELETE", pod_path(key), body=options, action=f"finish deleting pod {key[0]}/{key[1]}",
+                              idempotent=True)
         except (NotFound, Conflict):
             pass  # gone already, or a new pod of that name (the uid precondition failed)
         except KubernetesApiError as e:

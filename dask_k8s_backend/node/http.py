@@ -5,8 +5,11 @@ Data flow: :class:`ApiHttp` loads the kubeconfig into a ``kubernetes`` client co
 TLS and credentials are handled as for every other client of this project, but objects stay plain
 dicts (no model round trip that would drop fields the client does not know). Every failure is
 turned into a typed :mod:`dask_k8s_backend.errors` exception here, once; callers catch
-``NotFound``/``Conflict``/``Gone``. :meth:`ApiHttp.stream` yields a watch's lines and can be cut
-from another thread (:meth:`WatchStream.close`), so stopping never waits for a server timeout.
+``NotFound``/``Conflict``/``Gone``. Requests that may be repeated (every GET, and the writes a
+caller marks ``idempotent``: status patches, deletions with a UID precondition) are retried a few
+times with backoff on 429, 5xx and connection errors, here and not at call sites.
+:meth:`ApiHttp.stream` yields a watch's lines and can be cut from another thread
+(:meth:`WatchStream.close`), so stopping never waits for a server timeout.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
@@ -22,13 +26,15 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from ..errors import translate
+from ..errors import ApiUnreachable, ServerError, TooManyRequests, translate
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+RETRIES = 3
+RETRYABLE = (TooManyRequests, ServerError, ApiUnreachable)
 
 
 class WatchStream:
@@ -63,13 +69,15 @@ class WatchStream:
 class ApiHttp:
     """Raw JSON requests to the API server a kubeconfig names (see the module docstring)."""
 
-    def __init__(self, kubeconfig: str, *, context: str | None = None) -> None:
+    def __init__(self, kubeconfig: str, *, context: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         cfg = k8s.Configuration()
         kube_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
                                      persist_config=False)
         self.configuration = cfg
         self.client = k8s.ApiClient(configuration=cfg)
         self.client.user_agent = "dask-k8s-backend-node"
+        self.sleep = sleep
 
     def __repr__(self) -> str:
         return f"ApiHttp({self.server})"
@@ -89,10 +97,25 @@ class ApiHttp:
         return self.configuration.ssl_ca_cert
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None,
-                content_type: str = JSON, action: str | None = None,
+                content_type: str = JSON, action: str | None = None, idempotent: bool = False,
                 timeout: tuple[float, float] = REQUEST_TIMEOUT) -> dict[str, Any]:
-        """Send one request; the decoded JSON answer. Raises a typed KubernetesApiError."""
+        """Send one request; the decoded JSON answer. Raises a typed KubernetesApiError.
+
+        GETs and ``idempotent`` requests are retried on 429, 5xx and connection errors (see the module docstring).
+        """
         action = action or f"{method} {path}"
+        retries = RETRIES - 1 if idempotent or method == "GET" else 0
+        for attempt in range(retries):
+            try:
+                return self._request_once(method, path, query, body, content_type, action, timeout)
+            except RETRYABLE as e:
+                delay = e.retry_after if e.retry_after is not None else 0.2 * 2 ** attempt
+                logger.debug("%s %s failed (%s); retrying in %.1f s", method, path, e.reason, delay)
+                self.sleep(min(delay, 5.0))
+        return self._request_once(method, path, query, body, content_type, action, timeout)
+
+    def _request_once(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str,
+                      action: str, timeout: tuple[float, float]) -> dict[str, Any]:
         try:
             response = self._send(method, path, query, body, content_type, timeout)
             data = response.read()

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from dask_k8s_backend.errors import Conflict, Gone, KubernetesApiError, NotFound
+from dask_k8s_backend.errors import (ApiUnreachable, Conflict, Gone, KubernetesApiError, NotFound, ServerError,
+                                     TooManyRequests)
 from dask_k8s_backend.node import mounts
 from dask_k8s_backend.node.api_transport import ApiTransport, merge_patch
+from dask_k8s_backend.node.http import ApiHttp
 from dask_k8s_backend.node.lease import NodeLease
 from dask_k8s_backend.node.options import (OptionError, blocks_in_use, derived_ip_block, parse_node_options,
                                            parse_taints)
@@ -56,8 +58,9 @@ class FakeHttp:
         self.calls: list[tuple[str, str, Any, dict]] = []
 
     def request(self, method: str, path: str, *, query=None, body=None, content_type="application/json",
-                action=None, timeout=None) -> dict:
-        self.calls.append((method, path, body, {"query": query, "content_type": content_type}))
+                action=None, timeout=None, idempotent=False) -> dict:
+        self.calls.append((method, path, body, {"query": query, "content_type": content_type,
+                                                "idempotent": idempotent}))
         answer = self.answers.get((method, path), {})
         if isinstance(answer, list):  # one answer per call
             answer = answer.pop(0)
@@ -183,6 +186,7 @@ def test_status_is_merge_patched_with_the_uid_and_only_when_it_changed():
     assert new["status"]["phase"] == "Running"
     method, called, body, extra = http.calls[-1]
     assert (method, called, extra["content_type"]) == ("PATCH", path, "application/merge-patch+json")
+    assert extra["idempotent"], "a status patch may be repeated: it should be retried"
     assert body == {"metadata": {"uid": "u1"}, "status": {"phase": "Running"}}
     transport.write_status(("default", "a"), "u1", lambda p: dict(p["status"]))
     assert len(http.calls) == 1, "an unchanged status was sent"
@@ -413,3 +417,46 @@ def test_a_container_sees_its_own_directory_at_the_service_account_path(tmp_path
                           preexec_fn=preexec, capture_output=True, text=True, timeout=30)
     assert seen.stdout.strip() == "pod-token"
     assert not (target / "token").exists(), "the bind mount leaked into the host's mount namespace"
+
+
+# ---------------------------------------------------------------- retries
+class FlakyHttp(ApiHttp):
+    """ApiHttp whose wire answers from a script: exceptions first, then ``{"ok": True}``."""
+
+    def __init__(self, failures: list[BaseException]) -> None:  # no kubeconfig: nothing is sent
+        self.failures = list(failures)
+        self.sent = 0
+        self.slept: list[float] = []
+        self.sleep = self.slept.append
+
+    def _request_once(self, *args: Any) -> dict:
+        self.sent += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return {"ok": True}
+
+
+def test_gets_and_idempotent_writes_are_retried_with_backoff_on_5xx_429_and_lost_connections():
+    http = FlakyHttp([ServerError("boom", code=503), TooManyRequests("slow down", code=429, retry_after=1.5)])
+    assert http.request("PATCH", "/x/status", body={}, idempotent=True) == {"ok": True}
+    assert http.sent == 3 and http.slept == [0.2, 1.5]
+    http = FlakyHttp([ApiUnreachable("refused")])
+    assert http.request("GET", "/x") == {"ok": True}
+
+
+def test_other_writes_and_client_errors_are_not_retried():
+    http = FlakyHttp([ServerError("boom", code=500)])
+    with pytest.raises(ServerError):
+        http.request("POST", "/x/events", body={})
+    assert http.sent == 1
+    http = FlakyHttp([Conflict("uid precondition")])
+    with pytest.raises(Conflict):
+        http.request("DELETE", "/x", body={}, idempotent=True)
+    assert http.sent == 1
+
+
+def test_retries_are_bounded():
+    http = FlakyHttp([ServerError("boom", code=500)] * 5)
+    with pytest.raises(ServerError):
+        http.request("GET", "/x")
+    assert http.sent == 3
