@@ -1,9 +1,10 @@
 """Cluster mode: the scheduler pod's service account must exist and may do what the backend in it does.
 
-Checked before anything is created, on the embedded Kubernetes: the account is read through the
-API, and what it may do is asked with SubjectAccessReviews for ``system:serviceaccount:<ns>:<name>``,
-answered from the rules registered for that user name. A client that may not create
-SubjectAccessReviews gets a warning, not an error.
+Checked before anything is created: the account is read through the API, and what it may do is
+asked with SubjectAccessReviews for ``system:serviceaccount:<ns>:<name>``, answered on the embedded
+Kubernetes from the rules registered for that user name, and with ``--k8s-kubeconfig`` by upstream's
+RBAC for ServiceAccounts bound to Roles made for the test (servers.py). A client that may not
+create SubjectAccessReviews gets a warning, not an error.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ import asyncio
 import logging
 
 import pytest
+from kubernetes import config
+from kubernetes.client import CoreV1Api
 
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.cluster_mode import scheduler_service_account
 from dask_k8s_backend.config import load_settings
 from dask_k8s_backend.preflight import (
     CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, OPTIONAL_PERMISSIONS, MissingPermissionsError,
-    POD_LOGS, ServiceAccountError, run_preflight, service_account_user,
+    POD_LOGS, ServiceAccountError, run_preflight,
 )
 
 from k8s_helpers import list_pods
 
 from .conftest import rbac_yaml_rules
+from .servers import api_server
 
 pytestmark = pytest.mark.timeout(60)
 
-NS = "default"
+NS = "default"  # the embedded server's; rules with a namespace apply in the test's namespace on upstream
+SERVICE_ACCOUNTS = ("dask-sa", "weak", "no-logs")
 
 
 def rules(permissions) -> list[dict]:
@@ -35,9 +40,9 @@ def rules(permissions) -> list[dict]:
 
 
 USERS = {
-    service_account_user(NS, "dask-sa"): rbac_yaml_rules(NS),        # deploy/rbac.yaml bound to it
-    service_account_user(NS, "weak"): rules([p for p in IN_POD_PERMISSIONS if p.verb != "delete"]),
-    service_account_user(NS, "no-logs"): rules(IN_POD_PERMISSIONS),  # every required one, no pods/log
+    "dask-sa": rbac_yaml_rules(NS),        # deploy/rbac.yaml bound to it
+    "weak": rules([p for p in IN_POD_PERMISSIONS if p.verb != "delete"]),
+    "no-logs": rules(IN_POD_PERMISSIONS),  # every required one, no pods/log
     # a notebook identity without pods/log: in cluster mode the scheduler pod's account reads the logs
     "notebook-no-logs": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS
                               + tuple(p for p in OPTIONAL_PERMISSIONS if p != POD_LOGS))
@@ -50,15 +55,9 @@ USERS = {
 
 
 @pytest.fixture(scope="module")
-def kube():
-    from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
-
-    with EmbeddedKubernetes(kubelet="simulated", nodes=1, users=USERS) as k:
-        core = k.store
-        for name in ("dask-sa", "weak", "no-logs"):
-            core.create("serviceaccounts", NS, {"apiVersion": "v1", "kind": "ServiceAccount",
-                                                "metadata": {"name": name, "namespace": NS}})
-        yield k
+def kube(request):
+    with api_server(request, USERS, service_accounts=SERVICE_ACCOUNTS, kubelet="simulated", nodes=1) as server:
+        yield server
 
 
 def preflight(client, **kwargs) -> None:
@@ -66,24 +65,20 @@ def preflight(client, **kwargs) -> None:
 
 
 def api_client(kubeconfig: str):
-    from kubernetes import config
-
     return config.new_client_from_config(config_file=kubeconfig)
 
 
 def all_pods(kube) -> list[dict]:
     client = api_client(kube.kubeconfig)
     try:
-        from kubernetes.client import CoreV1Api
-
-        return list_pods(CoreV1Api(client), "", NS)
+        return list_pods(CoreV1Api(client), "", kube.namespace)
     finally:
         client.close()
 
 
 def cluster_mode(kube, **extra):
-    return KubeSparkCluster(master=f"k8s://{kube.url}", deploy_mode="cluster", quiet=True, worker_memory="256MiB",
-                            authenticate={"kubeconfig": kube.kubeconfig}, **extra)
+    return KubeSparkCluster(master=f"k8s://{kube.url}", namespace=kube.namespace, deploy_mode="cluster", quiet=True,
+                            worker_memory="256MiB", authenticate={"kubeconfig": kube.kubeconfig}, **extra)
 
 
 def test_a_missing_service_account_is_refused_before_the_scheduler_pod_exists(kube):
@@ -91,8 +86,8 @@ def test_a_missing_service_account_is_refused_before_the_scheduler_pod_exists(ku
         cluster_mode(kube, service_account="ghost")
     message = str(info.value)
     assert "service account 'ghost' (k8s-backend.worker.service-account" in message
-    assert "does not exist in namespace 'default'; nothing was created" in message
-    assert "kubectl create serviceaccount ghost -n default" in message
+    assert f"does not exist in namespace {kube.namespace!r}; nothing was created" in message
+    assert f"kubectl create serviceaccount ghost -n {kube.namespace}" in message
     assert "or set k8s-backend.worker.service-account to an existing service account" in message
     assert all_pods(kube) == []
 
@@ -104,7 +99,8 @@ def test_a_service_account_lacking_a_permission_is_refused_naming_it_and_the_bin
     assert [p.describe() for p in info.value.missing] == [
         "delete pods (scale down and replace workers)"]
     assert "service account 'weak' (k8s-backend.worker.service-account), which lacks 1 permission(s)" in message
-    assert "kind: RoleBinding" in message and "  - kind: ServiceAccount\n    name: weak\n    namespace: default" in message
+    assert "kind: RoleBinding" in message
+    assert f"  - kind: ServiceAccount\n    name: weak\n    namespace: {kube.namespace}" in message
     assert 'resources: ["pods"]\n    verbs: ["delete"]' in message
     assert all_pods(kube) == []
 
@@ -114,16 +110,15 @@ def test_a_service_account_lacking_a_permission_is_refused_naming_it_and_the_bin
     ("nobody-bound", [p.describe() for p in IN_POD_PERMISSIONS]),  # no rules at all: everything is missing
 ])
 def test_the_in_pod_permissions_are_asked_for_the_named_account(kube, name, missing):
-    if name == "nobody-bound":
-        kube.store.create("serviceaccounts", NS, {"apiVersion": "v1", "kind": "ServiceAccount",
-                                                  "metadata": {"name": name, "namespace": NS}})
     client = api_client(kube.kubeconfig)
     try:
+        if name == "nobody-bound":
+            CoreV1Api(client).create_namespaced_service_account(kube.namespace, {"metadata": {"name": name}})
         if not missing:
-            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account=name)
+            preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={}, n_workers=0, service_account=name)
             return
         with pytest.raises(MissingPermissionsError) as info:
-            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account=name)
+            preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={}, n_workers=0, service_account=name)
         assert [p.describe() for p in info.value.missing] == missing
     finally:
         client.close()
@@ -134,9 +129,10 @@ def test_a_client_that_may_not_create_subjectaccessreviews_gets_a_warning_not_an
     try:
         with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
             # "weak" lacks a permission, but this identity may not ask: the pod's own refusals will tell
-            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account="weak")
+            preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={}, n_workers=0, service_account="weak")
         with pytest.raises(ServiceAccountError):  # reading the account still works: a missing one is still an error
-            preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0, service_account="ghost")
+            preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={}, n_workers=0,
+                      service_account="ghost")
     finally:
         client.close()
     warnings = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.preflight"]
@@ -163,7 +159,8 @@ def test_which_service_account_is_checked(kube):
     local = KubeConnection(api_client=api_client(kube.kubeconfig), master=f"k8s://{kube.url}", embedded=None,
                            scheduler_host=None, kubeconfig=kube.kubeconfig)
     try:
-        assert scheduler_service_account(cluster, local) is None  # the pod process uses the kubeconfig there
+        # the embedded server's pod process uses the kubeconfig; upstream projects the namespace default's token
+        assert scheduler_service_account(cluster, local) == (None if kube.kind == "embedded" else "default")
         assert scheduler_service_account(named, local) == "dask-sa"
     finally:
         local.api_client.close()
@@ -177,8 +174,8 @@ def test_pods_log_is_optional_and_asked_of_whoever_reads_the_logs(kube, caplog, 
     client = api_client(kube.kubeconfig if identity == "admin" else kube.kubeconfig_for(identity))
     try:
         with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
-            missing = asyncio.run(run_preflight(client, namespace=NS, deploy_mode="cluster", pod={}, n_workers=0,
-                                                service_account=account))
+            missing = asyncio.run(run_preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={},
+                                                n_workers=0, service_account=account))
     finally:
         client.close()
     shown = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.preflight"]
