@@ -104,13 +104,14 @@ class NodeAgent:
             ("the kubelet", lambda: self.kubelet is not None and self.kubelet.stop(graceful=True)),
             ("the token refresher", lambda: self.tokens is not None and self.tokens.stop()),
             ("the kubelet endpoint", lambda: self.server is not None and self.server.stop()),
+            ("the API connections", lambda: self.transport is not None and self.transport.close()),
         ]
         for what, step in steps:
             try:
                 step()
             except Exception:
                 logger.exception("node %s: stopping %s failed", self.options.name, what)
-        self.kubelet = self.server = self.tokens = None
+        self.kubelet = self.server = self.tokens = self.transport = None
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
