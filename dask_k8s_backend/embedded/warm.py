@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 import dask.config
 
-from . import parentdeath, podenv, processes
+from . import parentdeath, podenv, processes, warm_template
 from .processes import ContainerProcess, Preexec
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,12 @@ CONFIG_KEY = "k8s-backend.embedded.warm-runtime"
 PRELOAD = ("distributed",)
 START_TIMEOUT = 60.0  # the template's preload, on a loaded machine
 FORK_TIMEOUT = 30.0
+#: Bytes reserved in the template's argument and environment areas, which each child rewrites with
+#: its command line and environment (what ps and /proc/PID/{cmdline,environ} show); a container
+#: whose command line or environment is larger is exec'd.
+ARG_SPACE = 16 << 10
+ENV_SPACE = 64 << 10
+_ENV_PAD = "DASK_K8S_WARM_RUNTIME_ENV_SPACE"
 #: Environment variables read while an interpreter starts (or by the preload at import), which a
 #: forked child could not honour: a container that sets them differently is exec'd.
 _INTERPRETER_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE", "HOME", "DASK_CONFIG", "DASK_ROOT_CONFIG")
@@ -192,6 +198,10 @@ class WarmRuntime:
         self.start_timeout = start_timeout
         self.template_env = podenv.base_env({})
         self.template_env.pop("HOSTNAME", None)
+        # the template's argument and environment areas (the child's room to show its own)
+        self._arg_area = ARG_SPACE + 1
+        self._env_area = ENV_SPACE + len(_ENV_PAD) + 2 + sum(len(os.fsencode(f"{k}={v}")) + 1
+                                                            for k, v in self.template_env.items())
         self._template: _Template | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -201,7 +211,7 @@ class WarmRuntime:
                         preexec: Preexec | None = None) -> ContainerProcess | None:
         """Fork the container from the template, or None when it must be exec'd (not eligible, no template)."""
         launch = classify(argv)
-        if launch is None or not same_interpreter_env(env, self.template_env):
+        if launch is None or not same_interpreter_env(env, self.template_env) or not self._fits(launch, env):
             return None
         hook = _pickled(preexec)
         if preexec is not None and hook is None:
@@ -214,6 +224,11 @@ class WarmRuntime:
                    "orig_argv": list(launch.orig_argv), "env": dict(env), "cwd": str(cwd), "log": str(log_path),
                    "preexec": hook}
         return self._fork(template, request, argv)
+
+    def _fits(self, launch: Launch, env: Mapping[str, str]) -> bool:
+        """The command line and environment fit the areas the child rewrites (see the template)."""
+        return (warm_template.argv_block(list(launch.orig_argv), self._arg_area) is not None
+                and warm_template.env_block(dict(env), self._env_area) is not None)
 
     def running_template(self) -> int | None:
         """The template's pid while it runs (for tests and diagnostics)."""
@@ -252,7 +267,7 @@ class WarmRuntime:
             log = self.work_dir / "warm-template.log"
             self.work_dir.mkdir(parents=True, exist_ok=True)
             argv = [sys.executable, "-m", "dask_k8s_backend.embedded.warm_template", str(theirs.fileno()),
-                    str(os.getpid()), ",".join(self.preload)]
+                    str(os.getpid()), ",".join(self.preload), " " * ARG_SPACE]
             template.proc = self._spawn_template(argv, theirs.fileno(), log)
         except OSError as e:
             template.error = f"cannot start the template: {e}"
@@ -265,8 +280,9 @@ class WarmRuntime:
         self._read(template)
 
     def _spawn_template(self, argv: list[str], fd: int, log_path: Path) -> subprocess.Popen:
+        env = {**self.template_env, _ENV_PAD: " " * ENV_SPACE}
         with open(log_path, "ab", buffering=0) as log:
-            return subprocess.Popen(argv, env=self.template_env, cwd=str(self.work_dir), stdin=subprocess.DEVNULL,
+            return subprocess.Popen(argv, env=env, cwd=str(self.work_dir), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,), start_new_session=True)
 
     def _read(self, template: _Template) -> None:

@@ -1,7 +1,8 @@
 """The warm runtime's template process: import once, then fork one container per request.
 
-Run by :mod:`.warm` as ``python -m dask_k8s_backend.embedded.warm_template FD PARENT_PID MODULES``
-with FD one end of a socket pair. Data flow: it imports the comma-separated MODULES (the
+Run by :mod:`.warm` as ``python -m dask_k8s_backend.embedded.warm_template FD PARENT_PID MODULES PAD``
+with FD one end of a socket pair; PAD (spaces) and an environment variable of padding reserve room
+in this process's argument and environment areas, which its children rewrite. Data flow: it imports the comma-separated MODULES (the
 preload), checks that it is still single-threaded (forking a multi-threaded process can copy a
 held lock), freezes the garbage collector (so collections in the children do not copy every
 page), says ``("ready", pid, threads)`` and serves. For each request it forks and answers
@@ -14,13 +15,16 @@ it) and becomes the container: new session, parent-death signal, stdin from /dev
 appended to the container's log, working directory, the kubelet's ``preexec`` hook, every other
 fd closed, signals as a fresh interpreter has them, ``os.environ`` replaced, the preloaded
 modules' environment-derived state refreshed, ``sys.argv``/``sys.path[0]`` set as ``python``
-sets them, then the command runs in-process; it exits as the interpreter would (``SystemExit``
+sets them, the argument and environment areas the kernel shows in ``/proc/PID/cmdline`` and
+``/proc/PID/environ`` (``ps``, psutil) rewritten with the container's command line and
+environment (they are the template's otherwise), then the command runs in-process; it exits as the interpreter would (``SystemExit``
 and uncaught exceptions are left to Python, atexit handlers run).
 """
 
 from __future__ import annotations
 
 import builtins
+import ctypes
 import errno
 import gc
 import importlib
@@ -237,6 +241,46 @@ def _set_argv(request: Request) -> None:
         sys.path[0] = ""
 
 
+def _proc_areas() -> tuple[int, int, int, int]:
+    """arg_start, arg_end, env_start, env_end of this process (fields 48-51 of /proc/self/stat)."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    return arg_start, arg_end, env_start, env_end
+
+
+def argv_block(argv: list[str], size: int) -> bytes | None:
+    """``argv`` NUL-separated, the last argument padded with spaces to ``size`` bytes; None if too long."""
+    data = b"\0".join(os.fsencode(a) for a in argv)
+    if len(data) + 1 > size:
+        return None
+    return data + b" " * (size - len(data) - 1) + b"\0"
+
+
+def env_block(env: dict[str, str], size: int) -> bytes | None:
+    """``KEY=value`` entries NUL-terminated, NUL-padded to ``size`` bytes (a double NUL ends the list)."""
+    data = b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in env.items())
+    if len(data) + 1 > size:
+        return None
+    return data + b"\0" * (size - len(data))
+
+
+def _rewrite_proc_views(argv: list[str], env: dict[str, str]) -> None:
+    """Write the container's command line and environment over the template's, where the kernel reads them.
+
+    The areas keep the template's size (the kubelet only sends what fits); the old environment
+    strings are no longer referenced once ``os.environ`` was replaced (putenv copies).
+    """
+    try:
+        arg_start, arg_end, env_start, env_end = _proc_areas()
+    except (OSError, ValueError):
+        return
+    for start, end, block in ((arg_start, arg_end, argv_block(argv, arg_end - arg_start)),
+                              (env_start, env_end, env_block(env, env_end - env_start))):
+        if block is not None and start and end - start == len(block):
+            ctypes.memmove(start, block, len(block))
+
+
 def become_container(request: Request, template_pid: int) -> None:
     """Turn this forked child into the container's process and run its command (see module docstring)."""
     os.setsid()
@@ -252,6 +296,7 @@ def become_container(request: Request, template_pid: int) -> None:
     _close_inherited_fds()
     _reset_signals()
     _set_environment(request["env"])
+    _rewrite_proc_views(request["orig_argv"], request["env"])
     _set_argv(request)
     run(request["kind"], request["target"])
 

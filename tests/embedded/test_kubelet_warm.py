@@ -129,6 +129,20 @@ def test_a_python_container_is_forked_from_the_template_with_its_env_cwd_argv_an
     assert "to stderr" in node.log("forked")
 
 
+def test_ps_and_proc_show_a_forked_container_s_own_command_line_and_environment(node):
+    """Tools that read /proc/PID/{cmdline,environ} (ps, psutil, our leak checks) see the container, not the template."""
+    code = "import time; print('ready', flush=True); time.sleep(30)"
+    name = node.run(pod("shown", python(code), env=[{"name": "MARK", "value": "m1"}]))
+    wait_for(lambda: "ready" in node.log(name), what="container ready")
+    (pid,) = node.kubelet.running_processes()
+    proc = psutil.Process(pid)
+    assert proc.ppid() == node.kubelet.warm.running_template()
+    cmdline = proc.cmdline()
+    assert cmdline[:2] == [sys.executable, "-c"] and cmdline[2].rstrip() == code and len(cmdline) == 3
+    environ = proc.environ()
+    assert environ["MARK"] == "m1" and not any(k.startswith("DASK_K8S_WARM") for k in environ)
+
+
 def test_a_forked_container_reads_its_own_dask_config_from_its_env(node):
     code = "import dask.config; print('address', dask.config.get('scheduler-address'))"
     name = node.run(pod("config", python(code), env=[{"name": "DASK_SCHEDULER_ADDRESS", "value": "tcp://x:1"}]))
