@@ -24,6 +24,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,14 @@ class UpstreamKubernetes:
     """The upstream control plane and node agents as local processes, for one ``with`` block."""
 
     def __init__(self, *, nodes: NodeOptions | None = None, bin_dir: Path | None = None,
-                 start_timeout: float = 180.0, stop_timeout: float = 10.0, keep_logs: Path | None = None) -> None:
+                 start_timeout: float = 180.0, stop_timeout: float = 10.0, agent_stop_timeout: float = 45.0,
+                 keep_logs: Path | None = None) -> None:
+        """``agent_stop_timeout`` covers a pod's default 30 s grace period: agents stop their pods first."""
         self.nodes = nodes or NodeOptions()
         self.keep_logs = keep_logs
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.agent_stop_timeout = agent_stop_timeout
         self._bin_dir = bin_dir
         self.state_dir: Path | None = None
         self.layout: flags.Layout | None = None
@@ -175,12 +179,11 @@ class UpstreamKubernetes:
 
     # -- stop --------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Agents first (they may still be finishing pods), then scheduler/KCM, apiserver, etcd; idempotent."""
-        for component in [*reversed(self._agents), *reversed(self._control_plane)]:
-            try:
-                component.stop(self.stop_timeout)
-            except Exception:  # best effort: the next component must still be stopped
-                logger.exception("Could not stop %s (pid %s)", component.name, component.pid)
+        """Agents first, all at once (they stop their pods, which needs the API server), then the scheduler,
+        the controller manager, the API server and etcd, one by one; idempotent."""
+        _stop_together(self._agents, self.agent_stop_timeout)
+        for component in reversed(self._control_plane):
+            _stop_together([component], self.stop_timeout)
         self._agents.clear()
         self._control_plane.clear()
         if self.state_dir is not None:
@@ -196,3 +199,18 @@ class UpstreamKubernetes:
         for log in self.state_dir.glob("*.log"):
             shutil.copy2(log, self.keep_logs / log.name)
         logger.info("Component logs copied to %s", self.keep_logs)
+
+
+def _stop_together(components: list[Component], timeout: float) -> None:
+    """SIGTERM to all, then wait for each within one shared bound; a failure never skips the rest."""
+    for component in components:
+        try:
+            component.terminate()
+        except Exception:
+            logger.exception("Could not signal %s (pid %s)", component.name, component.pid)
+    deadline = time.monotonic() + timeout
+    for component in components:
+        try:
+            component.wait_or_kill(deadline - time.monotonic())
+        except Exception:
+            logger.exception("Could not stop %s (pid %s)", component.name, component.pid)

@@ -79,18 +79,26 @@ class Component:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to its process group, then SIGKILL after ``timeout`` seconds; idempotent."""
+        self.terminate()
+        self.wait_or_kill(timeout)
+
+    def terminate(self) -> None:
+        """Send SIGTERM to its process group if it still runs (several can then wind down together)."""
+        if self.process is not None and self.process.poll() is None:
+            logger.info("Stopping %s (pid %s)", self.name, self.process.pid)
+            self._signal_group(signal.SIGTERM)
+
+    def wait_or_kill(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the exit, then SIGKILL; leftovers in its group are killed."""
         process = self.process
-        if process is None or process.poll() is not None:
-            self._reap_group()
+        if process is None:
             return
-        logger.info("Stopping %s (pid %s)", self.name, process.pid)
-        self._signal_group(signal.SIGTERM)
         try:
-            process.wait(timeout=timeout)
+            process.wait(timeout=max(timeout, 0.0))
         except subprocess.TimeoutExpired:
             logger.warning("%s did not exit %.0f s after SIGTERM; sending SIGKILL", self.name, timeout)
             self._signal_group(signal.SIGKILL)
-            process.wait(timeout=timeout)
+            process.wait(timeout=10)
         self._reap_group()
 
     def _signal_group(self, sig: signal.Signals) -> None:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "ci" / "upstream_k8s.py"
 NODES = 2
 START_TIMEOUT = 420.0  # a loaded 2-core machine starts the control plane in ~15 s; agents add their own start
-STOP_TIMEOUT = 90.0
+STOP_TIMEOUT = 120.0  # the launcher: agents 45 s (pod grace periods), then 4 components x 10 s
 # All suites together; with the README suite before it, CI stays under 45 minutes on a warm cache.
 SUITES_BUDGET = 1500.0
 
