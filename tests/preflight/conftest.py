@@ -3,9 +3,10 @@
 The embedded Kubernetes by default; upstream's kube-apiserver with ``--k8s-kubeconfig`` (servers.py),
 whose RBAC authorizes the restricted identities for real. Each restricted user lacks exactly one
 permission the backend uses, required or optional (``no-<verb>-<resource>``), ``nothing`` has
-none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml: the refusal paths go through the
-real HTTP API with real tokens. Leak checks: no pod of a refused cluster exists (checked through
-the API) and no worker process outlives a test.
+none, and ``rbac-yaml`` has exactly the Role of deploy/rbac.yaml (on upstream: the file's
+ServiceAccount, with the file applied as it is): the refusal paths go through the real HTTP API
+with real tokens. Leak checks: no pod of a refused cluster exists (checked through the API) and no
+worker process outlives a test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISS
 from .servers import api_server
 
 ROOT = Path(__file__).resolve().parents[2]
+RBAC_YAML = ROOT / "deploy" / "rbac.yaml"
 
 
 def user_name(permission: Permission) -> str:
@@ -33,7 +35,7 @@ def rule(permission: Permission, namespace: str = "default") -> dict:
 
 
 def rbac_yaml_rules(namespace: str) -> list[dict]:
-    docs = list(yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()))
+    docs = list(yaml.safe_load_all(RBAC_YAML.read_text()))
     role = next(d for d in docs if d["kind"] == "Role")
     return [{**r, "namespaces": [namespace]} for r in role["rules"]]
 
@@ -48,7 +50,8 @@ def restricted_users() -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def kube(request):
-    with api_server(request, restricted_users(), kubelet="process", nodes=1, cpu="16", memory="32Gi") as server:
+    with api_server(request, restricted_users(), manifests={"rbac-yaml": RBAC_YAML}, kubelet="process", nodes=1,
+                    cpu="16", memory="32Gi") as server:
         yield server
 
 

@@ -14,7 +14,9 @@ with ``namespaces`` applies in the test namespace, one without applies cluster-w
 * Upstream: every user is made for real through the API with the admin kubeconfig, in a fresh
   namespace: a ServiceAccount, a Role with its namespaced rules and a RoleBinding, a ClusterRole
   and ClusterRoleBinding for its cluster-wide rules, and a kubeconfig with a TokenRequest token for
-  the same server and CA. Closing deletes the cluster-wide objects and the namespace (with all in it).
+  the same server and CA. A user given ``manifests`` (deploy/rbac.yaml) is instead the ServiceAccount
+  of those manifests, applied as they are in the test namespace: bound to exactly the shipped Role.
+  Closing deletes the cluster-wide objects and the namespace (with all in it).
 
 A test that can run on one kind only calls :func:`only_on`; tests/conftest.py lists those skips at
 the end of the run.
@@ -30,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as kube_config
+from kubernetes import utils as kube_utils
 
 from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
 from dask_k8s_backend.embedded.tls import write_kubeconfig
@@ -96,22 +100,44 @@ class UpstreamServer:
         self.namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
         self._work_dir = work_dir
         self._kubeconfigs: dict[str, str] = {}
+        self._accounts: dict[str, str] = {}  # user -> the ServiceAccount of the manifests it was given
         self._cluster_objects: list[str] = []  # ClusterRole and ClusterRoleBinding names (the same name)
 
     @property
     def url(self) -> str:
         return self.api.configuration.host
 
-    def user_name(self, user: str) -> str:
-        return service_account_user(self.namespace, user)
+    def account(self, user: str) -> str:
+        """The ServiceAccount that authenticates as ``user``."""
+        return self._accounts.get(user, user)
 
-    def start(self, users: Mapping[str, list[dict]], service_accounts: Sequence[str] = ()) -> None:
+    def user_name(self, user: str) -> str:
+        return service_account_user(self.namespace, self.account(user))
+
+    def start(self, users: Mapping[str, list[dict]], service_accounts: Sequence[str] = (),
+              manifests: Mapping[str, Path] | None = None) -> None:
         self.create_namespace(self.core, self.namespace)
         for name in service_accounts:
             if name not in users:
                 self.core.create_namespaced_service_account(self.namespace, {"metadata": {"name": name}})
+        for name, path in (manifests or {}).items():
+            self.apply_manifests(name, path)
         for name, rules in users.items():
-            self.add_user(name, rules)
+            if name not in self._accounts:
+                self.add_user(name, rules)
+
+    def apply_manifests(self, user: str, path: Path) -> None:
+        """Create the objects of ``path`` (a ServiceAccount, a Role, a RoleBinding) in the test namespace, as a
+        user deploying us would; ``user`` authenticates as their ServiceAccount."""
+        for doc in yaml.safe_load_all(path.read_text()):
+            doc["metadata"]["namespace"] = self.namespace
+            for subject in doc.get("subjects") or []:
+                subject["namespace"] = self.namespace
+            if doc["kind"] == "ServiceAccount":
+                self._accounts[user] = doc["metadata"]["name"]
+            kube_utils.create_from_dict(self.api, doc, namespace=self.namespace)
+        if user not in self._accounts:
+            raise ValueError(f"{path} has no ServiceAccount for user {user!r} to authenticate as; add one")
 
     def add_user(self, name: str, rules: list[dict]) -> None:
         """A ServiceAccount ``name`` bound to exactly ``rules`` (namespaced ones in a Role, the rest in a ClusterRole)."""
@@ -132,7 +158,8 @@ class UpstreamServer:
         """A kubeconfig (0600) with a bearer token of ``user``'s ServiceAccount (TokenRequest), made once."""
         if user not in self._kubeconfigs:
             request = {"spec": {"expirationSeconds": TOKEN_SECONDS}}
-            token = self.core.create_namespaced_service_account_token(user, self.namespace, request).status.token
+            account = self.account(user)
+            token = self.core.create_namespaced_service_account_token(account, self.namespace, request).status.token
             path = write_kubeconfig(self._work_dir / f"kubeconfig-{user}", server=self.url,
                                     ca_file=Path(self.api.configuration.ssl_ca_cert), token=token, name=user)
             self._kubeconfigs[user] = str(path)
@@ -178,14 +205,18 @@ def binding(name: str, kind: str, subjects: list[dict]) -> dict[str, Any]:
 
 @contextmanager
 def api_server(request: pytest.FixtureRequest, users: Mapping[str, list[dict]], service_accounts: Sequence[str] = (),
-               **embedded: Any) -> Iterator[EmbeddedServer | UpstreamServer]:
-    """Upstream's API server when pytest got ``--k8s-kubeconfig``, else an EmbeddedKubernetes(**embedded)."""
+               manifests: Mapping[str, Path] | None = None, **embedded: Any) -> Iterator[EmbeddedServer | UpstreamServer]:
+    """Upstream's API server when pytest got ``--k8s-kubeconfig``, else an EmbeddedKubernetes(**embedded).
+
+    ``manifests``: on upstream, users made from manifest files instead of their rules (which the
+    embedded server registers, having no RoleBindings).
+    """
     kubeconfig = request.config.getoption("--k8s-kubeconfig")
     if kubeconfig:
         with tempfile.TemporaryDirectory(prefix="preflight-kubeconfigs-") as work_dir:
             server = UpstreamServer(kubeconfig, Path(work_dir))
             try:
-                server.start(users, service_accounts)
+                server.start(users, service_accounts, manifests)
                 yield server
             finally:
                 server.close()

@@ -8,6 +8,7 @@ import subprocess
 import warnings
 
 import pytest
+from distributed import Client
 from kubernetes import client, config
 
 from dask_k8s_backend import KubeSparkCluster
@@ -18,6 +19,8 @@ from dask_k8s_backend.preflight import (
     MissingPermissionsError,
     NamespaceNotFoundError,
 )
+
+from k8s_helpers import wait_until
 
 from .conftest import cluster_kwargs, user_name, worker_pods
 
@@ -92,15 +95,29 @@ def test_a_forbidden_pod_log_found_only_at_use_is_explained_the_same_way(kube, c
             cluster.logs(1)
 
 
-def test_the_role_in_deploy_rbac_yaml_is_enough_to_run_workers(kube, core_api):
+def test_the_role_in_deploy_rbac_yaml_is_enough_to_run_client_mode(kube, core_api):
+    """On upstream the identity is deploy/rbac.yaml's own ServiceAccount, applied as shipped: RBAC is real."""
     kwargs = cluster_kwargs(kube, kube.kubeconfig_for("rbac-yaml"))
-    with KubeSparkCluster(n_workers=1, **kwargs) as cluster:
-        cluster.wait_for_workers(1, timeout=60)
+    with KubeSparkCluster(n_workers=1, **kwargs) as cluster:  # preflight: SelfSubjectAccessReviews, quotas, LimitRanges
+        cluster.wait_for_workers(1, timeout=60)  # create, list and watch pods
         assert cluster.missing_optional_permissions == ()  # the Role has the optional ones too
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+        cluster.scale(2)
+        cluster.wait_for_workers(2, timeout=60)
+        cluster.scale(1)  # delete pods
+        wait_until(lambda: len(live_worker_pods(core_api, kube.namespace, cluster.app.app_id)) == 1, timeout=60,
+                   what="scale(1) to delete a worker pod")
         assert cluster.logs(1) is not None  # pods/log
         app_id = cluster.app.app_id
-    assert cluster.pods_left_after_close == 0
+    assert cluster.pods_left_after_close == 0  # deletecollection
     assert [p for p in worker_pods(core_api, kube.namespace) if p["metadata"]["labels"]["dask-k8s-backend/app-id"] == app_id] == []
+
+
+def live_worker_pods(core_api, namespace: str, app_id: str) -> list[dict]:
+    """The app's worker pods that are not being deleted."""
+    return [p for p in worker_pods(core_api, namespace)
+            if p["metadata"]["labels"]["dask-k8s-backend/app-id"] == app_id and not p["metadata"].get("deletionTimestamp")]
 
 
 def test_a_missing_namespace_is_refused_before_any_pod_exists(kube, core_api):

@@ -9,11 +9,32 @@ from dask_k8s_backend.clock import ManualClock
 from dask_k8s_backend.config import ExecutorSettings
 from dask_k8s_backend.preflight import (
     CLIENT_MODE_PERMISSIONS,
+    IN_POD_OPTIONAL_PERMISSIONS,
+    IN_POD_PERMISSIONS,
+    OPTIONAL_PERMISSIONS,
     Permission,
     policy_problems,
     required_permissions,
     role_snippet,
 )
+
+from .conftest import rbac_yaml_rules
+
+# Granted by deploy/rbac.yaml, used by the code, but no SelfSubjectAccessReview asks for them: the
+# preflight reads the account itself, and `python -m dask_k8s_backend gc` lists dead apps' certificates.
+USED_WITHOUT_ASKING = {("get", "serviceaccounts"), ("list", "secrets")}
+
+
+def test_deploy_rbac_yaml_grants_exactly_what_the_preflight_asks_for_and_nothing_unused():
+    """Both ways: a permission the preflight asks for but the Role lacks would refuse users of the shipped
+    Role; one the Role grants but nothing asks for or uses is more than the backend needs (tests/test_deploy.py
+    checks the same against the API calls in the code; the preflight suite, on upstream too, that each
+    asked-for permission, when missing, is refused or warned about by name)."""
+    asked = {p for mode in ("client", "cluster") for tls in (False, True) for p in required_permissions(mode, tls)}
+    asked |= set(OPTIONAL_PERMISSIONS + IN_POD_PERMISSIONS + IN_POD_OPTIONAL_PERMISSIONS)
+    granted = {(verb, resource) for rule in rbac_yaml_rules("dask") for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert granted == {(p.verb, p.full_resource) for p in asked} | USED_WITHOUT_ASKING
 
 
 def worker_pod(cpu="1"):
