@@ -37,7 +37,7 @@ from dask_k8s_backend.embedded.tls import write_private
 from . import flags, readiness
 from .binaries import ensure_built
 from .pki import Pki, kubeconfig, make_pki
-from .processes import Component, free_port
+from .processes import Component, free_port, log_tail
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +99,13 @@ class UpstreamKubernetes:
     def start(self) -> None:
         """Start everything and wait until it is usable; on any failure stop what was started, then raise."""
         try:
-            self._prepare()
-            self._start_control_plane()
-            self._start_agents()
-            self._wait_usable()
+            try:
+                self._prepare()
+                self._start_control_plane()
+                self._start_agents()
+                self._wait_usable()
+            except readiness.StartTimeout as e:  # the logs say why; read them before the state goes
+                raise readiness.StartTimeout(f"{e}\n{self._log_tails()}") from None
         except BaseException:
             self.stop()
             raise
@@ -171,6 +174,10 @@ class UpstreamKubernetes:
         assert self.layout is not None
         pki = self.layout.pki
         return readiness.AdminApi(self.url, ca=pki.ca, admin=pki.clients["admin"])
+
+    def _log_tails(self, lines: int = 10) -> str:
+        return "\n".join(f"--- last lines of {c.log.name} ---\n{log_tail(c.log, lines)}"
+                         for c in self._control_plane + self._agents)
 
     def check_alive(self) -> None:
         """Raise :class:`~upstream.processes.ComponentDied` (with its log tail) if any child has exited."""

@@ -64,8 +64,7 @@ def wait_until(what: str, probe: Callable[[], tuple[bool, str]], *, timeout: flo
             logger.info("%s: done", what)
             return
         if time.monotonic() >= deadline:
-            raise StartTimeout(f"Timed out after {timeout:.0f} s waiting for {what}; last seen: {seen}. "
-                               "The component logs in the state directory say why.")
+            raise StartTimeout(f"Timed out after {timeout:.0f} s waiting for {what}; last seen: {seen}.")
         time.sleep(interval)
 
 

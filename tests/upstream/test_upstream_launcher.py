@@ -148,3 +148,11 @@ def test_up_reports_a_start_failure_on_stderr_with_exit_code_1(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "etcd exited with code 1" in err and "bind: address already in use" in err
     assert not kubeconfig.exists()
+
+
+def test_a_start_timeout_shows_every_component_log_before_the_state_is_removed(tmp_path):
+    bin_dir = fake_bin_dir(tmp_path / "bin", "echo 'etcd: waiting for a quorum that never comes'; sleep 60")
+    kube = control_plane.UpstreamKubernetes(bin_dir=bin_dir, start_timeout=1)
+    with pytest.raises(readiness.StartTimeout, match=r"(?s)etcd /health.*etcd.log.*a quorum that never comes"):
+        kube.start()
+    assert kube.state_dir is not None and not kube.state_dir.exists()
