@@ -66,6 +66,7 @@ class AllocationSettings:
     executor_timeout: float = 600.0
     max_pending_pods: int = 0
     pending_timeout: float = 300.0
+    unrecoverable_pending_confirm: float | None = 10.0
     slow_start: bool = True
     immediate_round: bool = True
 
@@ -348,7 +349,8 @@ SCHEMA: dict[str, Validator] = {
     "worker.resources": _resource_map, "worker.secure-defaults": _boolean,
     "allocation.batch-size": _positive(_integer), "allocation.batch-delay": _DURATION0,
     "allocation.executor-timeout": _DURATION, "allocation.max-pending-pods": _positive(_integer, allow_zero=True),
-    "allocation.pending-timeout": _DURATION, "allocation.slow-start": _boolean,
+    "allocation.pending-timeout": _DURATION,
+    "allocation.unrecoverable-pending-confirm": _optional(_DURATION0), "allocation.slow-start": _boolean,
     "allocation.immediate-round": _boolean,
     "executor.api-polling-interval": _DURATION, "executor.event-processing-interval": _DURATION,
     "executor.delete-on-termination": _boolean, "executor.missing-pod-detect-delta": _DURATION,

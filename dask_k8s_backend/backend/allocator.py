@@ -20,6 +20,9 @@ Rules (Spark's, with its stalls removed where the settings say so):
 * creations not seen within ``executor-timeout`` are deleted and counted as failures;
 * a pod Pending with a reason (Unschedulable, ErrImagePull, ...) is reported once per reason and,
   after ``pending-timeout`` with a reason, deleted and counted as a failure;
+* a pod Pending for a reason waiting cannot fix (:mod:`~dask_k8s_backend.pods.verdicts`: unusable
+  image, missing Secret/ConfigMap, a request no node can hold) for ``unrecoverable-pending-confirm``
+  is deleted and its group blocked at once, with the reason and the fix;
 * ``max-pending-pods`` bounds pending + unseen pods over all groups;
 * above target: pending pods the scheduler does not know go first (newest first), then running
   pods it does not know; workers the scheduler asked to kill (``kill_executors``, after it retired
@@ -36,7 +39,7 @@ Interface used by the plugin::
 
     allocator = ExecutorPodsAllocator(api=api, settings=settings.allocation, pod_factory=build_pod,
                                       failures=tracker, clock=clock, known_executors=ids_fn,
-                                      on_pending_reason=cb, delete_grace_period=30)
+                                      on_pending_reason=cb, delete_grace_period=30, nodes=allocatables_fn)
     allocator.start(store)          # subscribes at batch-delay
     allocator.set_target(10, "default"); allocator.kill_executors([3, 4])
     allocator.targets(); allocator.alive_ids(group); allocator.group_of(id); allocator.pod_name(id)
@@ -56,6 +59,7 @@ from .. import labels
 from ..clock import Clock, SystemClock
 from ..config import AllocationSettings
 from ..pods.states import PodPending, PodRunning, PodState, PodUnknown
+from ..pods.verdicts import Allocatable, unrecoverable_reason
 from .failures import FailureTracker
 from .snapshots import ExecutorPodsSnapshot, group_of_pod
 
@@ -101,6 +105,8 @@ class AllocatorState:
     kill_requested: frozenset[int] = frozenset()
     known_executors: frozenset[int] = frozenset()
     pending_reasons: Mapping[int, tuple[str, float]] = field(default_factory=dict)
+    unrecoverable_since: Mapping[int, float] = field(default_factory=dict)
+    nodes: tuple[Allocatable, ...] | None = None  # every node's allocatable; None when they cannot be listed
     blocked_groups: frozenset[str] = frozenset()
     batch_allowance: int = 1
     creations_not_before: float = 0.0
@@ -117,6 +123,8 @@ class AllocationPlan:
     pending_reasons: Mapping[int, tuple[str, float]]
     next_executor_id: int
     below_target: bool
+    unrecoverable_since: Mapping[int, float] = field(default_factory=dict)
+    blocks: tuple[tuple[str, str], ...] = ()  # (group, why): groups that can never start a pod as they are
 
     @property
     def creation_count(self) -> int:
@@ -129,7 +137,10 @@ def plan(state: AllocatorState, snapshot: ExecutorPodsSnapshot, now: float) -> A
     unseen = {i: c for i, c in state.newly_created.items() if i not in snapshot.seen_ids}
     deletions = _creation_timeouts(state, unseen, now)
     reports, reasons, pending_deletions = _pending_rules(state, snapshot, now)
-    deletions += pending_deletions + _kills(state, snapshot)
+    verdicts, hopeless, blocks = _unrecoverable_rules(state, snapshot, now)
+    pending_deletions = [d for d in pending_deletions if d.executor_id not in {h.executor_id for h in hopeless}]
+    deletions += hopeless + pending_deletions + _kills(state, snapshot)
+    state = replace(state, blocked_groups=state.blocked_groups | {group for group, _ in blocks})
     gone = state.deleting | {d.executor_id for d in deletions}
     alive = _alive_by_group(state, snapshot, unseen, gone)
     deletions += _scale_down(state, snapshot, alive)
@@ -142,7 +153,8 @@ def plan(state: AllocatorState, snapshot: ExecutorPodsSnapshot, now: float) -> A
     )
     timed_out = tuple(d.executor_id for d in deletions if d.executor_id in unseen)
     return AllocationPlan(
-        MappingProxyType(creations), tuple(deletions), timed_out, reports, MappingProxyType(reasons), next_id, below
+        MappingProxyType(creations), tuple(deletions), timed_out, reports, MappingProxyType(reasons), next_id, below,
+        MappingProxyType(verdicts), blocks,
     )
 
 
@@ -204,6 +216,39 @@ def _pending_rules(
                 failure=True,
             ))
     return tuple(reports), reasons, deletions
+
+
+def _unrecoverable_rules(
+    state: AllocatorState, snapshot: ExecutorPodsSnapshot, now: float
+) -> tuple[dict[int, float], list[Deletion], tuple[tuple[str, str], ...]]:
+    """Pods that waiting cannot start: after the confirmation, delete them and block their group."""
+    confirm = state.settings.unrecoverable_pending_confirm
+    since: dict[int, float] = {}
+    deletions: list[Deletion] = []
+    blocks: dict[str, str] = {}
+    if confirm is None:
+        return since, deletions, ()
+    for executor_id, pod_state in sorted(snapshot.executor_pods.items()):
+        if not isinstance(pod_state, PodPending) or executor_id in state.deleting:
+            continue
+        verdict = unrecoverable_reason(pod_state.pod, state.nodes)
+        if verdict is None:
+            continue
+        since[executor_id] = first = state.unrecoverable_since.get(executor_id, now)
+        if now - first < confirm:
+            continue
+        group = group_of_pod(pod_state.pod)
+        detail = _reason_of(pod_state) or verdict
+        deletions.append(Deletion(
+            executor_id, pod_state.name, group,
+            f"executor {executor_id} cannot start by waiting ({verdict}; seen for {now - first:.0f} s, "
+            f"k8s-backend.allocation.unrecoverable-pending-confirm = {confirm:g} s) and was deleted: {detail}",
+            failure=True,
+        ))
+        blocks.setdefault(group, (
+            f"Worker group {group!r} stopped creating workers: its pods can never start as they are. "
+            f"Executor {executor_id} cannot start: {verdict}. {detail} Fix this, then recreate the cluster or the worker group."))
+    return since, deletions, tuple(sorted(blocks.items()))
 
 
 def _kills(state: AllocatorState, snapshot: ExecutorPodsSnapshot) -> list[Deletion]:
@@ -340,8 +385,10 @@ class ExecutorPodsAllocator:
         on_pending_reason: Callable[[int, str], None] | None = None,
         delete_grace_period: float | None = None,
         max_concurrent_requests: int = 32,
+        nodes: Callable[[], tuple[Allocatable, ...] | None] = lambda: None,
     ) -> None:
         self.api = api
+        self.nodes = nodes
         self.settings = settings
         self.pod_factory = pod_factory
         self.failures = failures
@@ -473,6 +520,8 @@ class ExecutorPodsAllocator:
         """When a round must run even if no snapshot arrives: the next creating round, or a timeout."""
         now, state, settings = self.clock.now(), self._state, self.settings
         deadlines = [since + settings.pending_timeout for _, since in state.pending_reasons.values()]
+        if settings.unrecoverable_pending_confirm is not None:
+            deadlines += [since + settings.unrecoverable_pending_confirm for since in state.unrecoverable_since.values()]
         deadlines += [c.time + settings.executor_timeout + 1e-3 for c in state.newly_created.values()]
         below = result.below_target or any(
             len(self.alive_ids(g)) < t for g, t in state.targets.items() if g not in state.blocked_groups
@@ -510,6 +559,7 @@ class ExecutorPodsAllocator:
             deleting=state.deleting - finished,
             kill_requested=state.kill_requested - finished,
             known_executors=frozenset(self.known_executors()),
+            nodes=self.nodes(),
             blocked_groups=self.failures.blocked_groups() | frozenset(g for g in state.targets if self.failures.is_blocked(g)),
         )
         self._release_quota_hold()
@@ -540,9 +590,12 @@ class ExecutorPodsAllocator:
 
     # ------------------------------------------------------------------ applying a plan
     async def _apply(self, result: AllocationPlan, now: float) -> None:
-        self._state = replace(self._state, pending_reasons=result.pending_reasons, next_executor_id=result.next_executor_id)
+        self._state = replace(self._state, pending_reasons=result.pending_reasons, next_executor_id=result.next_executor_id,
+                              unrecoverable_since=result.unrecoverable_since)
         for executor_id, reason in result.pending_reports:
             self._report_pending(executor_id, reason)
+        for group, message in result.blocks:
+            self.failures.block(group, message)
         await asyncio.gather(self._delete_all(result.deletions), self._create_all(result, now))
 
     async def _delete_all(self, deletions: tuple[Deletion, ...]) -> None:

@@ -21,6 +21,7 @@ from .allocator import ExecutorPodsAllocator
 from .failures import FailureTracker
 from .kube_api import KubePodApi
 from .lifecycle import ExecutorPodsLifecycleManager
+from .nodes import NodeCapacity
 from .polling import ExecutorPodsPollingSource
 from .snapshots import SnapshotsStore, group_of_pod
 from .watch import ExecutorPodsWatchSource
@@ -45,10 +46,12 @@ class BackendComponents:
     lifecycle: ExecutorPodsLifecycleManager
     watch: ExecutorPodsWatchSource
     polling: ExecutorPodsPollingSource
+    nodes: NodeCapacity
     selector: str
     clock: Clock
 
     async def start(self) -> None:
+        self.nodes.start()
         self.lifecycle.start(self.store)
         self.allocator.start(self.store)
         self.watch.start()
@@ -109,7 +112,7 @@ class BackendComponents:
     async def stop_loops(self) -> None:
         """Stop every loop in reverse start order; each step guarded so the next still runs."""
         for name, stop in (("polling", self.polling.stop), ("watch", self.watch.stop),
-                           ("allocator", self.allocator.stop), ("store", self.store.stop)):
+                           ("allocator", self.allocator.stop), ("store", self.store.stop), ("nodes", self.nodes.stop)):
             try:
                 await stop()
             except Exception:
@@ -150,12 +153,13 @@ def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = N
         api=api, settings=settings.executor, failures=failures, clock=clock,
         on_executor_lost=plugin.on_executor_lost, known_executors=plugin.registered_executor_ids,
     )
+    nodes = NodeCapacity(api=api, clock=clock)
     allocator = ExecutorPodsAllocator(
         api=api, settings=settings.allocation, pod_factory=plugin.build_pod, failures=failures, clock=clock,
         known_executors=plugin.registered_executor_ids, on_pending_reason=plugin.on_pending_reason,
-        delete_grace_period=settings.executor.delete_grace_period,
+        delete_grace_period=settings.executor.delete_grace_period, nodes=nodes.current,
     )
     watch = ExecutorPodsWatchSource(api, store, selector, clock)
     polling = ExecutorPodsPollingSource(api, store, selector, clock, interval=settings.executor.api_polling_interval)
     return BackendComponents(api=api, store=store, failures=failures, allocator=allocator, lifecycle=lifecycle,
-                             watch=watch, polling=polling, selector=selector, clock=clock)
+                             watch=watch, polling=polling, nodes=nodes, selector=selector, clock=clock)

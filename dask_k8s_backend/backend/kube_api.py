@@ -186,6 +186,11 @@ class KubePodApi:
                                 self._core.patch_namespaced_pod, name, self.namespace,
                                 {"metadata": {"labels": labels}}, _content_type=MERGE_PATCH)
 
+    async def list_nodes(self) -> list[dict]:
+        """Every Node (cluster-scoped: a namespaced Role cannot grant it, so callers treat 403 as 'unknown')."""
+        page = await self._json("list nodes", self._core.list_node)
+        return page.get("items") or []
+
     async def read_pod_log(self, name: str, tail_lines: int | None = None) -> str:
         def run() -> str:
             response = self._core.read_namespaced_pod_log(name, self.namespace, tail_lines=tail_lines,

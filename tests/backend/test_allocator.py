@@ -20,7 +20,7 @@ from dask_k8s_backend.config import AllocationSettings, ExecutorSettings
 
 
 class Harness:
-    def __init__(self, max_failures=None, api=None, max_concurrent_requests=32, **settings):
+    def __init__(self, max_failures=None, api=None, max_concurrent_requests=32, nodes=None, **settings):
         settings.setdefault("batch_size", 5)
         settings.setdefault("batch_delay", 1.0)
         self.settings = AllocationSettings(**settings)
@@ -35,7 +35,7 @@ class Harness:
         self.allocator = ExecutorPodsAllocator(
             api=self.api, settings=self.settings, pod_factory=pod_factory(), failures=self.failures, clock=self.clock,
             known_executors=lambda: self.known, on_pending_reason=lambda i, r: self.reports.append((i, r)),
-            max_concurrent_requests=max_concurrent_requests,
+            max_concurrent_requests=max_concurrent_requests, nodes=lambda: nodes,
         )
         self.allocator.start(self.store)
 
