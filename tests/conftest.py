@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 
 import dask.config
 import pytest
 
-from k8s_helpers import ONE_SERVER_ONLY
-
-ONE_SERVER_SKIP = re.compile(re.escape(ONE_SERVER_ONLY).replace(r"\{kind\}", r"\w+"))
+from k8s_helpers import one_server_skips
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,18 +34,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-def one_server_skips(reports: list) -> list[tuple[str, str]]:
-    """(test id, reason) of every skip whose reason says the test runs on one API server only."""
-    found = []
-    for report in reports:
-        longrepr = getattr(report, "longrepr", None)
-        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
-        reason = reason.removeprefix("Skipped: ")
-        if ONE_SERVER_SKIP.match(reason):
-            found.append((report.nodeid, reason))
-    return sorted(set(found))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -32,9 +33,24 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60, interval: floa
 ONE_SERVER_ONLY = "runs on the {kind} API server only: "
 
 
+_ONE_SERVER_SKIP = re.compile(re.escape(ONE_SERVER_ONLY).replace(r"\{kind\}", r"\w+"))
+
+
 def one_server_only_reason(kind: str, why: str) -> str:
     """The skip reason of a test that can run on ``kind`` ("embedded" or "upstream") only, and why."""
     return ONE_SERVER_ONLY.format(kind=kind) + why
+
+
+def one_server_skips(reports: list[Any]) -> list[tuple[str, str]]:
+    """(test id, reason) of every skipped test report whose reason says it runs on one API server only."""
+    found = set()
+    for report in reports:
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        reason = reason.removeprefix("Skipped: ")
+        if _ONE_SERVER_SKIP.match(reason):
+            found.add((report.nodeid, reason))
+    return sorted(found)
 
 
 def list_pods(core_api: Any, selector: str, namespace: str = "default") -> list[dict]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_helpers import assert_no_worker_processes_left, list_pods, merge_kwargs
+from k8s_helpers import assert_no_worker_processes_left, list_pods, merge_kwargs, wait_until
 
 from dask_k8s_backend.preflight import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISSIONS, Permission
 
@@ -80,6 +80,11 @@ def worker_pods(core_api, namespace: str) -> list[dict]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_worker_processes():
+def no_leaked_workers(request):
+    """No worker outlives a test: on the embedded server its process is our child; on upstream it runs under
+    a node agent, so the pods of the test namespace are checked instead (deleted pods go within the grace period)."""
     yield
     assert_no_worker_processes_left()
+    kube = request.getfixturevalue("kube") if "kube" in request.fixturenames else None
+    if kube is not None and kube.kind == "upstream":
+        wait_until(lambda: not worker_pods(kube.core, kube.namespace), timeout=60, what="no worker pod left")
