@@ -37,7 +37,7 @@ from dask_k8s_backend.embedded.tls import write_private
 from . import flags, readiness
 from .binaries import ensure_built
 from .pki import Pki, kubeconfig, make_pki
-from .processes import Component, free_port, log_tail
+from .processes import Component, free_ports, log_tail
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class UpstreamKubernetes:
         self.state_dir = Path(tempfile.mkdtemp(prefix="dask-k8s-upstream-"))  # 0700
         logger.info("State directory (logs, credentials, etcd data): %s", self.state_dir)
         pki = make_pki(self.state_dir / "pki")
-        ports = flags.Ports(*(free_port() for _ in range(5)))
+        ports = flags.Ports(*free_ports(5))
         self.layout = flags.Layout(
             bin_dir=bin_dir, state=self.state_dir, pki=pki, ports=ports,
             scheduler_kubeconfig=self.state_dir / "kube-scheduler.kubeconfig",

@@ -30,11 +30,20 @@ class ComponentDied(RuntimeError):
     """A component exited while the control plane needed it; the message ends with its log tail."""
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the small race is accepted: start fails loudly)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback TCP ports nobody listens on right now.
+
+    All are held open until every one is picked, so no two are equal; the race with other
+    programs after they are closed is accepted (a component then fails to bind, loudly).
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def log_tail(path: Path, lines: int = 25) -> str:

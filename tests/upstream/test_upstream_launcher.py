@@ -156,3 +156,7 @@ def test_a_start_timeout_shows_every_component_log_before_the_state_is_removed(t
     with pytest.raises(readiness.StartTimeout, match=r"(?s)etcd /health.*etcd.log.*a quorum that never comes"):
         kube.start()
     assert kube.state_dir is not None and not kube.state_dir.exists()
+
+
+def test_the_five_ports_of_a_control_plane_are_distinct():
+    assert len(set(processes.free_ports(5))) == 5
