@@ -137,6 +137,8 @@ def _serve(kube: UpstreamKubernetes, args: argparse.Namespace, target: Path) -> 
     print(f"Upstream Kubernetes {version} serving at {kube.url} "
           f"({args.nodes} {args.kubelet} node(s); state and logs: {kube.state_dir})", flush=True)
     print(f"kubeconfig: {target}  (try: kubectl --kubeconfig {target} get nodes)", flush=True)
+    print(f"Suites on it: python -m pytest tests/upstream tests/cluster --k8s-master k8s:// --k8s-kubeconfig {target}",
+          flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     while True:
         try:
