@@ -203,6 +203,7 @@ class WarmRuntime:
         self._env_area = ENV_SPACE + len(_ENV_PAD) + 2 + sum(len(os.fsencode(f"{k}={v}")) + 1
                                                             for k, v in self.template_env.items())
         self._template: _Template | None = None
+        self._disabled: str | None = None  # why the preload cannot be used: exec from then on
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
@@ -233,7 +234,9 @@ class WarmRuntime:
     def running_template(self) -> int | None:
         """The template's pid while it runs (for tests and diagnostics)."""
         template = self._template
-        return template.proc.pid if template and template.proc and template.proc.poll() is None else None
+        if template is None or template.error is not None or template.proc is None:
+            return None
+        return template.proc.pid if template.proc.poll() is None else None
 
     def close(self) -> None:
         """Stop the template (its remaining children die with it) and join the reading thread; idempotent.
@@ -248,6 +251,8 @@ class WarmRuntime:
     # ------------------------------------------------------------------ template lifecycle
     def _running_template(self) -> _Template | None:
         with self._lock:
+            if self._disabled is not None:
+                return None
             template = self._template
             if template is None or (template.ready.is_set() and template.error is not None):
                 template = self._template = _Template()
@@ -303,7 +308,7 @@ class WarmRuntime:
             template.ready.set()
         elif kind == "broken":
             logger.warning("warm runtime disabled: %s; containers are exec'd", message[1])
-            template.error = message[1]
+            template.error = self._disabled = message[1]
             template.ready.set()
         elif kind == "started":
             with template.lock:
@@ -364,7 +369,11 @@ class WarmRuntime:
         try:
             return future.result(FORK_TIMEOUT)
         except OSError as e:  # the template could not fork, died, or did not answer: exec instead
-            future.cancel()  # a late answer then kills the child nobody waits for
+            if not future.cancel():  # answered just now: a child that started is the container
+                try:
+                    return future.result(FORK_TIMEOUT)
+                except OSError:
+                    pass
             logger.warning("warm runtime: starting %s failed (%s); the container is exec'd", argv[0], e)
             return None
 

@@ -253,3 +253,28 @@ def test_kill_9_of_the_process_running_the_kubelet_leaves_no_pod_process(runtime
             owner.kill()
             owner.wait()
         owner.stdout.close()
+
+
+def test_a_template_whose_preload_fails_disables_the_warm_runtime_and_containers_are_exec_d(tmp_path, caplog):
+    runtime = warm.WarmRuntime(tmp_path, preload=("no_such_module_for_the_warm_runtime",))
+    try:
+        for _ in range(2):  # not retried: the preload would fail again
+            started = runtime.start_container([sys.executable, "-c", "pass"], dict(runtime.template_env), tmp_path,
+                                              tmp_path / "log")
+            assert started is None and runtime.running_template() is None
+    finally:
+        runtime.close()
+    assert [r.getMessage() for r in caplog.records if "warm runtime disabled" in r.getMessage()] == [
+        "warm runtime disabled: importing ['no_such_module_for_the_warm_runtime'] failed: ModuleNotFoundError: "
+        "No module named 'no_such_module_for_the_warm_runtime'; containers are exec'd"]
+
+
+def test_a_killed_template_takes_its_containers_with_it_and_the_next_container_gets_a_new_one(node):
+    node.run(pod("first", python("import time; print('ready', flush=True); time.sleep(60)")))
+    wait_for(lambda: "ready" in node.log("first"), what="first container ready")
+    template = node.kubelet.warm.running_template()
+    os.kill(template, signal.SIGKILL)
+    p = wait_phase(node.store, "first", "Failed", timeout=10)
+    assert container_state(p)["terminated"]["exitCode"] == 137
+    report = node.report(node.run(pod("second", python(REPORT))))
+    assert report["ppid"] == node.kubelet.warm.running_template() != template
