@@ -181,6 +181,7 @@ def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, A
         raise bad_request(f"{kind}: the body needs a 'spec' with resourceAttributes or nonResourceAttributes")
     spec = review["spec"]
     out = copy.deepcopy(dict(review))
+    out["spec"] = _without_empty_strings(out["spec"])
     out.setdefault("apiVersion", f"{REVIEW_GROUP}/{REVIEW_VERSION}")
     out.setdefault("kind", kind)
     out.setdefault("metadata", {})
@@ -199,6 +200,15 @@ def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, A
     if allowed and user.rules is not None:
         status["reason"] = f'RBAC: allowed by the embedded rules of user "{user.name}"'
     out["status"] = status  # a denial has no reason: upstream's RBAC authorizer gives none (NoOpinion, "")
+    return out
+
+
+def _without_empty_strings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec as upstream echoes it: its string fields are ``omitempty``, so ``"group": ""`` comes back absent."""
+    out = {k: v for k, v in spec.items() if v != ""}
+    for key in ("resourceAttributes", "nonResourceAttributes"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = {k: v for k, v in out[key].items() if v != ""}
     return out
 
 

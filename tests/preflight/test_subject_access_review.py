@@ -66,6 +66,15 @@ def test_the_answer_comes_from_the_named_users_rules_not_the_callers(kube, verb,
         assert answer["status"] == {"allowed": False}, answer  # upstream's RBAC gives no reason for a denial
 
 
+def test_the_answer_echoes_the_spec_without_its_empty_fields_as_upstream_does(kube):
+    question = review(kube.user_name(SA), "list", namespace=kube.namespace)
+    question["spec"]["resourceAttributes"]["subresource"] = ""
+    answer = ask(kube.kubeconfig, question)
+    assert answer["spec"] == {"user": kube.user_name(SA), "resourceAttributes": {
+        "namespace": kube.namespace, "verb": "list", "resource": "pods"}}  # group "" and subresource "" omitted
+    assert answer["status"]["allowed"] is True and answer["status"]["reason"].startswith("RBAC: allowed by ")
+
+
 def test_an_unknown_user_may_do_nothing_and_system_masters_everything(kube):
     nobody = review(f"system:serviceaccount:{kube.namespace}:nobody", "list", namespace=kube.namespace)
     assert ask(kube.kubeconfig, nobody)["status"] == {"allowed": False}
