@@ -129,6 +129,8 @@ def _items(limit_ranges: Iterable[Mapping[str, Any]], kind: str) -> Iterable[Map
 
 
 def _violations(kind: str, requests: Mapping[str, Any], limits: Mapping[str, Any], item: Mapping[str, Any]) -> list[str]:
+    """At most one problem per constraint and resource, the first upstream's limitranger checks
+    (minConstraint: request, then limit; maxConstraint: limit, then request)."""
     problems = []
     for key, minimum in (item.get("min") or {}).items():
         low = parse_quantity(minimum)
@@ -136,13 +138,16 @@ def _violations(kind: str, requests: Mapping[str, Any], limits: Mapping[str, Any
             problems.append(f"minimum {key} usage per {kind} is {minimum}.  No request is specified")
         elif parse_quantity(requests[key]) < low:
             problems.append(f"minimum {key} usage per {kind} is {minimum}, but request is {requests[key]}")
-        if key in limits and parse_quantity(limits[key]) < low:
+        elif key in limits and parse_quantity(limits[key]) < low:
             problems.append(f"minimum {key} usage per {kind} is {minimum}, but limit is {limits[key]}")
     for key, maximum in (item.get("max") or {}).items():
+        high = parse_quantity(maximum)
         if key not in limits:
             problems.append(f"maximum {key} usage per {kind} is {maximum}.  No limit is specified")
-        elif parse_quantity(limits[key]) > parse_quantity(maximum):
+        elif parse_quantity(limits[key]) > high:
             problems.append(f"maximum {key} usage per {kind} is {maximum}, but limit is {limits[key]}")
+        elif key in requests and parse_quantity(requests[key]) > high:
+            problems.append(f"maximum {key} usage per {kind} is {maximum}, but request is {requests[key]}")
     for key, ratio in (item.get("maxLimitRequestRatio") or {}).items():
         if key in limits and key in requests and parse_quantity(requests[key]) > 0:
             actual = parse_quantity(limits[key]) / parse_quantity(requests[key])
@@ -152,8 +157,10 @@ def _violations(kind: str, requests: Mapping[str, Any], limits: Mapping[str, Any
 
 
 def aggregate(problems: list[str]) -> str:
-    """One message for several problems, bracketed when there is more than one (utilerrors' format)."""
-    return problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+    """One message for several problems as utilerrors.Aggregate prints it: each distinct message once (two
+    containers breaking the same limit are one problem), bracketed when more than one remains."""
+    distinct = list(dict.fromkeys(problems))
+    return distinct[0] if len(distinct) == 1 else "[" + ", ".join(distinct) + "]"
 
 
 # ------------------------------------------------------------------------------------ ResourceQuota
@@ -264,7 +271,7 @@ def missing_requirements(pod: Mapping[str, Any], hard_keys: Iterable[str]) -> li
     for key in sorted(k for k in hard_keys if k in _CONSTRAINED):
         section, name = _CONSTRAINED[key]
         index = 0 if section == "requests" else 1
-        lacking = [c.get("name", "?") for c in containers if name not in _container_resources(c)[index]]
+        lacking = sorted(c.get("name", "?") for c in containers if name not in _container_resources(c)[index])  # a set upstream
         if lacking:
             out.append(f"{key} for: {','.join(lacking)}")
     return out

@@ -1,0 +1,70 @@
+"""Quota and LimitRange admission answer pod creations in upstream's words, on both servers.
+
+The same requests go to the embedded API server and, with ``--k8s-kubeconfig``, to upstream's
+(ResourceQuota and LimitRanger admission plugins, quota controller): what a client sees must be
+the same text, because the backend and its users read it (``exceeded quota`` makes the allocator
+wait instead of failing the worker).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubernetes import client
+
+from .servers import create_quota
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def namespace(kube, core_api, request):
+    name = f"{kube.namespace}-admission-{request.node.name[5:25].replace('_', '-')}".strip("-").lower()
+    kube.create_namespace(core_api, name)
+    yield name
+    kube.delete_namespace(core_api, name)
+
+
+def two_container_pod(name: str, resources: dict) -> dict:
+    """Never scheduled (no node has the label): only admission matters."""
+    return {"metadata": {"name": name}, "spec": {"nodeSelector": {"example.com/nowhere": "true"}, "containers": [
+        {"name": "worker", "image": "x", "resources": resources}, {"name": "sidecar", "image": "x", "resources": resources}]}}
+
+
+def refusal(core_api, namespace: str, pod: dict) -> str:
+    with pytest.raises(client.ApiException) as info:
+        core_api.create_namespaced_pod(namespace, pod)
+    status = json.loads(info.value.body)
+    assert (status["code"], status["reason"]) == (403, "Forbidden")
+    return status["message"]
+
+
+def test_a_quota_names_the_containers_lacking_a_constrained_resource_sorted(core_api, namespace):
+    create_quota(core_api, namespace, {"limits.cpu": "3", "requests.memory": "1Gi"})
+    assert refusal(core_api, namespace, two_container_pod("a", {})) == (
+        'pods "a" is forbidden: failed quota: compute: must specify limits.cpu for: sidecar,worker; '
+        "requests.memory for: sidecar,worker")
+
+
+def test_an_exceeded_quota_gives_every_exceeded_resource_with_its_numbers(core_api, namespace):
+    create_quota(core_api, namespace, {"limits.cpu": "3", "requests.memory": "1Gi"})
+    fits = {"limits": {"cpu": "1", "memory": "100Mi"}, "requests": {"memory": "100Mi"}}
+    core_api.create_namespaced_pod(namespace, two_container_pod("b", fits))
+    too_big = {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"memory": "1Gi"}}
+    assert refusal(core_api, namespace, two_container_pod("c", too_big)) == (
+        'pods "c" is forbidden: exceeded quota: compute, requested: limits.cpu=4,requests.memory=2Gi, '
+        "used: limits.cpu=2,requests.memory=200Mi, limited: limits.cpu=3,requests.memory=1Gi")
+
+
+def test_limit_range_violations_are_listed_once_each_the_first_check_of_each_constraint(core_api, namespace):
+    core_api.create_namespaced_limit_range(namespace, {"metadata": {"name": "bounds"}, "spec": {"limits": [
+        {"type": "Container", "min": {"cpu": "100m"}, "max": {"memory": "2Gi"}}]}})
+    small_cpu_big_memory = {"limits": {"cpu": "50m", "memory": "4Gi"}, "requests": {"cpu": "50m", "memory": "4Gi"}}
+    # request before limit for a minimum; both containers break the same two limits: two problems, not eight
+    assert refusal(core_api, namespace, two_container_pod("d", small_cpu_big_memory)) == (
+        'pods "d" is forbidden: [minimum cpu usage per Container is 100m, but request is 50m, '
+        "maximum memory usage per Container is 2Gi, but limit is 4Gi]")
+    one_problem = {"limits": {"cpu": "1", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}
+    assert refusal(core_api, namespace, two_container_pod("e", one_problem)) == (
+        'pods "e" is forbidden: maximum memory usage per Container is 2Gi, but limit is 4Gi')  # no brackets
