@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import html
 import math
 import time
 import logging
@@ -34,7 +35,7 @@ from tornado.ioloop import PeriodicCallback
 from distributed.deploy.cluster import Cluster
 from distributed.scheduler import Scheduler
 from distributed.security import Security
-from distributed.utils import Log, Logs
+from distributed.utils import Log, Logs, in_async_call
 
 from . import labels
 from .config import Settings, load_settings
@@ -44,11 +45,12 @@ from .master import KubeConnection, resolve_manager
 from .pods.builder import AppSpec, base_pod, check_executor_pod
 from .preflight import (POD_LOGS, Permission, check_cluster, check_worker_group, feature_refusal, group_argument,
                         warn_before_scale)
-from .status_view import ClusterStatus, format_status_table, render_status_html
+from .status_view import ClusterStatus, format_status_table, render_cluster_status_html
 
 logger = logging.getLogger(__name__)
 
 STATUS_REFRESH_MS = 500
+DISPLAY_REFRESH_TIMEOUT = 5  # seconds a notebook's repr may wait for the backend before showing the last poll
 
 
 def _kwargs_to_overrides(**kwargs: Any) -> dict[str, Any]:
@@ -243,6 +245,7 @@ class KubeSparkCluster(Cluster):
         self.security = Security()  # replaced by the app's own TLS Security when security.tls is set
         self._tls_secret = False
         self._group_adaptives: dict[str, Any] = {}
+        self._status_pane: Any = None  # the live widget's Status pane, once distributed built the widget
         # name -> (settings, template) of the groups this client added: their pods' quota checks
         self._group_recipes: dict[str, tuple[Settings, dict | None]] = {}
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=self.app.app_name)
@@ -387,6 +390,8 @@ class KubeSparkCluster(Cluster):
             await self._guarded("closing the Kubernetes connection", asyncio.to_thread(self.connection.close))
         self.status = Status.closed
         self._status_cache = self._status_cache.after_close(self._what_close_left(shutdown))
+        self.scheduler_info = {"workers": {}}  # the last poll's workers are gone with the scheduler
+        self._refresh_widget_after_close()
         if self._pod_reaper is not None and (shutdown or not self.shutdown_on_close):
             self._pod_reaper.detach()  # closed properly (or deliberately left running)
 
@@ -583,8 +588,8 @@ class KubeSparkCluster(Cluster):
 
     @property
     def status_table(self) -> str:
-        """A text table of executors: id, pod, phase, node, worker address, age, last reason."""
-        return format_status_table(self.refresh_status())
+        """The terminal view: app, master, namespace, dashboard, a row per worker group and a table of executors."""
+        return format_status_table(self._status_for_display(), dashboard=self._dashboard_or_none())
 
     def executors(self) -> list[dict[str, Any]]:
         return [dict(e) for e in self.refresh_status().executors]
@@ -621,8 +626,50 @@ class KubeSparkCluster(Cluster):
         return logs
 
     # ------------------------------------------------------------------ display
-    def _repr_html_(self, cluster_status: Any = None) -> str:
-        return render_status_html(self._status_cache, name=self.name, dashboard=self.dashboard_link)
+    def _status_for_display(self) -> ClusterStatus:
+        """Fresh from the backend when the caller may block (a notebook cell, a terminal); on the event loop
+        (distributed's widget refresh) the periodic poll's, which is at most STATUS_REFRESH_MS old."""
+        if self.status != Status.running or self.asynchronous or in_async_call(self.loop):
+            return self._status_cache
+        try:
+            return self.sync(self._refresh_status, callback_timeout=DISPLAY_REFRESH_TIMEOUT)
+        except Exception as e:  # the view still renders: with the last poll, and the error logged
+            logger.debug("refreshing the status for display failed: %s", e)
+            return self._status_cache
+
+    def _dashboard_or_none(self) -> str | None:
+        try:
+            return self.dashboard_link
+        except Exception:  # no scheduler address yet (starting) or dashboard disabled
+            return None
+
+    def _repr_html_(self, cluster_status: str | None = None) -> str:
+        """distributed's cluster view (its template and look), with our app, groups and executors in its
+        ``cluster_status`` slot, as LocalCluster fills it."""
+        rows = render_cluster_status_html(self._status_for_display())
+        return super()._repr_html_(cluster_status=rows + (cluster_status or ""))
+
+    def _widget(self) -> Any:
+        """distributed's live widget (Status and Scaling tabs, refreshed every cluster-repr-interval); we keep
+        its Status pane to show the closed view once, since the refresh stops with the cluster."""
+        widget = super()._widget()
+        if widget is not None and self._status_pane is None:
+            self._status_pane = widget.children[0]
+        return widget
+
+    def _refresh_widget_after_close(self) -> None:
+        if self._status_pane is not None:
+            self._status_pane.value = self._repr_html_()
+
+    def _scaling_status(self) -> str:
+        """The widget's Scaling tab: each group's policy (adaptive bounds or a manual target)."""
+        status = self._status_cache
+        rows = "".join(
+            f'<tr><td style="text-align: left;">{html.escape(g)}: {html.escape(status.adaptive.get(g) or "manual")}, '
+            f'target {status.targets.get(g, 0)}</td></tr>'
+            for g in status.group_names()
+        )
+        return f"<table>{rows}</table>"
 
     def __repr__(self) -> str:
         counts = self._status_cache.phase_counts()

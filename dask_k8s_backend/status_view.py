@@ -1,20 +1,32 @@
-"""What the user sees of the executors: a status value, a text table and the HTML widget body.
+"""What the user sees of the executors: a status value, a text table and the HTML of the cluster view.
 
-The scheduler-side plugin answers ``k8s_status`` with a plain dict (msgpack-friendly);
-``ClusterStatus`` wraps it for the client side. Nothing here talks to Kubernetes.
+Data flow: the scheduler-side plugin answers ``k8s_status`` with a plain dict (msgpack-friendly);
+``ClusterStatus`` wraps it on the client side; :func:`group_rows` and :func:`executor_rows` turn it
+into rows that both views share; :func:`format_status_table` prints them for a terminal and
+:func:`render_cluster_status_html` fills the ``cluster_status`` slot of distributed's own cluster
+template (``cluster.html.j2``), as ``LocalCluster`` does, so the view looks like every Dask cluster.
+Nothing here talks to Kubernetes or to the scheduler: the caller passes a fresh status.
 """
 
 from __future__ import annotations
 
-import html
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dask.widgets import TEMPLATE_PATHS, get_template
+
 from .pods.builder import AppSpec
 
+# Our templates sit beside distributed's (it registers its own directory the same way).
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+if TEMPLATE_DIR not in TEMPLATE_PATHS:
+    TEMPLATE_PATHS.append(TEMPLATE_DIR)
+
 PHASE_ORDER = ("Pending", "Running", "Terminating", "Succeeded", "Failed", "Deleted", "Unknown")
+ALIVE = ("Pending", "Running")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,10 @@ class ClusterStatus:
     pending_reasons: dict[str, str] = field(default_factory=dict)
     events: tuple[str, ...] = ()
     pods_created: int = 0
+    master: str = ""
+    groups: tuple[str, ...] = ()
+    failures: dict[str, int] = field(default_factory=dict)
+    adaptive: dict[str, str] = field(default_factory=dict)  # group -> the policy scaling it, in words
     closed: str | None = None  # set once the cluster is closed: what became of its scheduler and pods
 
     @classmethod
@@ -40,7 +56,7 @@ class ClusterStatus:
 
     def after_close(self, what: str) -> ClusterStatus:
         """The view of a closed cluster: no executors and no target (the last poll's would be stale), and why."""
-        return replace(self, targets={}, executors=(), outstanding=0, pending_reasons={}, closed=what)
+        return replace(self, targets={}, executors=(), outstanding=0, pending_reasons={}, adaptive={}, closed=what)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ClusterStatus:
@@ -56,6 +72,10 @@ class ClusterStatus:
             pending_reasons=dict(raw.get("pending_reasons", {})),
             events=tuple(raw.get("events", ())),
             pods_created=int(raw.get("pods_created", 0)),
+            master=str(raw.get("master", "")),
+            groups=tuple(raw.get("groups", ())),
+            failures=dict(raw.get("failures", {})),
+            adaptive=dict(raw.get("adaptive", {})),
         )
 
     @property
@@ -63,7 +83,7 @@ class ClusterStatus:
         return sum(self.targets.values())
 
     def alive(self) -> list[dict[str, Any]]:
-        return [e for e in self.executors if e["phase"] in ("Pending", "Running")]
+        return [e for e in self.executors if e["phase"] in ALIVE]
 
     def requested_names(self) -> list[str]:
         return [str(e["id"]) for e in self.alive()]
@@ -85,6 +105,60 @@ class ClusterStatus:
     def phase_counts(self) -> Counter[str]:
         return Counter(e["phase"] for e in self.executors)
 
+    def group_names(self) -> list[str]:
+        """Every group the backend knows, plus any that still has a target or executors."""
+        names = set(self.groups) | set(self.targets) | {e.get("group", "default") for e in self.executors}
+        return sorted(names, key=lambda g: (g != "default", g))
+
+
+# ---------------------------------------------------------------------------------------------- rows
+@dataclass(frozen=True)
+class GroupRow:
+    """One worker group: what it should have, what it has, and why it stopped if it did."""
+
+    name: str
+    target: int
+    pending: int
+    running: int
+    registered: int
+    failed: int
+    verdict: str | None  # the failure verdict that stopped the group, highlighted
+    adaptive: str | None
+
+
+@dataclass(frozen=True)
+class ExecutorRow:
+    """One executor pod as shown; ``highlight`` is 'pending' (a reason keeps it waiting), 'failed' or ''."""
+
+    id: str
+    pod: str
+    group: str
+    phase: str
+    node: str
+    worker: str
+    age: str
+    reason: str
+    logs: str
+    highlight: str
+
+
+def group_rows(status: ClusterStatus) -> list[GroupRow]:
+    rows = []
+    for name in status.group_names():
+        executors = status.group_executors(name)
+        phases = Counter(e["phase"] for e in executors)
+        rows.append(GroupRow(
+            name=name,
+            target=status.targets.get(name, 0),
+            pending=phases["Pending"],
+            running=phases["Running"],
+            registered=sum(1 for e in executors if e.get("worker") and e["phase"] in ALIVE),
+            failed=status.failures.get(name, phases["Failed"]),
+            verdict=status.errors.get(name),
+            adaptive=status.adaptive.get(name),
+        ))
+    return rows
+
 
 def _age(created: float | None, now: float) -> str:
     if not created:
@@ -97,58 +171,64 @@ def _age(created: float | None, now: float) -> str:
     return f"{seconds // 3600}h"
 
 
-COLUMNS = ("ID", "POD", "GROUP", "PHASE", "NODE", "WORKER", "AGE", "REASON")
+def _highlight(executor: dict[str, Any]) -> str:
+    if executor["phase"] == "Pending" and executor.get("reason"):
+        return "pending"
+    if executor["phase"] == "Failed":
+        return "failed"
+    return ""
 
 
-def _rows(status: ClusterStatus, now: float) -> list[tuple[str, ...]]:
+def executor_rows(status: ClusterStatus, now: float) -> list[ExecutorRow]:
     return [
-        (
-            str(e["id"]),
-            e["pod"],
-            e.get("group", "default"),
-            e["phase"],
-            e.get("node") or "-",
-            e.get("worker") or "-",
-            _age(e.get("created"), now),
-            e.get("reason") or "",
+        ExecutorRow(
+            id=str(e["id"]),
+            pod=e["pod"],
+            group=e.get("group", "default"),
+            phase=e["phase"],
+            node=e.get("node") or "-",
+            worker=e.get("worker") or "-",
+            age=_age(e.get("created"), now),
+            reason=e.get("reason") or "",
+            logs=f"cluster.logs({e['id']})",
+            highlight=_highlight(e),
         )
         for e in sorted(status.executors, key=lambda e: int(e["id"]))
     ]
 
 
-def format_status_table(status: ClusterStatus, now: float | None = None) -> str:
-    """``kubectl get pods``-style table of the executors."""
-    rows = [COLUMNS, *_rows(status, time.time() if now is None else now)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    header = f"app {status.app_name} ({status.app_id}) namespace {status.namespace}: target {status.target}"
-    if status.closed:
-        header = f"app {status.app_name} ({status.app_id}) namespace {status.namespace}: closed; {status.closed}"
-    if status.error:
-        header += f"\nERROR: {status.error}"
-    return "\n".join([header, *lines])
+# ---------------------------------------------------------------------------------------------- text
+GROUP_COLUMNS = ("GROUP", "TARGET", "PENDING", "RUNNING", "REGISTERED", "FAILED")
+COLUMNS = ("ID", "POD", "GROUP", "PHASE", "NODE", "WORKER", "AGE", "REASON")
 
 
-def render_status_html(status: ClusterStatus, *, name: str, dashboard: str | None) -> str:
-    """HTML for ``_repr_html_`` and the widget: pods by phase, pending reasons, errors."""
-    counts = status.phase_counts()
-    phases = " · ".join(f"<b>{counts[p]}</b> {p}" for p in PHASE_ORDER if counts.get(p))
-    parts = [
-        f"<div><h4 style='margin:0'>KubeSparkCluster {html.escape(name)}</h4>",
-        f"<p>namespace <code>{html.escape(status.namespace)}</code> · app id <code>{html.escape(status.app_id)}</code>"
-        f" · target <b>{status.target}</b> · pods: {phases or 'none'}</p>",
-    ]
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def format_status_table(status: ClusterStatus, now: float | None = None, dashboard: str | None = None) -> str:
+    """The terminal view: a header (app, master, namespace, dashboard), the groups, then the executors
+    ``kubectl get pods``-style. Pending reasons and failure verdicts are the last column / lines."""
+    where = f"app {status.app_name} ({status.app_id}) namespace {status.namespace}"
     if status.closed:
-        parts.append(f"<p><b>Closed</b>: {html.escape(status.closed)}</p></div>")
-        return "".join(parts)
-    if dashboard:
-        parts.append(f"<p>Dashboard: <a href='{html.escape(dashboard)}' target='_blank'>{html.escape(dashboard)}</a></p>")
-    if status.pending_reasons:
-        items = "".join(
-            f"<li>executor {html.escape(str(k))}: {html.escape(v)}</li>" for k, v in sorted(status.pending_reasons.items())
-        )
-        parts.append(f"<p>Pending:</p><ul>{items}</ul>")
+        return f"{where}: closed; {status.closed}"
+    header = [f"{where}: target {status.target}"]
+    header += [f"{label}: {value}" for label, value in (("master", status.master), ("dashboard", dashboard)) if value]
     if status.error:
-        parts.append(f"<p style='color:#b00'><b>Error:</b> {html.escape(status.error)}</p>")
-    parts.append("</div>")
-    return "".join(parts)
+        header.append(f"ERROR: {status.error}")
+    groups = [GROUP_COLUMNS, *((g.name, str(g.target), str(g.pending), str(g.running), str(g.registered), str(g.failed))
+                               for g in group_rows(status))]
+    executors = [COLUMNS, *((r.id, r.pod, r.group, r.phase, r.node, r.worker, r.age, r.reason)
+                            for r in executor_rows(status, time.time() if now is None else now))]
+    return "\n".join([*header, *_table(groups), "", *_table(executors)])
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+def render_cluster_status_html(status: ClusterStatus, *, now: float | None = None) -> str:
+    """Rows for the ``cluster_status`` slot of distributed's ``cluster.html.j2`` (inside its table)."""
+    return get_template("kube_spark_cluster_status.html.j2").render(
+        status=status,
+        groups=group_rows(status),
+        executors=executor_rows(status, time.time() if now is None else now),
+    )

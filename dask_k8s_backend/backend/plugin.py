@@ -261,6 +261,9 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             "pending_reasons": pending,
             "events": list(self.events)[-50:],
             "pods_created": components.pods_created() if components else 0,
+            "master": self.connection.master,
+            "groups": self.groups.names(),
+            "failures": {g: components.failures.failure_count(g) for g in self.groups.names()} if components else {},
         }
 
     def _describe_state(self, executor_id: int, state: PodState, group: str) -> dict[str, Any]:
