@@ -4,6 +4,7 @@ Data flow on ``POST .../pods``: the API server calls :meth:`Admission.create_pod
 ``store.create``. Under one admission lock (so two concurrent creations cannot both take the
 last unit of a quota) it
 
+0. adds upstream's DefaultTolerationSeconds tolerations (not-ready and unreachable, NoExecute, 300 s),
 1. applies the namespace's LimitRange container defaults (``default`` / ``defaultRequest``),
 2. refuses min/max violations (403 Forbidden, kube-apiserver's "minimum cpu usage per Container ..."),
 3. refuses a pod that leaves a quota-constrained cpu/memory unset ("failed quota: q: must specify ...")
@@ -32,6 +33,31 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
+_NOT_READY = "node.kubernetes.io/not-ready"
+_UNREACHABLE = "node.kubernetes.io/unreachable"
+DEFAULT_TOLERATION_SECONDS = 300  # kube-apiserver's --default-not-ready/unreachable-toleration-seconds
+
+
+def default_tolerations(pod: dict) -> dict:
+    """The pod with upstream's DefaultTolerationSeconds admission applied (a copy when it changes).
+
+    A pod that does not tolerate ``not-ready`` / ``unreachable`` NoExecute taints (a toleration
+    with that key or no key, and effect NoExecute or none) gets one for 300 seconds, as every pod
+    on a real cluster does (plugin/pkg/admission/defaulttolerationseconds).
+    """
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return pod
+    tolerations = [t for t in spec.get("tolerations") or [] if isinstance(t, dict)]
+    missing = [key for key in (_NOT_READY, _UNREACHABLE) if not any(
+        t.get("key") in (key, None, "") and t.get("effect") in ("NoExecute", None, "") for t in tolerations)]
+    if not missing:
+        return pod
+    added = [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}
+             for key in missing]
+    return {**pod, "spec": {**spec, "tolerations": [*(spec.get("tolerations") or []), *added]}}
+
+
 def _forbidden(message: str, name: str) -> StatusError:
     return StatusError(403, "Forbidden", message, {"name": name, "kind": "pods"})
 
@@ -57,7 +83,8 @@ class Admission:
         return created
 
     def admit_pod(self, namespace: str, pod: dict) -> dict:
-        """The pod with LimitRange defaults; raises the 403 StatusError kube-apiserver would send."""
+        """The pod with default tolerations and LimitRange defaults; raises the 403 StatusError kube-apiserver would send."""
+        pod = default_tolerations(pod)
         meta = pod.get("metadata") or {}
         name = meta.get("name") or meta.get("generateName") or ""
         limit_ranges = self.store.list("limitranges", namespace)[0]

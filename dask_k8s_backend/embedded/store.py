@@ -79,6 +79,16 @@ ORPHAN = "orphan"
 
 Key = tuple[str | None, str]  # (namespace, name)
 
+# The status an object starts with whatever the client sent (upstream's PrepareForCreate of each
+# registry strategy, pkg/registry/core/*/strategy.go); nodes keep theirs, as upstream lets them.
+_STATUS_AT_CREATE: dict[str, str] = {
+    "pods": '{"phase": "Pending"}',
+    "namespaces": '{"phase": "Active"}',
+    "services": '{"loadBalancer": {}}',
+    "persistentvolumeclaims": '{"phase": "Pending"}',
+    "resourcequotas": "{}",
+}
+
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
@@ -576,10 +586,12 @@ class ObjectStore:
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
             meta.pop(field, None)
         meta.pop("generation", None)
+        if info.name in _STATUS_AT_CREATE:  # upstream strategies' PrepareForCreate: a client's status is dropped
+            obj["status"] = json.loads(_STATUS_AT_CREATE[info.name])
         if info.name == "pods":
-            # kube-apiserver's pod PrepareForCreate: generation 1, a client's status dropped, qosClass fixed here
+            # kube-apiserver's pod PrepareForCreate: generation 1 and the QoS class, fixed for the pod's life
             meta["generation"] = 1
-            obj["status"] = {"phase": "Pending", "qosClass": pod_qos_class(obj)}
+            obj["status"]["qosClass"] = pod_qos_class(obj)
         if info.name == "services" and obj["spec"].get("type") != "ExternalName":
             if not obj["spec"].get("clusterIP"):
                 n = self._next_service_ip

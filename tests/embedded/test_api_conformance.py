@@ -411,3 +411,45 @@ def test_a_pods_generation_counts_spec_changes_and_the_start_of_its_deletion(tar
     deleting = pods.delete_namespaced_pod("g", ns)
     assert deleting.metadata.deletion_timestamp and deleting.metadata.generation == 3
     assert pods.patch_namespaced_pod("g", ns, {"metadata": {"finalizers": None}}).metadata.generation == 3
+
+
+@pytest.mark.parametrize("given, added", [
+    ([], ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]),
+    ([{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}],
+     ["node.kubernetes.io/unreachable"]),
+    ([{"operator": "Exists"}], []),  # tolerates every taint
+    ([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"}],
+     ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]),
+])
+def test_a_created_pod_tolerates_not_ready_and_unreachable_nodes_for_300_seconds(target, given, added):
+    # Upstream admission plugin DefaultTolerationSeconds (plugin/pkg/admission/defaulttolerationseconds).
+    pod = pod_with("t", {})
+    pod["spec"]["tolerations"] = given
+    created = target.api_client.sanitize_for_serialization(target.core_v1.create_namespaced_pod(target.namespace, pod))
+    assert created["spec"].get("tolerations", []) == given + [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300} for key in added]
+
+
+@pytest.mark.parametrize("resource, body, status", [
+    ("resourcequotas", {"spec": {"hard": {"pods": "5"}}, "status": {"hard": {"pods": "1"}}}, {}),
+    ("services", {"spec": {"ports": [{"port": 80}]}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}},
+     {"loadBalancer": {}}),
+    ("persistentvolumeclaims", {"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                                "status": {"phase": "Bound"}}, {"phase": "Pending"}),
+])
+def test_a_clients_status_on_create_is_replaced_by_the_starting_status(target, resource, body, status):
+    # Upstream PrepareForCreate of the resourcequota, service and persistentvolumeclaim strategies.
+    code, created = target.raw("POST", f"/api/v1/namespaces/{target.namespace}/{resource}",
+                               body={"metadata": {"name": "x"}, **body})
+    assert code == 201 and created["status"] == status
+
+
+def test_a_namespace_starts_active_whatever_status_it_was_sent_with(target):
+    name = f"{target.namespace}-child"
+    code, created = target.raw("POST", "/api/v1/namespaces", body={"metadata": {"name": name},
+                                                                   "status": {"phase": "Terminating"}})
+    try:
+        assert code == 201 and created["status"] == {"phase": "Active"}
+        assert created["spec"] == {"finalizers": ["kubernetes"]}
+    finally:
+        target.raw("DELETE", f"/api/v1/namespaces/{name}")
