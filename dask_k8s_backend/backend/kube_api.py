@@ -11,6 +11,8 @@ handing parsed events to an ``asyncio.Queue``; closing or cancelling the async i
 socket down (``HTTPResponse.shutdown``), which wakes the reader thread so it ends at once.
 Every API failure is translated to a :class:`dask_k8s_backend.errors.KubernetesApiError`
 subclass in :func:`_translate` (one place); retries and rate limits live in the ``ApiClient``.
+Every answered or failed request is reported to ``on_request(verb, code)`` (the backend's metrics
+count them; it runs in a worker thread): ``code`` is the HTTP status, or 0 when no answer came.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ T = TypeVar("T")
 LIST_PAGE_SIZE = 500
 MERGE_PATCH = "application/merge-patch+json"
 _END = object()
+# The first words of an action -> the Kubernetes verb (the API's own names, as in audit logs).
+VERBS = (("delete pods", "deletecollection"), ("read", "get"), ("list", "list"), ("watch", "watch"),
+         ("create", "create"), ("delete", "delete"), ("patch", "patch"))
+RequestObserver = Callable[[str, int], None]
+
+
+def verb_of(action: str) -> str:
+    return next((verb for prefix, verb in VERBS if action.startswith(prefix)), action.split(" ", 1)[0])
 
 
 @runtime_checkable
@@ -93,6 +103,15 @@ class KubePodApi:
         self._connect_timeout = connect_timeout or request_timeout
         self._watches: set[_WatchStream] = set()
         self._closed = False
+        self.on_request: RequestObserver | None = None
+
+    def _observe(self, action: str, code: int) -> None:
+        """Report one request; an observer's failure never fails the request."""
+        if self.on_request is not None:
+            try:
+                self.on_request(verb_of(action), code)
+            except Exception:
+                logger.debug("the request observer failed for %s", action, exc_info=True)
 
     def __repr__(self) -> str:
         return f"KubePodApi(namespace={self.namespace!r})"
@@ -112,6 +131,7 @@ class KubePodApi:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except Exception as e:
             translated = _translate(e, action)
+            self._observe(action, int(getattr(translated, "code", 0) or 0))
             if translated is e:
                 raise
             raise translated from e
@@ -121,6 +141,7 @@ class KubePodApi:
 
         def run() -> Any:
             response = fn(*args, _preload_content=False, _request_timeout=self._timeout(), **kwargs)
+            self._observe(action, response.status)
             try:
                 return json.loads(response.data)
             finally:
@@ -192,15 +213,18 @@ class KubePodApi:
         return page.get("items") or []
 
     async def read_pod_log(self, name: str, tail_lines: int | None = None) -> str:
+        action = f"read the log of pod {name} in namespace {self.namespace}"
+
         def run() -> str:
             response = self._core.read_namespaced_pod_log(name, self.namespace, tail_lines=tail_lines,
                                                           _preload_content=False, _request_timeout=self._timeout())
+            self._observe(action, response.status)
             try:
                 return response.data.decode("utf-8", errors="replace")
             finally:
                 response.release_conn()
 
-        return await self._call(f"read the log of pod {name} in namespace {self.namespace}", run)
+        return await self._call(action, run)
 
     # ------------------------------------------------------------------ shutdown
     async def close(self) -> None:
@@ -264,6 +288,7 @@ class _WatchStream:
                 watch=True, allow_watch_bookmarks=True, timeout_seconds=int(self._timeout_seconds),
                 _preload_content=False, _request_timeout=self._api._timeout(self._timeout_seconds + 30),
             )
+            self._api._observe(self._action, response.status)
             with self._lock:
                 self._response = response
                 stopped = self._stopped
@@ -273,6 +298,8 @@ class _WatchStream:
                         break
                     deliver(json.loads(line))
         except Exception as e:
+            if self._response is None:  # the watch request itself failed (not a stream cut short)
+                self._api._observe(self._action, int(getattr(_translate(e, self._action), "code", 0) or 0))
             if not self._stopped:
                 deliver(e)
         finally:

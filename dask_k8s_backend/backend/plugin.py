@@ -34,6 +34,7 @@ from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodStat
 from .components import BackendComponents, build_components
 from .gatekeeper import RegistrationGatekeeper
 from .groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
+from .metrics import BackendMetrics, start_metrics, stop_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         self.events: deque[str] = deque(maxlen=MAX_EVENTS)
         self.errors: dict[str, str] = {}  # group -> why it stopped creating pods
         self.explanations: dict[int, str] = {}
+        self.metrics: BackendMetrics | None = None
         self._closing = False
 
     # ------------------------------------------------------------------ plugin hooks
@@ -94,6 +96,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         )
         self.gatekeeper.install(scheduler)
         self.components = build_components(self)
+        self.metrics = start_metrics(app_id=self.app.app_id, scheduler=scheduler, components=self.components)
         await self.components.start()
         logger.info("k8s backend started for app %s in namespace %s", self.app.app_id, self.app.namespace)
 
@@ -106,6 +109,8 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
 
     def build_pod(self, executor_id: int, group: str) -> dict:
         recipe = self.groups[group]
+        if self.metrics is not None:
+            self.metrics.note_requested(executor_id, group)  # the allocator creates it next: time to Running starts
         return build_executor_pod(
             executor_id=executor_id,
             app=self.app,
@@ -315,6 +320,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             except Exception:
                 logger.warning("retiring workers at shutdown failed; deleting their pods anyway", exc_info=True)
         remaining = await components.shutdown(timeout=timeout)
+        stop_metrics(self.app.app_id)
         return {"remaining": remaining}
 
     def _require_components(self) -> BackendComponents:
