@@ -160,8 +160,9 @@ class UpstreamServer:
             request = {"spec": {"expirationSeconds": TOKEN_SECONDS}}
             account = self.account(user)
             token = self.core.create_namespaced_service_account_token(account, self.namespace, request).status.token
+            ca_file = self.api.configuration.ssl_ca_cert  # the admin kubeconfig's CA, written out by the client
             path = write_kubeconfig(self._work_dir / f"kubeconfig-{user}", server=self.url,
-                                    ca_file=Path(self.api.configuration.ssl_ca_cert), token=token, name=user)
+                                    ca_file=Path(ca_file) if ca_file else None, token=token, name=user)
             self._kubeconfigs[user] = str(path)
         return self._kubeconfigs[user]
 
@@ -177,16 +178,21 @@ class UpstreamServer:
         core_api.delete_namespace(name)  # finished in the background by the namespace controller
 
     def close(self) -> None:
-        """Delete what :meth:`start` made; each step runs even if one before it failed."""
-        try:
-            for name in self._cluster_objects:
-                self.rbac.delete_cluster_role_binding(name)
-                self.rbac.delete_cluster_role(name)
-        finally:
+        """Delete what :meth:`start` made; each step runs even if one before it failed, and the first failure
+        (other than already gone) is raised at the end: a leftover ClusterRole would outlive the run."""
+        steps = [(self.rbac.delete_cluster_role_binding, name) for name in self._cluster_objects]
+        steps += [(self.rbac.delete_cluster_role, name) for name in self._cluster_objects]
+        steps.append((self.core.delete_namespace, self.namespace))
+        failures = []
+        for delete, name in steps:
             try:
-                self.core.delete_namespace(self.namespace)
-            finally:
-                self.api.close()
+                delete(name)
+            except k8s.ApiException as e:
+                if e.status != 404:
+                    failures.append(e)
+        self.api.close()
+        if failures:
+            raise failures[0]
 
 
 def role_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,8 +240,9 @@ def api_server(request: pytest.FixtureRequest, users: Mapping[str, list[dict]], 
 def create_quota(core_api: Any, namespace: str, hard: dict[str, str], name: str = "compute") -> None:
     """Create a ResourceQuota and wait until the quota controller has filled its status.
 
-    Upstream's quota admission refuses every pod with "status unknown for quota" until then; the
-    embedded controller fills it too, so the wait holds on both.
+    Until then upstream's quota admission may not enforce it (seen here: a pod admitted next to a
+    just-created ``pods: 0`` quota) or answer "status unknown for quota"; the embedded controller
+    fills the status too, so the wait holds on both.
     """
     core_api.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
     wait_until(lambda: set((core_api.read_namespaced_resource_quota(name, namespace).status.hard or {})) == set(hard),
