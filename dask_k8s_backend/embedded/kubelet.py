@@ -273,7 +273,8 @@ class PodWorker:
             if program is None:
                 raise FileNotFoundError(argv[0])
             self.dir.mkdir(parents=True, exist_ok=True)
-            proc = self.kubelet.launch([program] + argv[1:], env, self._working_dir(spec), log_path, self.setup.preexec)
+            proc = self.kubelet.launch([program] + argv[1:], env, self._working_dir(spec), log_path, self.setup.preexec,
+                                       memory_limit=container_memory_limit(spec))
         except (OSError, subprocess.SubprocessError) as e:
             message = (f'failed to create containerd task: failed to create shim task: OCI runtime create failed: '
                        f'runc create failed: unable to start container process: exec: "{argv[0]}": '
@@ -511,14 +512,15 @@ class ProcessKubelet(KubeletBase):
 
     # ------------------------------------------------------------------ container processes
     def launch(self, argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path,
-               preexec: processes.Preexec | None = None) -> processes.ContainerProcess:
+               preexec: processes.Preexec | None = None, *, memory_limit: int | None = None) -> processes.ContainerProcess:
         """Start a container's process: warm-forked when the runtime takes it, exec'd otherwise.
 
-        ``preexec`` runs in the child before the command (exec or in-process run).
+        ``preexec`` runs in the child before the command (exec or in-process run); ``memory_limit``
+        (bytes) lets the runtime exec a container too small to carry the preload.
         Raises OSError when the program cannot be executed.
         """
         if self.warm is not None:
-            proc = self.warm.start_container(argv, env, cwd, log_path, preexec)
+            proc = self.warm.start_container(argv, env, cwd, log_path, preexec, memory_limit=memory_limit)
             if proc is not None:
                 return proc
         return processes.spawn(argv, env, cwd, log_path, preexec)
@@ -556,9 +558,7 @@ class ProcessKubelet(KubeletBase):
                             if run.memory_limit is not None and run.proc.poll() is None and not run.oom_killed]
         if not limited:
             return
-        usage = processes.tree_rss((run.proc.pid for _, _, run in limited),
-                                   private_roots=[run.proc.pid for _, _, run in limited
-                                                  if isinstance(run.proc, warm.WarmProcess)])
+        usage = processes.tree_rss(run.proc.pid for _, _, run in limited)
         for worker, name, run in limited:
             run.rss = usage.get(run.proc.pid, 0)
             if run.rss > (run.memory_limit or 0):

@@ -10,10 +10,9 @@ asks :func:`tree_rss` for the resident memory of every container tree in one pas
 process table (cheap with 50 containers). :func:`exit_code` turns a ``wait`` status into the
 exit code a container runtime reports (128 + signal number for a signal).
 
-Memory: a warm-started container is a fork of a template that has already imported a lot; its
-resident set counts those pages although the template, not the container, brought them in (a
-cgroup charges a page to whoever touched it first). So the trees listed in ``private_roots``
-are measured by their unique set size (pages only they hold) instead of their resident set.
+Memory: every container tree is charged its resident set, a warm-started one included: a fork of
+the template counts the preloaded modules' pages, as a fresh interpreter that imported them would
+(the warm runtime execs containers whose limit is too small for that, see :mod:`.warm`).
 """
 
 from __future__ import annotations
@@ -116,14 +115,9 @@ def kill_tree(pid: int) -> None:
     signal_tree(pid, signal.SIGKILL, descendants(pid))
 
 
-def tree_rss(roots: Iterable[int], private_roots: Iterable[int] = ()) -> dict[int, int]:
-    """Resident bytes of each root's process tree, from one scan of the process table.
-
-    Trees of ``private_roots`` (warm-started containers, see the module docstring) count only
-    the pages their processes do not share.
-    """
+def tree_rss(roots: Iterable[int]) -> dict[int, int]:
+    """Resident bytes of each root's process tree, from one scan of the process table."""
     roots = list(roots)
-    private = set(private_roots)
     if not roots:
         return {}
     children: dict[int, list[int]] = {}
@@ -132,13 +126,12 @@ def tree_rss(roots: Iterable[int], private_roots: Iterable[int] = ()) -> dict[in
     totals: dict[int, int] = {}
     for root in roots:
         total, stack, seen = 0, [root], set()
-        measure = _uss if root in private else _rss
         while stack:
             pid = stack.pop()
             if pid in seen:
                 continue
             seen.add(pid)
-            total += measure(pid)
+            total += _rss(pid)
             stack.extend(children.get(pid, ()))
         totals[root] = total
     return totals
@@ -147,13 +140,6 @@ def tree_rss(roots: Iterable[int], private_roots: Iterable[int] = ()) -> dict[in
 def _rss(pid: int) -> int:
     try:
         return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return 0
-
-
-def _uss(pid: int) -> int:
-    try:
-        return psutil.Process(pid).memory_full_info().uss
     except psutil.Error:
         return 0
 

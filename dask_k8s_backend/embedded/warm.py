@@ -7,6 +7,11 @@ kubelet imports distributed once and forks a child per container, which then run
 in-process. It serves every pod alike (any client's), so it is a runtime feature, not a
 shortcut for our own workers; ``k8s-backend.embedded.warm-runtime: false`` turns it off.
 
+Memory: a forked container is charged its resident set like any other (processes.tree_rss), so
+it pays for the preloaded modules as a fresh interpreter that imported them would; a container
+whose memory limit is below :data:`MIN_LIMIT_FACTOR` times the template's resident set is exec'd,
+so a small container is not charged (and OOMKilled) for modules it never imports.
+
 Data flow: the kubelet asks :meth:`WarmRuntime.start_container` with the resolved command line;
 :func:`classify` accepts ``python -m MOD``, ``python -c CODE``, ``python FILE`` and scripts whose
 ``#!`` names this interpreter (``dask``), and :func:`same_interpreter_env` requires the
@@ -59,6 +64,8 @@ FORK_TIMEOUT = 30.0
 ARG_SPACE = 16 << 10
 ENV_SPACE = 64 << 10
 _ENV_PAD = "DASK_K8S_WARM_RUNTIME_ENV_SPACE"
+#: A container's memory limit must leave it this many times the template's resident set to be forked.
+MIN_LIMIT_FACTOR = 2.0
 #: Environment variables read while an interpreter starts (or by the preload at import), which a
 #: forked child could not honour: a container that sets them differently is exec'd.
 _INTERPRETER_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE", "HOME", "DASK_CONFIG", "DASK_ROOT_CONFIG")
@@ -186,6 +193,7 @@ class _Template:
         self.children: dict[int, WarmProcess] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        self.rss = 0  # resident bytes once the preload is done
 
 
 class WarmRuntime:
@@ -209,8 +217,9 @@ class WarmRuntime:
 
     # ------------------------------------------------------------------ kubelet-facing
     def start_container(self, argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path,
-                        preexec: Preexec | None = None) -> ContainerProcess | None:
-        """Fork the container from the template, or None when it must be exec'd (not eligible, no template)."""
+                        preexec: Preexec | None = None, *, memory_limit: int | None = None) -> ContainerProcess | None:
+        """Fork the container from the template, or None when it must be exec'd (not eligible, no template,
+        ``memory_limit`` too small for the preload: see the module docstring)."""
         launch = classify(argv)
         if launch is None or not same_interpreter_env(env, self.template_env) or not self._fits(launch, env):
             return None
@@ -218,7 +227,7 @@ class WarmRuntime:
         if preexec is not None and hook is None:
             return None
         template = self._running_template()
-        if template is None:
+        if template is None or (memory_limit is not None and memory_limit < MIN_LIMIT_FACTOR * template.rss):
             return None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         request = {"id": next(self._ids), "kind": launch.kind, "target": launch.target, "argv": list(launch.argv),
@@ -304,7 +313,9 @@ class WarmRuntime:
     def _handle(self, template: _Template, message: tuple) -> None:
         kind = message[0]
         if kind == "ready":
-            logger.debug("warm runtime: template %s ready (preloaded %s)", message[1], ",".join(self.preload))
+            template.rss = processes.tree_rss([message[1]]).get(message[1], 0)
+            logger.debug("warm runtime: template %s ready (preloaded %s, %d bytes resident)", message[1],
+                         ",".join(self.preload), template.rss)
             template.ready.set()
         elif kind == "broken":
             logger.warning("warm runtime disabled: %s; containers are exec'd", message[1])

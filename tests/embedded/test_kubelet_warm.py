@@ -192,19 +192,24 @@ def test_sigterm_ends_a_default_container_with_143_and_one_ignoring_it_is_killed
 
 
 def test_a_forked_container_over_its_memory_limit_is_oom_killed(node):
-    code = "import time; x = bytearray(200 * 2**20); x[::4096] = b'x' * len(x[::4096]); time.sleep(30)"
-    name = node.run(pod("hog", python(code), memory_limit="64Mi", memory="64Mi"))
+    code = ("import os, time; print('parent', os.getppid(), flush=True); time.sleep(0.5); "
+            "x = bytearray(500 * 2**20); x[::4096] = b'x' * len(x[::4096]); time.sleep(30)")
+    name = node.run(pod("hog", python(code), memory_limit="300Mi", memory="300Mi"))
+    wait_for(lambda: "parent" in node.log(name), what="the container started")
+    template = node.kubelet.warm.running_template()
     p = wait_phase(node.store, name, "Failed")
+    assert f"parent {template}" in node.log(name)
     assert (container_state(p)["terminated"]["exitCode"], container_state(p)["terminated"]["reason"]) == (137, "OOMKilled")
     assert any(e["reason"] == "OOMKilling" for e in store_events(node.store, name))
 
 
-def test_a_forked_container_is_charged_for_its_own_memory_not_the_template_s(node):
-    """Its resident set includes the template's preload (shared pages); a cgroup would not charge those."""
-    name = node.run(pod("small", python("import time; time.sleep(1.5); print('done')"),
-                        memory_limit="40Mi", memory="40Mi"))
+def test_a_container_whose_limit_is_too_small_for_the_preload_is_exec_d(node):
+    """Charged its resident set like any container, a fork would pay for modules it may never import."""
+    name = node.run(pod("small", python("import os; print('parent', os.getppid())"), memory_limit="64Mi",
+                        memory="64Mi"))
     p = wait_phase(node.store, name, "Succeeded", "Failed", timeout=20)
     assert container_state(p)["terminated"]["exitCode"] == 0, container_state(p)
+    assert f"parent {os.getpid()}" in node.log(name)
 
 
 def test_commands_the_template_cannot_run_faithfully_are_execd(node):
