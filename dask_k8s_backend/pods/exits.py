@@ -151,7 +151,8 @@ def explain_exit(term: dict[str, Any], pod: Pod, status: dict[str, Any], where: 
     if reason == "OOMKilled":
         limit = _memory_limit(pod, status.get("name"))
         used = f"more than its {limit} memory limit" if limit else "more than its memory limit"
-        return (f"OOMKilled{where}: container used {used}; raise worker memory (k8s-backend.worker.memory) "
+        exit_code = f" (exit code {code})" if code else ""
+        return (f"OOMKilled{where}: container used {used}{exit_code}; raise worker memory (k8s-backend.worker.memory) "
                 "or its overhead (worker.memory-overhead-factor).")
     if reason == "ContainerCannotRun":
         return f"could not start{where}: ContainerCannotRun ({message or 'no message'}); check the image and its command."

@@ -61,7 +61,7 @@ def test_bad_command_codes_point_to_image_and_command(code, words):
 
 def test_oom_killed_names_the_memory_limit_and_the_fix():
     text = failed(terminated(137, "OOMKilled"))
-    assert text == ("executor 7 OOMKilled: container used more than its 1.4 GiB memory limit; raise worker memory "
+    assert text == ("executor 7 OOMKilled: container used more than its 1.4 GiB memory limit (exit code 137); raise worker memory "
                     "(k8s-backend.worker.memory) or its overhead (worker.memory-overhead-factor).")
 
 
