@@ -31,10 +31,12 @@ from ..config import Settings
 from ..master import KubeConnection
 from ..pods.builder import AppSpec, build_executor_pod
 from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodState, PodSucceeded, PodTerminating
+from .autoscaling import Autoscalers
 from .components import BackendComponents, build_components
 from .gatekeeper import RegistrationGatekeeper
 from .groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
 from .metrics import BackendMetrics, start_metrics, stop_metrics
+from .stranded import StrandedTasks, killed_worker_note
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         self.events: deque[str] = deque(maxlen=MAX_EVENTS)
         self.errors: dict[str, str] = {}  # group -> why it stopped creating pods
         self.explanations: dict[int, str] = {}
+        self.autoscalers = Autoscalers(self)  # adapt() runs here, beside the scheduler
         self.metrics: BackendMetrics | None = None
+        self.stranded: StrandedTasks | None = None
         self._closing = False
 
     # ------------------------------------------------------------------ plugin hooks
@@ -94,8 +98,12 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
                 "k8s_workers_to_close": self.workers_to_close,
             }
         )
+        scheduler.handlers.update(self.autoscalers.handlers())  # k8s_adapt, k8s_adapt_stop
         self.gatekeeper.install(scheduler)
         self.components = build_components(self)
+        self.stranded = StrandedTasks(scheduler=scheduler, groups=self.groups, blocked=self.blocked_groups,
+                                      connected_groups=self.connected_groups,
+                                      say=lambda message: self.record(message, logging.ERROR))
         self.metrics = start_metrics(app_id=self.app.app_id, scheduler=scheduler, components=self.components)
         await self.components.start()
         logger.info("k8s backend started for app %s in namespace %s", self.app.app_id, self.app.namespace)
@@ -160,6 +168,31 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
     def on_failure_limit(self, group: str, message: str) -> None:
         self.errors[group] = message
         self.record(message, logging.ERROR)
+        if self.stranded is not None:
+            self.stranded.watch()  # tasks waiting for this group's workers fail with the message
+
+    def blocked_groups(self) -> dict[str, str]:
+        """Groups that stopped creating pods, with why (failures aged out of the window are not)."""
+        components = self.components
+        return {g: m for g, m in self.errors.items() if components is None or components.failures.is_blocked(g)}
+
+    def connected_groups(self) -> set[str]:
+        components = self._require_components()
+        return {components.group_of(self._executor_id(ws.name)) or "" for ws in self.scheduler.workers.values()}
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        """A task distributed failed with KilledWorker: say what Kubernetes knows about its last pod."""
+        if finish != "erred" or kwargs.get("exception") is None or self.components is None:
+            return
+        pods = self.components.store.current.executor_pods
+        note = killed_worker_note(kwargs["exception"], self._executor_of_name, self.explanations.get,
+                                  self.components.pod_name, lambda i: isinstance(pods.get(i), PodRunning))
+        if note is not None:
+            self.record(note, logging.WARNING)
+
+    def _executor_of_name(self, name: Any) -> int | None:
+        executor_id = self._executor_id(name)
+        return executor_id if executor_id >= 0 else None
 
     # ------------------------------------------------------------------ RPC handlers
     async def request_total_executors(self, n: int, group: str = labels.DEFAULT_GROUP) -> None:
@@ -196,6 +229,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         self.record(f"worker group {name!r} added")
 
     async def remove_worker_group(self, name: str) -> None:
+        await self.autoscalers.stop(name)
         await self.request_total_executors(0, name)
         self.groups.remove(name)
         self.record(f"worker group {name!r} removed")
@@ -308,7 +342,10 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         if self._closing or self.components is None:
             return {"remaining": 0}
         self._closing = True
+        await self.autoscalers.stop_all()
         self.gatekeeper.close()
+        if self.stranded is not None:
+            await self.stranded.stop()
         components = self.components
         names = list(self.scheduler.aliases) if self.scheduler else []
         if names:
