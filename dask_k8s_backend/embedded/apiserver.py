@@ -224,13 +224,14 @@ class ApiHandler(tornado.web.RequestHandler):
             return
         if path.startswith("/apis/authorization.k8s.io/v1/") and method == "POST":
             review = self._body()  # kubectl's `auth can-i` sends protobuf: _body decodes it
-            if path.rsplit("/", 1)[-1] == authz.SUBJECT_REVIEW_RESOURCE:  # about another user: its own rules
+            resource = path.rsplit("/", 1)[-1]
+            if resource == authz.SUBJECT_REVIEW_RESOURCE:  # about another user: its own rules
                 self._send(201, authz.subject_access_review(self.identity, self.server.identities, review))
                 return
-            if self.identity.rules is not None and isinstance(review, dict) and review.get("spec"):
-                self._send(201, authz.access_review(self.identity, review))
+            if resource == authz.REVIEW_RESOURCE:  # validated as upstream does, then the caller's rules (admin: all)
+                self._send(201, authz.access_review(self.identity, review if isinstance(review, dict) else {}))
                 return
-            self._send(201, discovery.access_review(review if isinstance(review, dict) else {}))
+            self._send(201, discovery.access_review(review if isinstance(review, dict) else {}))  # rules reviews
             return
         if method != "GET":
             raise method_not_allowed(f"the server does not allow this method on the requested resource ({path})")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hmac
+import json
 import logging
 import secrets
 import threading
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .status import StatusError, bad_request
+from .status import StatusError, invalid
 from .status import forbidden as forbidden_status
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def check(user: Identity, verb: str, resource: str, subresource: str = "", names
 
 def access_review(user: Identity, review: Mapping[str, Any]) -> dict[str, Any]:
     """Answer a SelfSubjectAccessReview body: the same object with ``status.allowed`` filled in."""
+    _valid_spec(review, about_someone=False)
     return _answer(user, review, "SelfSubjectAccessReview")
 
 
@@ -159,12 +161,32 @@ def subject_access_review(caller: Identity, identities: Identities | None, revie
     rules (RBAC binds nothing to it), a member of ``system:masters`` may do everything.
     """
     check(caller, "create", SUBJECT_REVIEW_RESOURCE, api_group=REVIEW_GROUP)
-    spec = review.get("spec") if isinstance(review, Mapping) else None
-    if not isinstance(spec, Mapping) or not (spec.get("user") or spec.get("groups")):
-        raise bad_request("SubjectAccessReview: spec.user or spec.groups is required (and resourceAttributes or "
-                          "nonResourceAttributes)")
+    spec = _valid_spec(review, about_someone=True)
     subject = _subject(identities, str(spec.get("user") or ""), tuple(spec.get("groups") or ()))
     return _answer(subject, review, "SubjectAccessReview")
+
+
+def _valid_spec(review: Any, *, about_someone: bool) -> Mapping[str, Any]:
+    """The review's spec, or upstream's 422 (ValidateSubjectAccessReviewSpec / ValidateSelfSubjectAccessReviewSpec):
+    exactly one of resourceAttributes and nonResourceAttributes, and a user or group when asking about someone."""
+    spec = review.get("spec") if isinstance(review, Mapping) else None
+    spec = spec if isinstance(spec, Mapping) else {}
+    resource, non_resource = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+    causes = []
+    if resource is not None and non_resource is not None:
+        fields = non_resource if isinstance(non_resource, Mapping) else {}
+        shown = json.dumps({"Path": fields.get("path", ""), "Verb": fields.get("verb", "")}, separators=(",", ":"))
+        causes.append(("spec.nonResourceAttributes",
+                       f"Invalid value: {shown}: cannot be specified in combination with resourceAttributes"))
+    if resource is None and non_resource is None:
+        causes.append(("spec.resourceAttributes", "Invalid value: null: exactly one of nonResourceAttributes or "
+                                                  "resourceAttributes must be specified"))
+    if about_someone and not spec.get("user") and not spec.get("groups"):
+        shown = json.dumps(str(spec.get("user") or ""))
+        causes.append(("spec.user", f"Invalid value: {shown}: at least one of user or group must be specified"))
+    if causes:  # the decoded object has no kind by then: upstream names it ".authorization.k8s.io"
+        raise invalid("", "", causes, group=REVIEW_GROUP)
+    return spec
 
 
 def _subject(identities: Identities | None, name: str, groups: tuple[str, ...]) -> Identity:
@@ -176,9 +198,7 @@ def _subject(identities: Identities | None, name: str, groups: tuple[str, ...]) 
 
 
 def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """``review`` with ``status`` filled in from ``user``'s rules (shared by both kinds of review)."""
-    if not isinstance(review, Mapping) or not isinstance(review.get("spec"), Mapping):
-        raise bad_request(f"{kind}: the body needs a 'spec' with resourceAttributes or nonResourceAttributes")
+    """``review`` (its spec validated by :func:`_valid_spec`) with ``status`` filled in from ``user``'s rules."""
     spec = review["spec"]
     out = copy.deepcopy(dict(review))
     out["spec"] = _without_empty_strings(out["spec"])
@@ -186,16 +206,16 @@ def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, A
     out.setdefault("kind", kind)
     out.setdefault("metadata", {})
     attributes = spec.get("resourceAttributes")
-    if attributes:
+    if attributes is not None:
+        attributes = attributes if isinstance(attributes, Mapping) else {}
         allowed = authorize(
             user, attributes.get("verb") or "", attributes.get("resource") or "", attributes.get("subresource") or "",
             attributes.get("namespace") or None, api_group=attributes.get("group") or "", name=attributes.get("name") or None,
         )
-    elif spec.get("nonResourceAttributes"):
-        verb = (spec["nonResourceAttributes"].get("verb") or "").lower()
-        allowed = user.rules is None or verb in _READ_VERBS  # system:discovery
     else:
-        raise bad_request(f"{kind}: spec needs resourceAttributes or nonResourceAttributes")
+        non_resource = spec["nonResourceAttributes"]
+        verb = (non_resource.get("verb") or "").lower() if isinstance(non_resource, Mapping) else ""
+        allowed = user.rules is None or verb in _READ_VERBS  # system:discovery
     status: dict[str, Any] = {"allowed": allowed}
     if allowed and user.rules is not None:
         status["reason"] = f'RBAC: allowed by the embedded rules of user "{user.name}"'

@@ -9,7 +9,11 @@ restricted users lack. The answers' fields are upstream's: ``allowed``, and no r
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from dask_k8s_backend.embedded.authz import Identities, Identity, subject_access_review
 from dask_k8s_backend.embedded.status import StatusError
@@ -40,10 +44,6 @@ def review(user: str, verb: str, resource: str = "pods", namespace: str = "defau
 
 
 def ask(kubeconfig: str, body: dict) -> dict:
-    import json
-
-    from kubernetes import client, config
-
     api_client = config.new_client_from_config(config_file=kubeconfig)
     try:
         api = client.AuthorizationV1Api(api_client)
@@ -83,10 +83,6 @@ def test_an_unknown_user_may_do_nothing_and_system_masters_everything(kube):
 
 
 def test_asking_about_others_needs_its_own_permission(kube):
-    import json
-
-    from kubernetes.client.exceptions import ApiException
-
     question = review(kube.user_name(SA), "create", namespace=kube.namespace)
     with pytest.raises(ApiException) as info:
         ask(kube.kubeconfig_for("plain"), question)
@@ -100,10 +96,6 @@ def test_asking_about_others_needs_its_own_permission(kube):
 
 
 def test_self_reviews_still_answer_for_the_caller(kube):
-    import json
-
-    from kubernetes import client, config
-
     api_client = config.new_client_from_config(config_file=kube.kubeconfig_for("plain"))
     try:
         body = {"spec": {"resourceAttributes": {"namespace": kube.namespace, "verb": "create", "resource": "pods"}}}
@@ -114,8 +106,39 @@ def test_self_reviews_still_answer_for_the_caller(kube):
     assert answer["status"]["allowed"] is False  # "plain" may only list pods, whatever SA may do
 
 
-def test_a_review_without_a_subject_is_a_bad_request():
+@pytest.mark.parametrize("resource, spec, field, why", [
+    ("subjectaccessreviews", {"resourceAttributes": {"verb": "get", "resource": "pods"}}, "spec.user",
+     'Invalid value: "": at least one of user or group must be specified'),
+    ("subjectaccessreviews", {"user": "x"}, "spec.resourceAttributes",
+     "Invalid value: null: exactly one of nonResourceAttributes or resourceAttributes must be specified"),
+    ("subjectaccessreviews", {"user": "x", "resourceAttributes": {"verb": "get", "resource": "pods"},
+                              "nonResourceAttributes": {"verb": "get", "path": "/x"}}, "spec.nonResourceAttributes",
+     'Invalid value: {"Path":"/x","Verb":"get"}: cannot be specified in combination with resourceAttributes'),
+    ("selfsubjectaccessreviews", {}, "spec.resourceAttributes",
+     "Invalid value: null: exactly one of nonResourceAttributes or resourceAttributes must be specified"),
+])
+def test_a_review_that_asks_nothing_answerable_is_upstreams_422(kube, resource, spec, field, why):
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig)
+    api = client.AuthorizationV1Api(api_client)
+    create = api.create_subject_access_review if resource == "subjectaccessreviews" else api.create_self_subject_access_review
+    try:
+        with pytest.raises(client.ApiException) as info:
+            create({"spec": spec}, _preload_content=False)
+    finally:
+        api_client.close()
+    status = json.loads(info.value.body)
+    assert (status["code"], status["reason"]) == (422, "Invalid")
+    assert status["message"] == f'.authorization.k8s.io "" is invalid: {field}: {why}'
+    assert status["details"] == {"group": "authorization.k8s.io",
+                                 "causes": [{"reason": "FieldValueInvalid", "message": why, "field": field}]}
+
+
+def test_a_review_without_a_subject_is_invalid_after_the_callers_permission():
     identities = Identities()
     with pytest.raises(StatusError) as info:
         subject_access_review(Identity("admin"), identities, {"spec": {"resourceAttributes": {"verb": "get"}}})
-    assert info.value.code == 400 and "spec.user" in info.value.message
+    assert info.value.code == 422 and "spec.user" in info.value.message
+    plain = identities.authenticate(identities.add_user("plain", USERS["plain"]))
+    with pytest.raises(StatusError) as info:  # asking at all is refused first, as upstream authorizes before validating
+        subject_access_review(plain, identities, {"spec": {"resourceAttributes": {"verb": "get"}}})
+    assert info.value.code == 403
