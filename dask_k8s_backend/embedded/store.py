@@ -604,9 +604,12 @@ class ObjectStore:
                 data[k] = base64.b64encode(str(v).encode()).decode()
 
     def _update(self, info: ResourceInfo, key: Key, old: Entry, new: dict, dry_run: bool = False) -> Entry:
-        """Commit ``new`` over ``old`` (no-op when unchanged); remove it when its last finalizer went.
+        """Commit ``new`` over ``old`` (no-op when unchanged); remove the object when its last finalizer went.
 
-        ``dry_run`` stops right before the commit and returns ``new`` as an uncommitted entry.
+        Like upstream's registry (ShouldDeleteDuringUpdate), an update that empties the finalizers
+        of an object being deleted is not stored: the object is removed as it was (one DELETED
+        event, no MODIFIED first) and the caller gets ``new`` back. ``dry_run`` stops right before
+        the commit and returns ``new`` as an uncommitted entry.
         """
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old.meta["resourceVersion"]
@@ -614,10 +617,10 @@ class ObjectStore:
             return old
         if dry_run:
             return Entry(new)
-        entry = self._commit("MODIFIED", info, key, old, new)
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and key not in self._awaiting_kubelet:
-            self._remove_object(info, key, entry)
-        return entry
+            self._remove_object(info, key, old)
+            return Entry(new)
+        return self._commit("MODIFIED", info, key, old, new)
 
     def _commit(self, type_: str, info: ResourceInfo, key: Key, old: Entry | None, new: dict) -> Entry:
         self._rv += 1

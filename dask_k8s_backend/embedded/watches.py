@@ -22,7 +22,8 @@ from typing import Callable
 
 from .listoptions import ListOptions
 from .selectors import Selector
-from .store import ObjectStore, WatchEvent, resource_info
+from .store import Entry, ObjectStore, WatchEvent, resource_info
+from .tables import table_for
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _END_OF_INITIAL_EVENTS = "initial-events-end"  # type of the marker event queued after the initial ADDED events
@@ -123,23 +124,33 @@ class WatchStream:
     def _render(self, event: WatchEvent) -> bytes | None:
         if event.resource != self.resource:
             return None
-        now = self._matches(event.entry.view)
-        type_ = event.type
-        if type_ == "MODIFIED":
-            before = event.old is not None and self._matches(event.old.view)
-            if now and not before:
-                type_ = "ADDED"
-            elif before and not now:
-                type_, now = "DELETED", True
-        if not now:
+        seen = self._as_seen(event)
+        if seen is None:
             return None
-        body = event.entry.json()
+        type_, entry = seen
+        body = entry.json()
         if self.as_table:
-            from .tables import table_for
-            obj = event.entry.obj
+            obj = entry.obj
             body = json.dumps(table_for(resource_info(self.resource), [obj], obj["metadata"]["resourceVersion"], None),
                               separators=(",", ":")).encode()
         return b'{"type":"' + type_.encode() + b'","object":' + body + b"}\n"
+
+    def _as_seen(self, event: WatchEvent) -> tuple[str, Entry] | None:
+        """The event as this watch's selectors see it, or None when they hide it.
+
+        An object that starts matching is ADDED; one that stops matching is DELETED with the
+        version that last matched, stamped with the event's resourceVersion (upstream's
+        cache_watcher convertToWatchEvent).
+        """
+        now = self._matches(event.entry.view)
+        if event.type != "MODIFIED":
+            return (event.type, event.entry) if now else None
+        before = event.old is not None and self._matches(event.old.view)
+        if now:
+            return ("MODIFIED" if before else "ADDED"), event.entry
+        if before:
+            return "DELETED", _at_version(event.old, event.rv)  # type: ignore[arg-type]
+        return None
 
     def bookmark(self, *, initial_events_end: bool = False) -> bytes:
         """A BOOKMARK line with the last resourceVersion this watch has seen (marking the initial events' end)."""
@@ -148,6 +159,13 @@ class WatchStream:
             meta["annotations"] = {INITIAL_EVENTS_END: "true"}
         obj = {"kind": self.kind, "apiVersion": "v1", "metadata": meta}
         return json.dumps({"type": "BOOKMARK", "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def _at_version(entry: Entry, rv: int) -> Entry:
+    """A copy of ``entry`` carrying resourceVersion ``rv``."""
+    obj = entry.copy()
+    obj["metadata"]["resourceVersion"] = str(rv)
+    return Entry(obj)
 
 
 def error_line(status: dict) -> bytes:

@@ -256,7 +256,7 @@ class Watch:
         return events
 
     def close(self) -> None:
-        self.response.release_conn()
+        self.response.shutdown()  # end the connection; release_conn would drain the stream until its timeout
         self.response.close()
 
 
@@ -453,3 +453,31 @@ def test_a_namespace_starts_active_whatever_status_it_was_sent_with(target):
         assert created["spec"] == {"finalizers": ["kubernetes"]}
     finally:
         target.raw("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def test_watch_events_through_a_selector_and_a_finalized_deletion(target):
+    # Upstream cache_watcher convertToWatchEvent: an object that stops matching is DELETED with its
+    # last matching version; registry store Update (ShouldDeleteDuringUpdate): removing the last
+    # finalizer of a deleting object deletes it as stored, one DELETED event without a MODIFIED.
+    _, listed = list_secrets(target)
+    watch = Watch(target, {"resourceVersion": listed["metadata"]["resourceVersion"], "labelSelector": "keep=yes"})
+    path = f"/api/v1/namespaces/{target.namespace}/secrets/a"
+
+    def patch(body: dict) -> None:
+        assert target.raw("PATCH", path, body=body, content_type="application/merge-patch+json")[0] == 200
+
+    try:
+        make_secrets(target, "a", labels={"keep": "yes"})
+        patch({"metadata": {"labels": {"keep": "no"}}})
+        patch({"metadata": {"labels": {"keep": "yes"}, "finalizers": ["example.com/hold"]}})
+        assert target.raw("DELETE", path)[0] == 200
+        patch({"metadata": {"finalizers": None}})
+        seen = []
+        for event in watch.until(lambda e: e["type"] == "DELETED" and e["object"]["metadata"].get("deletionTimestamp")):
+            meta = event["object"]["metadata"]
+            seen.append((event["type"], meta["labels"]["keep"], bool(meta.get("deletionTimestamp")), meta.get("finalizers")))
+        assert seen == [("ADDED", "yes", False, None), ("DELETED", "yes", False, None),
+                        ("ADDED", "yes", False, ["example.com/hold"]), ("MODIFIED", "yes", True, ["example.com/hold"]),
+                        ("DELETED", "yes", True, ["example.com/hold"])]
+    finally:
+        watch.close()
