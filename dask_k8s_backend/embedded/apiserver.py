@@ -231,7 +231,10 @@ class ApiHandler(tornado.web.RequestHandler):
             if resource == authz.REVIEW_RESOURCE:  # validated as upstream does, then the caller's rules (admin: all)
                 self._send(201, authz.access_review(self.identity, review if isinstance(review, dict) else {}))
                 return
-            self._send(201, discovery.access_review(review if isinstance(review, dict) else {}))  # rules reviews
+            if resource == authz.RULES_REVIEW_RESOURCE and self.identity.rules is not None:
+                self._send(201, authz.rules_review(self.identity, review if isinstance(review, dict) else {}))
+                return
+            self._send(201, discovery.access_review(review if isinstance(review, dict) else {}))  # the admin's rules
             return
         if method != "GET":
             raise method_not_allowed(f"the server does not allow this method on the requested resource ({path})")

@@ -42,6 +42,12 @@ REVIEW_GROUP = "authorization.k8s.io"
 REVIEW_VERSION = "v1"
 REVIEW_RESOURCE = "selfsubjectaccessreviews"
 SUBJECT_REVIEW_RESOURCE = "subjectaccessreviews"
+RULES_REVIEW_RESOURCE = "selfsubjectrulesreviews"
+# What every authenticated identity may do on a real cluster (system:basic-user, system:discovery), as
+# SelfSubjectRulesReview lists it.
+BASIC_USER_RULES = ({"verbs": ["create"], "apiGroups": [REVIEW_GROUP], "resources": [REVIEW_RESOURCE, RULES_REVIEW_RESOURCE]},)
+DISCOVERY_RULES = ({"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez",
+                                                         "/openapi", "/openapi/*", "/readyz", "/version", "/version/"]},)
 SUPERUSER_GROUP = "system:masters"
 _READ_VERBS = ("get", "list", "watch")
 
@@ -220,6 +226,27 @@ def _answer(user: Identity, review: Mapping[str, Any], kind: str) -> dict[str, A
     if allowed and user.rules is not None:
         status["reason"] = f'RBAC: allowed by the embedded rules of user "{user.name}"'
     out["status"] = status  # a denial has no reason: upstream's RBAC authorizer gives none (NoOpinion, "")
+    return out
+
+
+def rules_review(user: Identity, review: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer a SelfSubjectRulesReview for a restricted ``user``: its rules that apply in ``spec.namespace``
+    (cluster-wide ones included) after what every identity may do, as upstream lists them."""
+    namespace = ((review.get("spec") or {}) if isinstance(review, Mapping) else {}).get("namespace") or None
+    own = [_rule_dict(r) for r in user.rules or () if r.namespaces is None or namespace in r.namespaces]
+    out = copy.deepcopy(dict(review)) if isinstance(review, Mapping) else {}
+    out.setdefault("apiVersion", f"{REVIEW_GROUP}/{REVIEW_VERSION}")
+    out.setdefault("kind", "SelfSubjectRulesReview")
+    out.setdefault("metadata", {})
+    out["status"] = {"resourceRules": [*copy.deepcopy(BASIC_USER_RULES), *own],
+                     "nonResourceRules": list(copy.deepcopy(DISCOVERY_RULES)), "incomplete": False}
+    return out
+
+
+def _rule_dict(rule: PolicyRule) -> dict[str, Any]:
+    out: dict[str, Any] = {"verbs": list(rule.verbs), "apiGroups": list(rule.api_groups), "resources": list(rule.resources)}
+    if rule.resource_names:
+        out["resourceNames"] = list(rule.resource_names)
     return out
 
 

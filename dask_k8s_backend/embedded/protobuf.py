@@ -128,12 +128,15 @@ MESSAGES: dict[str, dict[int, Field]] = {
     "ResourceAttributes": {1: Field("namespace"), 2: Field("verb"), 3: Field("group"), 4: Field("version"),
                            5: Field("resource"), 6: Field("subresource"), 7: Field("name")},
     "NonResourceAttributes": {1: Field("path"), 2: Field("verb")},
+    # kubectl auth can-i --list
+    "SelfSubjectRulesReview": {1: _META, 2: Field("spec", "SelfSubjectRulesReviewSpec")},
+    "SelfSubjectRulesReviewSpec": {1: Field("namespace")},
 }
 
 # (apiVersion, kind) of the top-level objects this module decodes
 KINDS = frozenset([("v1", kind) for kind in
                    ("Namespace", "Secret", "ConfigMap", "ServiceAccount", "Service", "ResourceQuota")]
-                  + [("authorization.k8s.io/v1", "SelfSubjectAccessReview")])
+                  + [("authorization.k8s.io/v1", kind) for kind in ("SelfSubjectAccessReview", "SelfSubjectRulesReview")])
 
 
 # ------------------------------------------------------------------------ wire format

@@ -143,6 +143,21 @@ def test_kubectl_auth_can_i_answers_from_the_restricted_users_rules(kube):
     assert can_i("get", "pods") == "no"  # the restricted rules grant get on pods/log only
 
 
+def test_kubectl_auth_can_i_list_shows_the_restricted_users_rules_not_everything(kube):
+    done = subprocess.run(["kubectl", "--kubeconfig", kube.kubeconfig_for("no-create-pods"), "auth", "can-i", "--list",
+                           "-n", kube.namespace], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    verbs: dict[str, set[str]] = {}
+    for line in done.stdout.splitlines()[1:]:  # "Resources  Non-Resource URLs  Resource Names  Verbs"
+        if line and not line.startswith(" "):
+            resource, verb_list = line.split()[0], line[line.rindex("[") + 1:line.rindex("]")]
+            verbs.setdefault(resource, set()).update(verb_list.split())
+    assert "*.*" not in verbs, done.stdout
+    assert verbs["pods"] == {"list", "watch", "delete", "deletecollection", "patch"}  # not create
+    assert verbs["pods/log"] == {"get"}
+    assert verbs["selfsubjectaccessreviews.authorization.k8s.io"] == {"create"}  # every identity may ask
+
+
 def test_a_restricted_token_gets_kube_apiservers_403_for_what_its_rules_do_not_grant(kube):
     api_client = config.new_client_from_config(config_file=kube.kubeconfig_for("no-delete-pods"))
     try:

@@ -142,3 +142,24 @@ def test_a_review_without_a_subject_is_invalid_after_the_callers_permission():
     with pytest.raises(StatusError) as info:  # asking at all is refused first, as upstream authorizes before validating
         subject_access_review(plain, identities, {"spec": {"resourceAttributes": {"verb": "get"}}})
     assert info.value.code == 403
+
+
+def rules(body: dict) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every resource rule a SelfSubjectRulesReview lists."""
+    return {(group, resource, verb) for rule in body["status"]["resourceRules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_a_rules_review_lists_the_callers_own_rules_not_everything(kube):
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig_for("plain"))
+    try:
+        body = json.loads(client.AuthorizationV1Api(api_client).create_self_subject_rules_review(
+            {"spec": {"namespace": kube.namespace}}, _preload_content=False).data)
+    finally:
+        api_client.close()
+    listed = rules(body)
+    assert ("", "pods", "list") in listed and ("", "pods", "create") not in listed
+    assert not any("*" in triple for triple in listed), listed  # what `kubectl auth can-i --list` shows
+    assert {("authorization.k8s.io", "selfsubjectaccessreviews", "create"),
+            ("authorization.k8s.io", "selfsubjectrulesreviews", "create")} <= listed  # every identity may ask
+    assert body["status"]["incomplete"] is False
