@@ -43,7 +43,8 @@ class Suite:
 
 
 SUITES = (
-    Suite("smoke (kubectl: version, nodes, run/logs/delete)", ("tests/upstream", "--k8s-kubeconfig", "{kc}"), 300),
+    Suite("tests/upstream (kubectl smoke: version, nodes, run/logs/delete; cluster mode under deploy/rbac.yaml)",
+          ("tests/upstream", "--k8s-kubeconfig", "{kc}"), 300),
     Suite("node agent (tests/node: registration, lease, phases, logs via pods/log, SIGTERM/SIGKILL, tokens)",
           ("tests/node", "--k8s-kubeconfig", "{kc}"), 300),
     # The same requests against the embedded API server and this one (issue 14's differential conformance).
