@@ -149,10 +149,17 @@ def _violations(kind: str, requests: Mapping[str, Any], limits: Mapping[str, Any
         elif key in requests and parse_quantity(requests[key]) > high:
             problems.append(f"maximum {key} usage per {kind} is {maximum}, but request is {requests[key]}")
     for key, ratio in (item.get("maxLimitRequestRatio") or {}).items():
-        if key in limits and key in requests and parse_quantity(requests[key]) > 0:
-            actual = parse_quantity(limits[key]) / parse_quantity(requests[key])
-            if actual > parse_quantity(ratio):
-                problems.append(f"{key} max limit to request ratio per {kind} is {ratio}, but provided ratio is {float(actual):f}")
+        request = parse_quantity(requests[key]) if key in requests else Decimal(0)
+        limit = parse_quantity(limits[key]) if key in limits else Decimal(0)
+        if request == 0:  # a ratio needs both: upstream refuses a container without either
+            problems.append(f"{key} max limit to request ratio per {kind} is {ratio}, but no request is specified or "
+                            "request is 0")
+        elif limit == 0:
+            problems.append(f"{key} max limit to request ratio per {kind} is {ratio}, but no limit is specified or "
+                            "limit is 0")
+        elif limit / request > parse_quantity(ratio):
+            problems.append(f"{key} max limit to request ratio per {kind} is {ratio}, but provided ratio is "
+                            f"{float(limit / request):f}")
     return problems
 
 

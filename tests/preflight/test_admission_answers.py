@@ -9,6 +9,7 @@ wait instead of failing the worker).
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from kubernetes import client
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def namespace(kube, core_api, request):
-    name = f"{kube.namespace}-admission-{request.node.name[5:25].replace('_', '-')}".strip("-").lower()
+def namespace(kube, core_api):
+    name = f"{kube.namespace}-admission-{uuid.uuid4().hex[:8]}"  # upstream deletes namespaces in the background
     kube.create_namespace(core_api, name)
     yield name
     kube.delete_namespace(core_api, name)
@@ -68,3 +69,19 @@ def test_limit_range_violations_are_listed_once_each_the_first_check_of_each_con
     one_problem = {"limits": {"cpu": "1", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}
     assert refusal(core_api, namespace, two_container_pod("e", one_problem)) == (
         'pods "e" is forbidden: maximum memory usage per Container is 2Gi, but limit is 4Gi')  # no brackets
+
+
+@pytest.mark.parametrize("resources, problem", [
+    ({}, "but no request is specified or request is 0"),
+    ({"requests": {"cpu": "1"}}, "but no limit is specified or limit is 0"),
+    ({"requests": {"cpu": "1"}, "limits": {"cpu": "4"}}, "but provided ratio is 4.000000"),
+])
+def test_a_limit_to_request_ratio_needs_both_and_is_checked_before_the_pod_maximum(core_api, namespace, resources,
+                                                                                  problem):
+    core_api.create_namespaced_limit_range(namespace, {"metadata": {"name": "ratio"}, "spec": {"limits": [
+        {"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}, {"type": "Pod", "max": {"memory": "1Gi"}}]}})
+    pod = {"metadata": {"name": "r"}, "spec": {"nodeSelector": {"example.com/nowhere": "true"},
+                                               "containers": [{"name": "worker", "image": "x", "resources": resources}]}}
+    assert refusal(core_api, namespace, pod) == (
+        f'pods "r" is forbidden: [cpu max limit to request ratio per Container is 2, {problem}, '
+        "maximum memory usage per Pod is 1Gi.  No limit is specified]")
