@@ -617,13 +617,25 @@ class KubeSparkCluster(Cluster):
         if workers and POD_LOGS in self.missing_optional_permissions:
             logs["workers"] = Log(str(feature_refusal("get_logs()", "read pod logs", POD_LOGS, self.app.namespace)))
         elif workers:
-            status = await self._refresh_status()
-            for executor in status.executors:
-                if workers is not True and str(executor["id"]) not in {str(w) for w in workers}:
+            for executor_id, pod in (await self._log_sources()).items():
+                if workers is not True and executor_id not in {str(w) for w in workers}:
                     continue
-                text = await self._guarded("reading a pod log", self._executor_log(executor["id"]))
-                logs[executor["pod"]] = Log(text or "")
+                logs[pod] = Log(await self._log_or_reason(executor_id))
         return logs
+
+    async def _log_sources(self) -> dict[str, str]:
+        """Executor id -> pod name: the current pods and those whose logs were kept after deletion."""
+        status = await self._refresh_status()
+        sources = await self.scheduler_comm.k8s_kept_logs()  # type: ignore[union-attr]
+        sources.update({str(e["id"]): e["pod"] for e in status.executors})
+        return dict(sorted(sources.items(), key=lambda item: int(item[0])))
+
+    async def _log_or_reason(self, executor_id: str) -> str:
+        """A log, or one line saying why there is none (a pod removed by scale-down has none): no traceback."""
+        try:
+            return await self._executor_log(executor_id)
+        except Exception as e:
+            return f"(no log for executor {executor_id}: {e})"
 
     # ------------------------------------------------------------------ display
     def _status_for_display(self) -> ClusterStatus:

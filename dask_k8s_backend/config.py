@@ -80,6 +80,8 @@ class ExecutorSettings:
     max_failures: int | None = None
     failures_validity_interval: float | None = None
     delete_grace_period: float = 30.0
+    kept_log_bytes: int = 64 << 10
+    kept_logs_total: int = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,7 @@ SCHEMA: dict[str, Validator] = {
     "executor.delete-on-termination": _boolean, "executor.missing-pod-detect-delta": _DURATION,
     "executor.max-failures": _optional(_positive(_integer)),
     "executor.failures-validity-interval": _optional(_DURATION), "executor.delete-grace-period": _DURATION0,
+    "executor.kept-log-bytes": _positive(parse_memory, allow_zero=True), "executor.kept-logs-total": _positive(parse_memory, allow_zero=True),
     "api.request-timeout": _DURATION, "api.connection-timeout": _DURATION,
     "api.max-retries": _positive(_integer, allow_zero=True), "api.qps": _positive(_number),
     "api.burst": _positive(_integer),

@@ -19,6 +19,7 @@ from .. import labels
 from ..clock import Clock, SystemClock
 from .allocator import ExecutorPodsAllocator
 from .failures import FailureTracker
+from .kept_logs import KeptLogs
 from .kube_api import KubePodApi
 from .lifecycle import ExecutorPodsLifecycleManager
 from .nodes import NodeCapacity
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_POLL = 0.2
+KEEP_WAIT = 10.0  # how long shutdown waits for retired workers' pods to finish before keeping them
+FINISHED = ("Succeeded", "Failed")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class BackendComponents:
     nodes: NodeCapacity
     selector: str
     clock: Clock
+    keep_finished: bool = False  # executor.delete-on-termination false: finished pods outlive the app
 
     async def start(self) -> None:
         self.nodes.start()
@@ -119,14 +123,22 @@ class BackendComponents:
                 logger.warning("stopping the %s failed", name, exc_info=True)
 
     async def shutdown(self, timeout: float) -> int:
-        """Delete every pod of the app and wait until the API lists none; returns how many remain."""
+        """Delete every pod of the app and wait until the API lists none; returns how many remain.
+
+        With ``delete-on-termination: false`` the pods whose workers finished are labelled inactive and
+        kept (as Spark keeps executor pods after the application), and only the others are deleted.
+        """
         await self.stop_loops()
         deadline = time.monotonic() + timeout
+        selector = self.selector
+        if self.keep_finished:
+            await self._keep_finished_pods(min(deadline, time.monotonic() + KEEP_WAIT))
+            selector = f"{self.selector},{labels.INACTIVE}!=true"
         remaining = -1
         while True:
             try:
-                await self.api.delete_pods(self.selector)
-                pods, _ = await self.api.list_pods(self.selector)
+                await self.api.delete_pods(selector)
+                pods, _ = await self.api.list_pods(selector)
                 remaining = len(pods)
             except Exception as e:
                 logger.warning("deleting the pods of %s failed (%s); retrying until the deadline", self.selector, e)
@@ -139,6 +151,28 @@ class BackendComponents:
             logger.warning("closing the pod API failed", exc_info=True)
         return remaining
 
+    async def _keep_finished_pods(self, until: float) -> None:
+        """Wait (bounded) for retired workers' pods to finish, then label every finished pod inactive."""
+        pods: list[dict] = []
+        while True:
+            try:
+                pods, _ = await self.api.list_pods(self.selector)
+            except Exception as e:
+                logger.warning("listing the pods to keep failed (%s)", e)
+            if time.monotonic() > until or not any(_phase(p) == "Running" for p in pods):
+                break
+            await asyncio.sleep(SHUTDOWN_POLL)
+        for pod in pods:
+            if _phase(pod) in FINISHED and (pod["metadata"].get("labels") or {}).get(labels.INACTIVE) != "true":
+                try:
+                    await self.api.patch_pod_labels(pod["metadata"]["name"], {labels.INACTIVE: "true"})
+                except Exception as e:
+                    logger.warning("labelling pod %s inactive failed (%s); it is deleted", pod["metadata"]["name"], e)
+
+
+def _phase(pod: dict) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
 
 def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = None) -> BackendComponents:
     """Wire one app's backend from the plugin's settings, connection and callbacks."""
@@ -149,9 +183,10 @@ def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = N
                       connect_timeout=settings.api.connection_timeout)
     store = SnapshotsStore(clock=clock)
     failures = FailureTracker(settings=settings.executor, clock=clock, on_failure_limit=plugin.on_failure_limit)
+    kept_logs = KeptLogs(per_executor=settings.executor.kept_log_bytes, total=settings.executor.kept_logs_total)
     lifecycle = ExecutorPodsLifecycleManager(
         api=api, settings=settings.executor, failures=failures, clock=clock,
-        on_executor_lost=plugin.on_executor_lost, known_executors=plugin.registered_executor_ids,
+        on_executor_lost=plugin.on_executor_lost, known_executors=plugin.registered_executor_ids, kept_logs=kept_logs,
     )
     nodes = NodeCapacity(api=api, clock=clock)
     allocator = ExecutorPodsAllocator(
@@ -162,4 +197,5 @@ def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = N
     watch = ExecutorPodsWatchSource(api, store, selector, clock)
     polling = ExecutorPodsPollingSource(api, store, selector, clock, interval=settings.executor.api_polling_interval)
     return BackendComponents(api=api, store=store, failures=failures, allocator=allocator, lifecycle=lifecycle,
-                             watch=watch, polling=polling, nodes=nodes, selector=selector, clock=clock)
+                             watch=watch, polling=polling, nodes=nodes, selector=selector, clock=clock,
+                             keep_finished=not settings.executor.delete_on_termination)

@@ -11,7 +11,9 @@ For every executor whose pod reaches Failed, Succeeded or Deleted, ``on_executor
 exactly once with a sentence from :func:`dask_k8s_backend.pods.exits.explain` (or the reason the
 backend itself gave when it deleted the pod on purpose), then the pod is deleted, or with
 ``delete-on-termination: false`` labelled ``dask-k8s-backend/inactive=true`` and kept for
-debugging. An executor the scheduler knows (or that was seen alive) but that is absent from full
+debugging. Before a pod is deleted, the tail of its log is kept in
+:class:`~dask_k8s_backend.backend.kept_logs.KeptLogs` (bounded), so ``cluster.logs(id)`` still
+answers once the pod is gone. An executor the scheduler knows (or that was seen alive) but that is absent from full
 snapshots for ``missing-pod-detect-delta`` seconds is treated as Deleted (a missed DELETED event).
 
 Failures (Failed pods, and pods deleted from outside with a failed container) are counted per
@@ -40,6 +42,7 @@ from ..clock import Clock, SystemClock
 from ..config import ExecutorSettings
 from ..pods.states import PodDeleted, PodFailed, PodState
 from .failures import FailureTracker
+from .kept_logs import TAIL_LINES, KeptLogs
 from .snapshots import ExecutorPodsSnapshot, group_of_pod
 
 logger = logging.getLogger(__name__)
@@ -83,8 +86,10 @@ class ExecutorPodsLifecycleManager:
         on_executor_lost: LostCallback,
         clock: Clock | None = None,
         known_executors: Callable[[], Iterable[int]] = frozenset,
+        kept_logs: KeptLogs | None = None,
     ) -> None:
         self.api = api
+        self.kept_logs = kept_logs
         self.settings = settings
         self.failures = failures
         self.on_executor_lost = on_executor_lost
@@ -154,6 +159,7 @@ class ExecutorPodsLifecycleManager:
     async def _clean_up(self, executor_id: int, state: PodState) -> None:
         try:
             if self.settings.delete_on_termination:
+                await self._keep_log(executor_id, state)
                 grace = int(self.settings.delete_grace_period) if self.settings.delete_grace_period is not None else None
                 await self.api.delete_pod(state.name, grace_period_seconds=grace)
             else:
@@ -161,3 +167,14 @@ class ExecutorPodsLifecycleManager:
         except Exception as e:
             logger.warning("cleaning up pod %s of executor %s failed (%s); `python -m dask_k8s_backend gc` removes it",
                            state.name, executor_id, e)
+
+    async def _keep_log(self, executor_id: int, state: PodState) -> None:
+        """The end of the pod's log, read while the pod still exists; a refusal (no pods/log) keeps nothing."""
+        if self.kept_logs is None or self.kept_logs.per_executor <= 0:
+            return
+        try:
+            text = await self.api.read_pod_log(state.name, tail_lines=TAIL_LINES)
+        except Exception as e:
+            logger.debug("could not keep the log of executor %s (pod %s): %s", executor_id, state.name, e)
+            return
+        self.kept_logs.keep(executor_id, state.name, text)

@@ -28,6 +28,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .. import labels
 from ..config import Settings
+from ..errors import NotFound
 from ..master import KubeConnection
 from ..pods.builder import AppSpec, build_executor_pod
 from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodState, PodSucceeded, PodTerminating
@@ -91,6 +92,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
                 "k8s_kill_executors": self.kill_executors,
                 "k8s_status": self.status,
                 "k8s_logs": self.executor_log,
+                "k8s_kept_logs": self.kept_logs,
                 "k8s_shutdown": self.shutdown,
                 "k8s_add_worker_group": self.add_worker_group,
                 "k8s_remove_worker_group": self.remove_worker_group,
@@ -331,11 +333,33 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         }
 
     async def executor_log(self, executor_id: str, tail_lines: int | None = None) -> str:
+        """The pod's log; once the pod is gone, the end of it the lifecycle manager kept."""
         components = self._require_components()
-        name = components.pod_name(int(executor_id))
-        if name is None:
+        executor = int(executor_id)
+        name = components.pod_name(executor)
+        kept_logs = components.lifecycle.kept_logs
+        kept = kept_logs.get(executor) if kept_logs is not None else None
+        if name is None and kept is None:
             raise KeyError(f"executor {executor_id} is unknown to app {self.app.app_id}")
-        return await components.api.read_pod_log(name, tail_lines=tail_lines)
+        if kept is not None and executor in components.lifecycle.lost_ids:
+            return _tail(kept.render(), tail_lines)
+        try:
+            return await components.api.read_pod_log(name, tail_lines=tail_lines)
+        except NotFound:
+            if kept is not None:
+                return _tail(kept.render(), tail_lines)
+            dropped = kept_logs is not None and executor in kept_logs.dropped
+            raise KeyError(
+                f"executor {executor_id}'s pod {name} is gone and its log was "
+                + ("dropped to stay under k8s-backend.executor.kept-logs-total (the oldest go first)" if dropped else
+                   "not kept (it was deleted before it finished, or k8s-backend.executor.kept-log-bytes is 0)")
+            ) from None
+
+    def kept_logs(self) -> dict[str, str]:
+        """Executors whose pods are gone but whose logs were kept -> pod names (for get_logs())."""
+        components = self._require_components()
+        kept = components.lifecycle.kept_logs
+        return {str(i): pod for i, pod in kept.pods().items()} if kept is not None else {}
 
     async def shutdown(self, timeout: float = 60) -> dict[str, Any]:
         """Stop allocating, close workers, delete every pod of this app and wait until they are gone."""
@@ -364,6 +388,10 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         if self.components is None or self._closing:
             raise RuntimeError(f"the Kubernetes backend of app {self.app.app_id} is not running (closed or not started)")
         return self.components
+
+
+def _tail(text: str, lines: int | None) -> str:
+    return text if lines is None else "\n".join(text.splitlines()[-lines:])
 
 
 def _parse_timestamp(value: str | None) -> float | None:

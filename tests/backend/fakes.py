@@ -172,7 +172,10 @@ class FakePodApi:
 
     async def read_pod_log(self, name: str, tail_lines: int | None = None) -> str:
         self._request("read_pod_log")
-        return ""
+        if name not in self.pods:
+            raise NotFound(f'pods "{name}" not found')
+        text = getattr(self, "logs", {}).get(name, "")
+        return text if tail_lines is None else "".join(text.splitlines(keepends=True)[-tail_lines:])
 
     # ------------------------------------------------------------------ internals
     def _request(self, method: str) -> None:
