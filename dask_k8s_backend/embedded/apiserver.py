@@ -68,7 +68,9 @@ class Route:
 
 
 def _not_found_path(path: str) -> StatusError:
-    return StatusError(404, "NotFound", f"the server could not find the requested resource (path {path})")
+    """Upstream's answer for a path it does not serve (the same words and empty details, whatever the path)."""
+    logger.debug("No such API path: %s", path)
+    return StatusError(404, "NotFound", "the server could not find the requested resource", {})
 
 
 def parse_path(path: str) -> Route:

@@ -28,6 +28,7 @@ class StatusError(Exception):
         self.reason = reason
         self.message = message
         self.details = details or {}
+        self._empty_details_shown = details is not None  # upstream sends "details": {} on some answers
         self.headers = headers or {}
         self.metadata = metadata or {}  # the Status's ListMeta, e.g. a fresh ``continue`` on 410
 
@@ -41,7 +42,7 @@ class StatusError(Exception):
             "message": self.message,
             "reason": self.reason,
         }
-        if self.details:
+        if self.details or self._empty_details_shown:
             status["details"] = self.details
         status["code"] = self.code  # after details, in metav1.Status's field order
         return status

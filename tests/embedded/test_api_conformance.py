@@ -481,3 +481,10 @@ def test_watch_events_through_a_selector_and_a_finalized_deletion(target):
                         ("DELETED", "yes", True, ["example.com/hold"])]
     finally:
         watch.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/foos", "/api/v1/namespaces/default/foos",
+                                  "/api/v1/namespaces/default/pods/x/bogus", "/api/v2"])
+def test_a_path_the_server_does_not_serve_is_upstreams_bare_not_found(target, path):
+    code, body = target.raw("GET", path)
+    assert (code, body) == (404, failure(404, "NotFound", "the server could not find the requested resource", {}))
