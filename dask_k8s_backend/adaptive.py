@@ -1,20 +1,78 @@
-"""Adaptive scaling per worker group, on top of distributed's ``Adaptive``.
+"""Adaptive scaling of a KubeSparkCluster's worker groups, as seen from the notebook.
 
-distributed's policy (``AdaptiveCore.recommendations``: plan/requested/observed, ``wait_count``
-before a worker is closed) is kept as it is; what changes is the view it gets. ``GroupView``
-shows Adaptive one group of a KubeSparkCluster (its planned pods, existing pods and registered
-workers) and ``GroupAdaptive`` asks the scheduler plugin for that group's target (demand for
-the group's resources) and for its idle workers, so groups scale independently.
+By default ``cluster.adapt(...)`` runs beside the scheduler (``backend/autoscaling.py``, with a
+scale-down stabilisation window): :class:`RemoteAdaptive` is only the handle it returns, and
+:func:`adapt_options` checks the options before anything is asked of the scheduler.
+
+A user's own ``Adaptive`` class still runs in this process, as with any distributed cluster:
+``GroupView`` shows it one group of a KubeSparkCluster (its planned pods, existing pods and
+registered workers) and ``GroupAdaptive`` (distributed's policy) asks the scheduler plugin for that
+group's target and idle workers, so groups scale independently.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from distributed.deploy.adaptive import Adaptive
+from distributed.utils import in_async_call
+
+from .config import parse_duration
 
 if TYPE_CHECKING:
     from .cluster import KubeSparkCluster
+
+logger = logging.getLogger(__name__)
+
+
+def _seconds(value: float | str | None, option: str) -> float | None:
+    return None if value is None else parse_duration(value, f"adapt({option}=...)")
+
+
+def adapt_options(*, minimum: int, maximum: int | float, scale_down_window: float | str | None,
+                  interval: float | str | None, wait_count: int | None,
+                  target_duration: float | str | None) -> dict[str, Any]:
+    """adapt()'s options as the backend's ``k8s_adapt`` takes them (None: k8s-backend.adaptive.* decides)."""
+    if wait_count is not None and (isinstance(wait_count, bool) or not isinstance(wait_count, int) or wait_count < 1):
+        raise ValueError(f"adapt(wait_count={wait_count!r}): expected a whole number >= 1, such as 3")
+    every = _seconds(interval, "interval")
+    if every is not None and every <= 0:
+        raise ValueError(f"adapt(interval={interval!r}): expected a duration > 0 such as '1s'")
+    return {
+        "minimum": minimum, "maximum": None if maximum == math.inf else int(maximum),
+        "scale_down_window": _seconds(scale_down_window, "scale_down_window"), "interval": every,
+        "wait_count": wait_count, "target_duration": _seconds(target_duration, "target_duration"),
+    }
+
+
+class RemoteAdaptive:
+    """What ``cluster.adapt()`` returns: the loop runs beside the scheduler; ``stop()`` ends it there."""
+
+    def __init__(self, cluster: KubeSparkCluster, group: str, options: dict[str, Any]) -> None:
+        self.cluster = cluster
+        self.group = group
+        self.options = options
+        self.minimum = options["minimum"]
+        self.maximum = math.inf if options["maximum"] is None else options["maximum"]
+        self.periodic_callback = None  # distributed's own loop is not used: the scheduler's backend runs it
+
+    def __repr__(self) -> str:
+        return f"<RemoteAdaptive group={self.group!r} minimum={self.minimum} maximum={self.maximum}>"
+
+    def _call(self, coroutine_function: Any, *args: Any) -> Any:
+        if self.cluster.asynchronous or in_async_call(self.cluster.loop):
+            self.cluster.loop.add_callback(coroutine_function, *args)  # errors are logged by the loop
+            return None
+        return self.cluster.sync(coroutine_function, *args)
+
+    def start(self) -> None:
+        self._call(self.cluster._start_adapt, self.group, self.options)
+
+    def stop(self, reason: str = "stopped") -> None:
+        logger.info("adaptive scaling of worker group %s stopped: %s", self.group, reason)
+        self._call(self.cluster._stop_adapt, self.group)
 
 
 class GroupView:

@@ -39,6 +39,7 @@ from distributed.utils import Log, Logs, in_async_call
 
 from . import labels
 from .config import Settings, load_settings
+from .adaptive import GroupView, RemoteAdaptive, adapt_options
 from .backend.groups import group_settings, validate_group_name
 from .errors import Forbidden
 from .master import KubeConnection, resolve_manager
@@ -74,7 +75,7 @@ def _kwargs_to_overrides(**kwargs: Any) -> dict[str, Any]:
     return {mapping[k]: v for k, v in kwargs.items() if v is not None}
 
 
-SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate", "security")
+SECTIONS = ("scheduler", "worker", "allocation", "adaptive", "executor", "api", "authenticate", "security")
 
 
 def flatten_overrides(config: dict[str, Any]) -> dict[str, Any]:
@@ -369,8 +370,7 @@ class KubeSparkCluster(Cluster):
         was_running = self.status == Status.running
         # A cluster that failed to start removes whatever it created, whatever shutdown_on_close says.
         shutdown = self.shutdown_on_close or not was_running
-        for adaptive in list(self._group_adaptives.values()):
-            adaptive.stop(reason="cluster closing")
+        self._forget_adaptives()
         if was_running and shutdown and self.scheduler_comm is not None:
             await self._shutdown_backend()
         if self._tls_secret and shutdown and self.connection is not None:
@@ -512,8 +512,8 @@ class KubeSparkCluster(Cluster):
         """Retire and delete the group's workers, then forget the group."""
         self._refuse_if_closed(f"remove_worker_group({name!r})")
         adaptive = self._group_adaptives.pop(name, None)
-        if adaptive is not None:
-            adaptive.stop(reason="group removed")
+        if adaptive is not None and not isinstance(adaptive, RemoteAdaptive):
+            adaptive.stop(reason="group removed")  # a loop in this process; the backend stops its own
         return self.sync(self._remove_worker_group, name)
 
     async def _remove_worker_group(self, name: str) -> None:
@@ -522,29 +522,62 @@ class KubeSparkCluster(Cluster):
         await self._refresh_status()
 
     def adapt(self, Adaptive: Any = None, *, minimum: int = 0, maximum: int | float = math.inf,
-              group: str = "default", **kwargs: Any) -> Any:
-        """Adaptive scaling of one group (default: the default group) between minimum and maximum."""
-        from .adaptive import GroupAdaptive, GroupView
+              group: str = "default", scale_down_window: float | str | None = None, interval: float | str | None = None,
+              wait_count: int | None = None, target_duration: float | str | None = None, **kwargs: Any) -> Any:
+        """Adaptive scaling of one group (default: the default group) between minimum and maximum.
 
+        The loop runs beside the scheduler, in the backend (so a cluster-mode cluster keeps scaling with no
+        client connected): scale-up is immediate, scale-down waits until the highest target recommended
+        within ``scale_down_window`` (default ``k8s-backend.adaptive.scale-down-window``, 30 s) comes down,
+        so short idle gaps between bursts keep their workers. ``interval``, ``wait_count`` and
+        ``target_duration`` are distributed's Adaptive options. An ``Adaptive`` class of your own runs in
+        this process instead, as with any distributed cluster.
+        """
         self._refuse_if_closed(f"adapt(minimum={minimum!r}, maximum={maximum!r})")
-        for value, option in ((minimum, "minimum"),):
-            _validate_worker_count(value, f"adapt({option}=...)")
+        _validate_worker_count(minimum, "adapt(minimum=...)")
         if maximum != math.inf:
             _validate_worker_count(maximum, "adapt(maximum=...)")
         if minimum > maximum:
             raise ValueError(f"adapt(minimum={minimum}, maximum={maximum}): minimum is larger than maximum; "
                              "use minimum <= maximum")
         previous = self._group_adaptives.pop(group, None)
-        if previous is not None:
+        if previous is not None and not isinstance(previous, RemoteAdaptive):
             previous.stop(reason="replaced")
-        cls = Adaptive or GroupAdaptive
-        adaptive = cls(cluster=GroupView(self, group), minimum=minimum, maximum=maximum, **kwargs)
+        if Adaptive is not None:
+            options = {k: v for k, v in dict(interval=interval, wait_count=wait_count,
+                                             target_duration=target_duration).items() if v is not None}
+            adaptive = Adaptive(cluster=GroupView(self, group), minimum=minimum, maximum=maximum, **options, **kwargs)
+        else:
+            if kwargs:
+                raise TypeError(f"adapt() got unexpected keyword arguments {sorted(kwargs)}; it takes minimum, maximum, "
+                                "group, scale_down_window, interval, wait_count and target_duration")
+            adaptive = RemoteAdaptive(self, group, adapt_options(
+                minimum=minimum, maximum=maximum, scale_down_window=scale_down_window, interval=interval,
+                wait_count=wait_count, target_duration=target_duration))
+            adaptive.start()
         self._group_adaptives[group] = adaptive
         if group == "default":
             self._adaptive = adaptive
         if maximum != math.inf:
             self._warn_before_adapt(int(maximum), group)
         return adaptive
+
+    def _forget_adaptives(self) -> None:
+        """At close: loops in this process stop; the backend's keep running while their scheduler lives
+        (shutdown stops them with it; cluster mode with shutdown_on_close=False keeps scaling)."""
+        for adaptive in list(self._group_adaptives.values()):
+            if not isinstance(adaptive, RemoteAdaptive):
+                adaptive.stop(reason="cluster closing")
+        self._group_adaptives.clear()
+        self._adaptive = None
+
+    async def _start_adapt(self, group: str, options: dict[str, Any]) -> None:
+        await self.scheduler_comm.k8s_adapt(group=group, **options)  # type: ignore[union-attr]
+        await self._refresh_status()
+
+    async def _stop_adapt(self, group: str) -> None:
+        await self.scheduler_comm.k8s_adapt_stop(group=group)  # type: ignore[union-attr]
+        await self._refresh_status()
 
     def _warn_before_adapt(self, maximum: int, group: str) -> None:
         """adapt(maximum=...) warns, as scale(n) does, when that many pods of the group cannot fit the quota."""

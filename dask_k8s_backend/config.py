@@ -72,6 +72,13 @@ class AllocationSettings:
 
 
 @dataclass(frozen=True)
+class AdaptiveSettings:
+    scale_down_window: float = 30.0
+    interval: float = 1.0
+    wait_count: int = 3
+
+
+@dataclass(frozen=True)
 class ExecutorSettings:
     api_polling_interval: float = 30.0
     event_processing_interval: float = 0.1
@@ -126,6 +133,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     allocation: AllocationSettings = field(default_factory=AllocationSettings)
+    adaptive: AdaptiveSettings = field(default_factory=AdaptiveSettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     authenticate: AuthSettings = field(default_factory=AuthSettings)
@@ -137,10 +145,11 @@ class Settings:
 
 PREFIX = "k8s-backend"
 YAML_PATH = Path(__file__).with_name("k8s-backend.yaml")
-SECTIONS = ("scheduler", "worker", "allocation", "executor", "api", "authenticate", "security", "embedded")
+SECTIONS = ("scheduler", "worker", "allocation", "adaptive", "executor", "api", "authenticate", "security", "embedded")
 SECRET_KEYS = frozenset({"authenticate.oauth-token", "authenticate.client-key-file"})
 _SECTION_CLASSES: dict[str, type] = {
     "scheduler": SchedulerSettings, "worker": WorkerSettings, "allocation": AllocationSettings,
+    "adaptive": AdaptiveSettings,
     "executor": ExecutorSettings, "api": ApiSettings, "authenticate": AuthSettings,
     "security": SecuritySettings, "embedded": EmbeddedSettings,
 }
@@ -354,6 +363,7 @@ SCHEMA: dict[str, Validator] = {
     "allocation.pending-timeout": _DURATION,
     "allocation.unrecoverable-pending-confirm": _optional(_DURATION0), "allocation.slow-start": _boolean,
     "allocation.immediate-round": _boolean,
+    "adaptive.scale-down-window": _DURATION0, "adaptive.interval": _DURATION, "adaptive.wait-count": _positive(_integer),
     "executor.api-polling-interval": _DURATION, "executor.event-processing-interval": _DURATION,
     "executor.delete-on-termination": _boolean, "executor.missing-pod-detect-delta": _DURATION,
     "executor.max-failures": _optional(_positive(_integer)),

@@ -302,6 +302,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             "pending_reasons": pending,
             "events": list(self.events)[-50:],
             "pods_created": components.pods_created() if components else 0,
+            "adaptive": self.autoscalers.describe(),
             "master": self.connection.master,
             "groups": self.groups.names(),
             "failures": {g: components.failures.failure_count(g) for g in self.groups.names()} if components else {},

@@ -82,7 +82,7 @@ def test_result_is_correct_while_a_worker_pod_is_deleted(kube, core_api):
 
 def test_adapt_scales_up_under_load_and_back_to_zero_when_idle(kube, core_api):
     with KubeSparkCluster(**cluster_kwargs(kube)) as cluster, Client(cluster) as client:
-        cluster.adapt(minimum=0, maximum=3, interval="200ms", wait_count=2, target_duration="1s")
+        cluster.adapt(minimum=0, maximum=3, interval="200ms", wait_count=2, target_duration="1s", scale_down_window="1s")
 
         def slow(x):
             import time

@@ -90,7 +90,7 @@ def test_annotated_tasks_run_only_on_the_right_group(kube):
 def test_adapt_per_group_follows_demand_for_its_resources(kube):
     with KubeSparkCluster(**cluster_kwargs(kube)) as cluster, Client(cluster) as client:
         cluster.add_worker_group("gpu", **GPU_GROUP)
-        cluster.adapt(minimum=0, maximum=2, group="gpu", interval="200ms", wait_count=2)
+        cluster.adapt(minimum=0, maximum=2, group="gpu", interval="200ms", wait_count=2, scale_down_window="1s")
 
         def slow(x):
             import time
