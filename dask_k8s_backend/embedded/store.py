@@ -43,13 +43,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ResourceInfo:
-    """What discovery says about one core/v1 resource."""
+    """What discovery says about one resource (core/v1 unless ``group_version`` names another group)."""
 
     name: str
     kind: str
     namespaced: bool
     short_names: tuple[str, ...] = ()
     has_status: bool = False
+    group_version: str = "v1"
+
+    @property
+    def group(self) -> str:
+        """The API group ("" for core), as RBAC rules and SubjectAccessReviews name it."""
+        return self.group_version.rpartition("/")[0]
 
 
 RESOURCES: dict[str, ResourceInfo] = {
@@ -67,6 +73,7 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), True),
         ResourceInfo("resourcequotas", "ResourceQuota", True, ("quota",), True),
         ResourceInfo("limitranges", "LimitRange", True, ("limits",)),
+        ResourceInfo("leases", "Lease", True, (), False, "coordination.k8s.io/v1"),
     )
 }
 
@@ -430,7 +437,7 @@ class ObjectStore:
                 _keep_system_metadata(meta, old.meta)
                 if info.has_status:
                     new["status"] = old.copy().get("status", {})
-                new["kind"], new["apiVersion"] = info.kind, "v1"
+                new["kind"], new["apiVersion"] = info.kind, info.group_version
                 apply_defaults(resource, new)
                 validate(resource, info.kind, new)
                 old_obj = old.obj
@@ -580,7 +587,7 @@ class ObjectStore:
         raise StatusError(500, "AlreadyExists", f"could not generate a unique name from generateName {prefix!r}")
 
     def _prepare_new(self, info: ResourceInfo, obj: dict, meta: dict, dry_run: bool = False) -> None:
-        obj["kind"], obj["apiVersion"] = info.kind, "v1"
+        obj["kind"], obj["apiVersion"] = info.kind, info.group_version
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339(self._clock())
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
@@ -668,7 +675,8 @@ class ObjectStore:
 
     def _history_after(self, rv: int) -> list[WatchEvent]:
         if rv < self._history_floor:
-            raise gone(f"too old resource version: {rv} ({self._history_floor + 1})")
+            # upstream's watch cache words: the oldest version it can still start from, in brackets
+            raise gone(f"too old resource version: {rv} ({self._history_floor})")
         if not self._history or rv >= self._history[-1].rv:
             return []
         first = self._history[0].rv
