@@ -59,17 +59,27 @@ def parse_hard(hard: Mapping[str, Any] | None, *, what: str = "spec.hard") -> Us
 
 
 # ------------------------------------------------------------------------------------ LimitRange
+LIMIT_RANGER_ANNOTATION = "kubernetes.io/limit-ranger"
+
+
+def limit_range_item_defaults(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A LimitRange item as the API stores it (SetDefaults_LimitRangeItem, Container items only): a missing
+    default limit is the max, a missing default request is the default limit, else the min."""
+    if item.get("type") != "Container":
+        return dict(item)
+    default = {**(item.get("max") or {}), **(item.get("default") or {})}
+    default_request = {**(item.get("min") or {}), **default, **(item.get("defaultRequest") or {})}
+    return {**item, "default": default, "defaultRequest": default_request}
+
+
 def container_defaults(limit_ranges: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(default limits, default requests) for containers, with the API's LimitRangeItem defaulting:
-    a missing default limit is the max, a missing default request is the default limit, else the min."""
+    """(default limits, default requests) for containers, from items defaulted as the API stores them."""
     limits: dict[str, Any] = {}
     requests: dict[str, Any] = {}
-    for item in _container_items(limit_ranges):
-        item_limits = {**(item.get("max") or {}), **(item.get("default") or {})}
-        item_requests = {**(item.get("min") or {}), **item_limits, **(item.get("defaultRequest") or {})}
-        for key, value in item_limits.items():
+    for item in map(limit_range_item_defaults, _container_items(limit_ranges)):
+        for key, value in item["default"].items():
             limits.setdefault(key, value)
-        for key, value in item_requests.items():
+        for key, value in item["defaultRequest"].items():
             requests.setdefault(key, value)
     return limits, requests
 
@@ -82,25 +92,40 @@ def apply_limit_ranges(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[st
     """A copy of ``pod`` whose containers got the LimitRanges' default limits and requests.
 
     As the API server does, a container's own limit stands in for its missing request first, so a
-    LimitRange default request only fills what the container leaves entirely unset.
+    LimitRange default request only fills what the container leaves entirely unset. What was set is
+    said in the ``kubernetes.io/limit-ranger`` annotation, in upstream's words.
     """
     default_limits, default_requests = container_defaults(list(limit_ranges))
     out = copy.deepcopy(dict(pod))
     spec = out.setdefault("spec", {})
-    for container in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
-        resources = container.setdefault("resources", {}) or {}
-        container["resources"] = resources
-        limits = dict(resources.get("limits") or {})
-        requests = {**limits, **(resources.get("requests") or {})}
-        for key, value in default_limits.items():
-            limits.setdefault(key, value)
-        for key, value in default_requests.items():
-            requests.setdefault(key, value)
-        if limits:
-            resources["limits"] = limits
-        if requests:
-            resources["requests"] = requests
+    said: list[str] = []
+    for field, label in (("containers", "container"), ("initContainers", "init container")):
+        for container in spec.get(field) or []:
+            said += _default_container(container, default_limits, default_requests, label)
+    if said:
+        annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
+        annotations[LIMIT_RANGER_ANNOTATION] = "LimitRanger plugin set: " + "; ".join(said)
     return out
+
+
+def _default_container(container: dict[str, Any], default_limits: Mapping[str, Any],
+                       default_requests: Mapping[str, Any], label: str) -> list[str]:
+    """Fill one container's unset limits and requests in place; what was set, as upstream's annotation says it."""
+    resources = container.get("resources") or {}
+    container["resources"] = resources
+    limits = dict(resources.get("limits") or {})
+    requests = {**limits, **(resources.get("requests") or {})}
+    set_limits = sorted(k for k in default_limits if k not in limits)
+    set_requests = sorted(k for k in default_requests if k not in requests)
+    limits.update({k: default_limits[k] for k in set_limits})
+    requests.update({k: default_requests[k] for k in set_requests})
+    if limits:
+        resources["limits"] = limits
+    if requests:
+        resources["requests"] = requests
+    name = container.get("name", "")
+    said = [f"{', '.join(set_requests)} request for {label} {name}"] if set_requests else []
+    return said + ([f"{', '.join(set_limits)} limit for {label} {name}"] if set_limits else [])
 
 
 def limit_range_violations(pod: Mapping[str, Any], limit_ranges: Iterable[Mapping[str, Any]]) -> list[str]:

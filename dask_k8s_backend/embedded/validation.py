@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .. import quotas
 from .resources import parse_quantity
 from .status import StatusError, invalid
 
@@ -129,12 +130,25 @@ def _check_pod(pod: dict) -> Causes:
     return causes
 
 
+def _check_lease(spec: dict) -> list[tuple[str, str]]:
+    """As upstream's ValidateLeaseSpec: durations and transitions are not negative (duration above 0)."""
+    causes = []
+    duration, transitions = spec.get("leaseDurationSeconds"), spec.get("leaseTransitions")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        causes.append(("spec.leaseDurationSeconds", f"Invalid value: {duration}: must be greater than 0"))
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        causes.append(("spec.leaseTransitions", f"Invalid value: {transitions}: must be greater than or equal to 0"))
+    return causes
+
+
 def validate(resource: str, kind: str, obj: dict) -> None:
     """Raise 422 Invalid when ``obj`` (already defaulted) would be rejected by kube-apiserver."""
     meta = obj.get("metadata") or {}
     causes = check_name(resource, meta.get("name")) + _check_labels(meta.get("labels"))
     if resource == "pods":
         causes += _check_pod(obj)
+    if resource == "leases":
+        causes += _check_lease(obj.get("spec") or {})
     if causes:
         raise invalid(kind, str(meta.get("name") or meta.get("generateName") or ""), causes)
 
@@ -187,6 +201,10 @@ def apply_defaults(resource: str, obj: dict) -> None:
     elif resource == "namespaces":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")
+    elif resource == "limitranges":
+        spec = obj.get("spec")
+        if isinstance(spec, dict) and isinstance(spec.get("limits"), list):
+            spec["limits"] = [quotas.limit_range_item_defaults(i) if isinstance(i, dict) else i for i in spec["limits"]]
     elif resource == "secrets":
         obj.setdefault("type", "Opaque")
     elif resource == "services":

@@ -85,3 +85,21 @@ def test_a_limit_to_request_ratio_needs_both_and_is_checked_before_the_pod_maxim
     assert refusal(core_api, namespace, pod) == (
         f'pods "r" is forbidden: [cpu max limit to request ratio per Container is 2, {problem}, '
         "maximum memory usage per Pod is 1Gi.  No limit is specified]")
+
+
+def test_a_limit_range_is_stored_with_its_defaults_and_a_defaulted_pod_says_what_was_set(core_api, namespace):
+    body = {"metadata": {"name": "bounds"}, "spec": {"limits": [
+        {"type": "Container", "max": {"memory": "2Gi"}, "min": {"cpu": "100m"}, "default": {"ephemeral-storage": "1Gi"}}]}}
+    created = json.loads(core_api.create_namespaced_limit_range(namespace, body, _preload_content=False).data)
+    [item] = created["spec"]["limits"]
+    assert item["default"] == {"memory": "2Gi", "ephemeral-storage": "1Gi"}  # a missing default limit is the max
+    assert item["defaultRequest"] == {"cpu": "100m", "memory": "2Gi", "ephemeral-storage": "1Gi"}  # else the min
+    pod = {"metadata": {"name": "p"}, "spec": {"nodeSelector": {"example.com/nowhere": "true"},
+                                               "containers": [{"name": "worker", "image": "x"}]}}
+    made = json.loads(core_api.create_namespaced_pod(namespace, pod, _preload_content=False).data)
+    assert made["spec"]["containers"][0]["resources"] == {
+        "limits": {"memory": "2Gi", "ephemeral-storage": "1Gi"},
+        "requests": {"cpu": "100m", "memory": "2Gi", "ephemeral-storage": "1Gi"}}
+    assert made["metadata"]["annotations"]["kubernetes.io/limit-ranger"] == (
+        "LimitRanger plugin set: cpu, ephemeral-storage, memory request for container worker; "
+        "ephemeral-storage, memory limit for container worker")
