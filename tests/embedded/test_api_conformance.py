@@ -506,3 +506,21 @@ def test_a_watch_from_a_compacted_version_ends_with_upstreams_expired_error(targ
     expired = failure(410, "Expired", f"too old resource version: {listed['metadata']['resourceVersion']} ({floor})", {})
     del expired["details"]  # NewResourceExpired has none
     assert event == {"type": "ERROR", "object": expired}
+
+
+def test_a_list_across_namespaces_is_in_etcd_key_order(target):
+    # Upstream lists in key order, "<namespace>/<name>": "ns-b/x" comes before "ns/x" ('-' < '/').
+    other = f"{target.namespace}-b"
+    target.core_v1.create_namespace({"metadata": {"name": other}})
+    try:
+        mark = {"order-test": target.namespace}
+        make_secrets(target, "x", labels=mark)
+        target.core_v1.create_namespaced_secret(other, {"metadata": {"name": "x", "labels": mark}})
+        code, body = target.raw("GET", "/api/v1/secrets", query={"labelSelector": f"order-test={target.namespace}",
+                                                                 "limit": "1"})
+        assert code == 200 and [i["metadata"]["namespace"] for i in body["items"]] == [other]
+        code, rest = target.raw("GET", "/api/v1/secrets", query={"labelSelector": f"order-test={target.namespace}",
+                                                                 "limit": "1", "continue": body["metadata"]["continue"]})
+        assert code == 200 and [i["metadata"]["namespace"] for i in rest["items"]] == [target.namespace]
+    finally:
+        target.core_v1.delete_namespace(other)
