@@ -12,9 +12,9 @@ import time
 import pytest
 from distributed import Client
 
-from dask_k8s_backend import KubeSparkCluster
+from dask_k8s_backend import KubeSparkCluster, labels
 
-from k8s_helpers import wait_until
+from k8s_helpers import app_pods, wait_until
 
 from .conftest import cluster_kwargs
 
@@ -73,3 +73,26 @@ def test_adapt_options_are_checked_before_the_scheduler_is_asked(kube):
         assert "scale-down window 5 s" in cluster.refresh_status().adaptive["default"]
         handle.stop()
         assert cluster.refresh_status().adaptive == {}
+
+
+def live_worker_pods(core_api, app_id: str) -> list[dict]:
+    return [p for p in app_pods(core_api, app_id)
+            if p["metadata"]["labels"].get(labels.ROLE) == labels.ROLE_WORKER
+            and p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")]
+
+
+def test_in_cluster_mode_adapt_keeps_scaling_with_no_client_connected(kube, core_api):
+    kwargs = cluster_kwargs(kube)
+    cluster = KubeSparkCluster(name="calm-cm", deploy_mode="cluster", shutdown_on_close=False, **kwargs)
+    app_id = cluster.app.app_id
+    try:
+        cluster.adapt(minimum=0, maximum=2, scale_down_window="8s", interval="500ms", wait_count=2)
+        with Client(cluster) as client:
+            run_burst(client, 0)
+    finally:
+        cluster.close()  # disconnects only: the scheduler pod and its adaptive loop keep running
+    assert live_worker_pods(core_api, app_id), "the burst's workers should still be inside the window"
+    wait_until(lambda: not live_worker_pods(core_api, app_id), timeout=60,
+               what="the scheduler's adaptive loop to scale down with no client connected")
+    KubeSparkCluster.from_name("calm-cm", **kwargs).close()
+    wait_until(lambda: app_pods(core_api, app_id) == [], timeout=60, what="the cluster to be gone")
