@@ -73,23 +73,33 @@ def _not_found_path(path: str) -> StatusError:
     return StatusError(404, "NotFound", "the server could not find the requested resource", {})
 
 
+GROUP_PATHS = {f"/apis/{info.group_version}/": info.group_version for info in RESOURCES.values() if info.group}
+
+
+def is_resource_path(path: str) -> bool:
+    """``/api/v1/...`` or ``/apis/<group>/<version>/...`` of a group whose resources are served."""
+    return path.startswith("/api/v1/") or any(path.startswith(prefix) for prefix in GROUP_PATHS)
+
+
 def parse_path(path: str) -> Route:
-    """A ``/api/v1/...`` path as a :class:`Route`; 404 for paths kube-apiserver would not serve."""
-    parts = [p for p in path.split("/") if p][2:]
+    """A ``/api/v1/...`` (or served group's) path as a :class:`Route`; 404 for paths kube-apiserver would not serve."""
+    group_version = next((gv for prefix, gv in GROUP_PATHS.items() if path.startswith(prefix)), "v1")
+    parts = [p for p in path.split("/") if p][2 if group_version == "v1" else 3:]
+    served = {name: info for name, info in RESOURCES.items() if info.group_version == group_version}
     watch = bool(parts) and parts[0] == "watch"
     if watch:
         parts = parts[1:]
     if not parts:
         raise _not_found_path(path)
-    if parts[0] == "namespaces" and len(parts) >= 3 and parts[2] in RESOURCES:
+    if parts[0] == "namespaces" and len(parts) >= 3 and parts[2] in served:
         namespace, rest = parts[1], parts[2:]
-        if not RESOURCES[rest[0]].namespaced:
+        if not served[rest[0]].namespaced:
             raise _not_found_path(path)
     else:
         namespace, rest = None, parts
-    if rest[0] not in RESOURCES or len(rest) > 3:
+    if rest[0] not in served or len(rest) > 3:
         raise _not_found_path(path)
-    info = RESOURCES[rest[0]]
+    info = served[rest[0]]
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
     if name and info.namespaced and namespace is None:
@@ -221,7 +231,7 @@ class ApiHandler(tornado.web.RequestHandler):
     async def _dispatch(self) -> None:
         path = self.request.path.rstrip("/") or "/"
         method = self.request.method
-        if path.startswith("/api/v1/"):
+        if is_resource_path(path):
             await self._resource(parse_path(path), method)
             return
         if path.startswith("/apis/authorization.k8s.io/v1/") and method == "POST":
@@ -249,6 +259,7 @@ class ApiHandler(tornado.web.RequestHandler):
             "/api/v1": discovery.core_v1_resources(), "/apis": discovery.api_groups(),
             "/apis/authorization.k8s.io/v1": discovery.authz_resources(),
             "/apis/authorization.k8s.io": discovery.api_groups()["groups"][0],
+            **discovery.served_group_documents(),
         }
         if path in documents:
             self._send(200, documents[path])
@@ -271,7 +282,8 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.identity.rules is not None:
             watch = route.watch_path or _bool(self.get_query_argument("watch", None))
             verb = "get" if route.sub == "log" else authz.request_verb(method, has_name=route.name is not None, watch=watch)
-            authz.check(self.identity, verb, route.info.name, route.sub or "", route.namespace, name=route.name)
+            authz.check(self.identity, verb, route.info.name, route.sub or "", route.namespace, name=route.name,
+                        api_group=route.info.group)
         if route.name is None:
             if method == "GET":
                 if route.watch_path or _bool(self.get_query_argument("watch", None)):
@@ -342,7 +354,8 @@ class ApiHandler(tornado.web.RequestHandler):
             meta["continue"] = token
         if remaining is not None:
             meta["remainingItemCount"] = remaining
-        head = b'{"kind":"' + route.info.kind.encode() + b'List","apiVersion":"v1","metadata":' + _dumps(meta)
+        head = (b'{"kind":"' + route.info.kind.encode() + b'List","apiVersion":"' + route.info.group_version.encode()
+                + b'","metadata":' + _dumps(meta))
         self._send(200, head + b',"items":[' + b",".join(e.json() for e in entries) + b"]}")
 
     def _check_body(self, route: Route, body: Any) -> dict:
@@ -351,9 +364,9 @@ class ApiHandler(tornado.web.RequestHandler):
         if body.get("kind") not in (None, "", route.info.kind):
             raise bad_request(f"the kind of the object ({body.get('kind')}) does not match the resource "
                               f"{route.info.name} (kind {route.info.kind}) of the request")
-        if body.get("apiVersion") not in (None, "", "v1"):
+        if body.get("apiVersion") not in (None, "", route.info.group_version):
             raise bad_request(f"the API version in the data ({body.get('apiVersion')}) does not match the expected "
-                              "API version (v1)")
+                              f"API version ({route.info.group_version})")
         unknown = openapi.unknown_fields(route.info.name, body)
         if unknown:
             mode = (self.get_query_argument("fieldValidation", "") or "Warn").lower()
@@ -460,7 +473,7 @@ class ApiHandler(tornado.web.RequestHandler):
             route.info.name, route.namespace, label_selector=args("labelSelector", None),
             field_selector=args("fieldSelector", None), grace_period_seconds=options.get("gracePeriodSeconds"),
             propagation_policy=options.get("propagationPolicy"), dry_run=options["dryRun"])
-        self._send(200, {"kind": f"{route.info.kind}List", "apiVersion": "v1",
+        self._send(200, {"kind": f"{route.info.kind}List", "apiVersion": route.info.group_version,
                          "metadata": {"resourceVersion": self.server.store.resource_version}, "items": deleted})
 
     def _bind(self, route: Route) -> None:

@@ -42,6 +42,8 @@ def core_v1_resources() -> dict[str, Any]:
     """``GET /api/v1``: an APIResourceList with every resource and subresource."""
     resources = []
     for info in RESOURCES.values():
+        if info.group:
+            continue
         resources.append(_resource(info))
         for sub, verbs in _SUBRESOURCES.get(info.name, []):
             kind = "Binding" if sub == "binding" else info.kind
@@ -57,10 +59,25 @@ def api_versions(server_address: str) -> dict[str, Any]:
 
 
 def api_groups() -> dict[str, Any]:
-    """``GET /apis``: only authorization.k8s.io (for ``kubectl auth can-i``)."""
-    version = {"groupVersion": f"{AUTHZ_GROUP}/v1", "version": "v1"}
-    return {"kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [{"name": AUTHZ_GROUP, "versions": [version], "preferredVersion": version}]}
+    """``GET /apis``: authorization.k8s.io (for ``kubectl auth can-i``) first, then the groups of served
+    resources (coordination.k8s.io: Leases)."""
+    groups = []
+    for group_version in [f"{AUTHZ_GROUP}/v1"] + sorted({i.group_version for i in RESOURCES.values() if i.group}):
+        version = {"groupVersion": group_version, "version": group_version.rpartition("/")[2]}
+        groups.append({"name": group_version.rpartition("/")[0], "versions": [version], "preferredVersion": version})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+def served_group_documents() -> dict[str, dict[str, Any]]:
+    """``GET /apis/<group>`` and ``GET /apis/<group>/<version>`` of every served non-core group."""
+    documents: dict[str, dict[str, Any]] = {}
+    for group in api_groups()["groups"][1:]:
+        group_version = group["preferredVersion"]["groupVersion"]
+        documents[f"/apis/{group['name']}"] = group
+        documents[f"/apis/{group_version}"] = {
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": [_resource(i) for i in RESOURCES.values() if i.group_version == group_version]}
+    return documents
 
 
 def authz_resources() -> dict[str, Any]:
