@@ -283,3 +283,17 @@ def test_a_killed_template_takes_its_containers_with_it_and_the_next_container_g
     assert container_state(p)["terminated"]["exitCode"] == 137
     report = node.report(node.run(pod("second", python(REPORT))))
     assert report["ppid"] == node.kubelet.warm.running_template() != template
+
+
+def test_the_warm_runtime_is_switched_off_by_config_or_environment(tmp_path):
+    import dask.config
+
+    store = make_store()
+    with dask.config.set({warm.CONFIG_KEY: False}):
+        assert ProcessKubelet(store, "off", work_dir=tmp_path / "off").warm is None
+    assert ProcessKubelet(store, "on", work_dir=tmp_path / "on").warm is not None
+    assert ProcessKubelet(store, "kw", work_dir=tmp_path / "kw", warm_runtime=False).warm is None
+    code = "from dask_k8s_backend.embedded import warm; print(warm.enabled_in_config())"
+    env = {**os.environ, "DASK_K8S_BACKEND__EMBEDDED__WARM_RUNTIME": "false"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
