@@ -265,7 +265,7 @@ def env_block(env: dict[str, str], size: int) -> bytes | None:
     return data + b"\0" * (size - len(data))
 
 
-def _rewrite_proc_views(argv: list[str], env: dict[str, str]) -> None:
+def _rewrite_proc_views(argv: list[str], env: dict[str, str] | None) -> None:
     """Write the container's command line and environment over the template's, where the kernel reads them.
 
     The areas keep the template's size (the kubelet only sends what fits); the old environment
@@ -275,8 +275,10 @@ def _rewrite_proc_views(argv: list[str], env: dict[str, str]) -> None:
         arg_start, arg_end, env_start, env_end = _proc_areas()
     except (OSError, ValueError):
         return
-    for start, end, block in ((arg_start, arg_end, argv_block(argv, arg_end - arg_start)),
-                              (env_start, env_end, env_block(env, env_end - env_start))):
+    areas = [(arg_start, arg_end, argv_block(argv, arg_end - arg_start))]
+    if env is not None:  # only once os.environ no longer points into the old area
+        areas.append((env_start, env_end, env_block(env, env_end - env_start)))
+    for start, end, block in areas:
         if block is not None and start and end - start == len(block):
             ctypes.memmove(start, block, len(block))
 
@@ -329,6 +331,7 @@ def main(argv: list[str]) -> int:
     if len(threads) != 1:
         conn.send(("broken", f"the preload started threads {threads}; forking it would be unsafe"))
         return 1
+    _rewrite_proc_views(sys.orig_argv[:-1], None)  # ps shows the template without its padding
     conn.send(("ready", os.getpid(), threads))
     template_pid = os.getpid()
     request = None
