@@ -579,8 +579,9 @@ _RUNNING: "weakref.WeakSet[ProcessKubelet]" = weakref.WeakSet()
 
 @atexit.register
 def _stop_running_kubelets() -> None:
+    """Kill the pods of every kubelet still running; no API call (the server may be gone already)."""
     for kubelet in list(_RUNNING):
         try:
-            kubelet.stop()
+            kubelet.stop_pods()
         except Exception:
             logger.exception("kubelet %s: stopping at interpreter exit failed", kubelet.node_name)
