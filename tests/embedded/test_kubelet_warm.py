@@ -234,21 +234,25 @@ KILLED_OWNER = textwrap.dedent("""
         time.sleep(0.05)
     template = kubelet.warm.running_template() if kubelet.warm else None
     print(json.dumps({"pods": kubelet.running_processes(), "template": template}), flush=True)
-    time.sleep(120)
+    if sys.argv[2] == "wait":
+        time.sleep(120)
 """)
 
 
-@pytest.mark.parametrize("runtime", ["warm", "exec"])
-def test_kill_9_of_the_process_running_the_kubelet_leaves_no_pod_process(runtime):
-    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, runtime], stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("runtime,end", [("warm", "kill -9"), ("exec", "kill -9"), ("warm", "exit")])
+def test_no_pod_process_outlives_the_process_running_the_kubelet(runtime, end):
+    """Killed by SIGKILL (parent-death signal) or exiting without stopping anything (atexit): nothing is left."""
+    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, runtime, "wait" if end == "kill -9" else "exit"],
+                             stdout=subprocess.PIPE, text=True)
     try:
         line = owner.stdout.readline()
         assert line, "the embedded Kubernetes did not start its pods"
         started = json.loads(line)
         pids = started["pods"] + ([started["template"]] if started["template"] else [])
         assert len(pids) == (3 if runtime == "warm" else 2)
-        os.kill(owner.pid, signal.SIGKILL)
-        owner.wait(5)
+        if end == "kill -9":
+            os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(30)
         deadline = time.monotonic() + 5
         while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
