@@ -1,7 +1,7 @@
 """The warm container runtime of the process kubelet: Python containers forked from a preloaded template.
 
-Why: a ``dask worker`` pod boots two interpreters that each import distributed (about half a
-second of CPU each); the pods are Running in a fraction of a second and then wait for that.
+Why: a ``dask worker`` pod boots two interpreters that each import distributed (0.5-1 s of CPU
+each); the pods are Running in a fraction of a second and then wait for that.
 Like multiprocessing's forkserver with a preload, one single-threaded template process per
 kubelet imports distributed once and forks a child per container, which then runs the command
 in-process. It serves every pod alike (any client's), so it is a runtime feature, not a
@@ -16,7 +16,9 @@ Data flow: the kubelet asks :meth:`WarmRuntime.start_container` with the resolve
 :func:`classify` accepts ``python -m MOD``, ``python -c CODE``, ``python FILE`` and scripts whose
 ``#!`` names this interpreter (``dask``), and :func:`same_interpreter_env` requires the
 variables that shape an interpreter's start (``PYTHON*``, locale, HOME, DASK_CONFIG) to equal
-the template's; anything else returns None and the kubelet execs as before. The template
+the template's; the command line and environment must fit the room the template reserves for
+``/proc/PID/{cmdline,environ}`` (:data:`ARG_SPACE`, :data:`ENV_SPACE`) and the memory limit must
+be large enough (above). Anything else returns None and the kubelet execs as before. The template
 (:mod:`.warm_template`) is started lazily by this runtime's own thread, which then reads its
 messages until it exits.
 
