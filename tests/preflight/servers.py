@@ -245,5 +245,9 @@ def create_quota(core_api: Any, namespace: str, hard: dict[str, str], name: str 
     fills the status too, so the wait holds on both.
     """
     core_api.create_namespaced_resource_quota(namespace, {"metadata": {"name": name}, "spec": {"hard": hard}})
-    wait_until(lambda: set((core_api.read_namespaced_resource_quota(name, namespace).status.hard or {})) == set(hard),
-               timeout=30, interval=0.05, what=f"ResourceQuota {name}'s status from the quota controller")
+
+    def counted() -> bool:
+        status = core_api.read_namespaced_resource_quota(name, namespace).status  # None or empty until then
+        return status is not None and set(status.hard or {}) == set(hard)
+
+    wait_until(counted, timeout=30, interval=0.05, what=f"ResourceQuota {name}'s status from the quota controller")
