@@ -149,6 +149,35 @@ def _add_into(total: dict[str, Decimal], more: Mapping[str, Decimal]) -> None:
         total[name] = total.get(name, Decimal(0)) + value
 
 
+def _container_qos_requests(container: Mapping[str, Any]) -> dict[str, Decimal]:
+    resources = (container or {}).get("resources") or {}
+    return _qos_quantities({**(resources.get("limits") or {}), **(resources.get("requests") or {})})
+
+
+def _pod_level_requests(spec: Mapping[str, Any]) -> dict[str, Decimal]:
+    """Pod-level cpu/memory requests as upstream defaults them (defaults.go defaultPodRequests).
+
+    Explicit, else what the containers request together (summed, at least each init container),
+    else the pod-level limit; nothing is defaulted without pod-level limits.
+    """
+    resources = spec["resources"]
+    if not resources.get("limits"):
+        return _qos_quantities_all(resources.get("requests"))
+    aggregated: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        _add_into(aggregated, _container_qos_requests(container))
+    for container in spec.get("initContainers") or []:
+        for name, value in _container_qos_requests(container).items():
+            aggregated[name] = max(aggregated.get(name, Decimal(0)), value)
+    defaults = {**_qos_quantities(resources.get("limits")), **aggregated}
+    return {**defaults, **_qos_quantities_all(resources.get("requests"))}
+
+
+def _qos_quantities_all(mapping: Mapping[str, Any] | None) -> dict[str, Decimal]:
+    """Like :func:`_qos_quantities` but keeping zeros, so an explicit zero request overrides a default."""
+    return {name: parse_quantity(value, what=name) for name, value in (mapping or {}).items() if name in QOS_RESOURCES}
+
+
 def _qos_totals(pod: Mapping[str, Any]) -> tuple[dict[str, Decimal], dict[str, Decimal], bool]:
     """Summed cpu/memory requests and limits, and whether every level sets both cpu and memory limits.
 
@@ -156,17 +185,18 @@ def _qos_totals(pod: Mapping[str, Any]) -> tuple[dict[str, Decimal], dict[str, D
     before and after it is stored. Pod-level ``spec.resources``, when given, replaces the containers.
     """
     spec = pod.get("spec") or {}
-    levels = [spec["resources"]] if isinstance(spec.get("resources"), dict) else [
-        (c or {}).get("resources") or {} for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]]
+    if isinstance(spec.get("resources"), dict):
+        limits = _qos_quantities(spec["resources"].get("limits"))
+        requests = {k: v for k, v in _pod_level_requests(spec).items() if v > 0}
+        return requests, limits, set(limits) >= set(QOS_RESOURCES)
     requests: dict[str, Decimal] = {}
     limits: dict[str, Decimal] = {}
     all_limited = True
-    for resources in levels:
-        level_limits = _qos_quantities(resources.get("limits"))
-        level_requests = _qos_quantities({**(resources.get("limits") or {}), **(resources.get("requests") or {})})
-        _add_into(requests, level_requests)
-        _add_into(limits, level_limits)
-        all_limited = all_limited and set(level_limits) >= set(QOS_RESOURCES)
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        container_limits = _qos_quantities(((container or {}).get("resources") or {}).get("limits"))
+        _add_into(requests, _container_qos_requests(container))
+        _add_into(limits, container_limits)
+        all_limited = all_limited and set(container_limits) >= set(QOS_RESOURCES)
     return requests, limits, all_limited
 
 

@@ -593,12 +593,13 @@ class ObjectStore:
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
             meta.pop(field, None)
         meta.pop("generation", None)
+        qos = pod_qos_class(obj) if info.name == "pods" else None  # read before the client's status goes, as upstream
         if info.name in _STATUS_AT_CREATE:  # upstream strategies' PrepareForCreate: a client's status is dropped
             obj["status"] = json.loads(_STATUS_AT_CREATE[info.name])
-        if info.name == "pods":
+        if qos is not None:
             # kube-apiserver's pod PrepareForCreate: generation 1 and the QoS class, fixed for the pod's life
             meta["generation"] = 1
-            obj["status"]["qosClass"] = pod_qos_class(obj)
+            obj["status"]["qosClass"] = qos
         if info.name == "services" and obj["spec"].get("type") != "ExternalName":
             if not obj["spec"].get("clusterIP"):
                 n = self._next_service_ip

@@ -54,12 +54,33 @@ def test_a_created_pod_has_the_qos_class_upstream_computes(target, containers, i
     assert target.core_v1.read_namespaced_pod("q", target.namespace).status.qos_class == qos
 
 
+@pytest.mark.parametrize("pod_resources, container, qos", [
+    ({"limits": {"cpu": "1", "memory": "1Gi"}}, {}, "Guaranteed"),  # pod requests default to its limits
+    ({"requests": {"cpu": "500m"}}, {}, "Burstable"),
+    ({"limits": {"cpu": "1", "memory": "1Gi"}}, {"requests": {"cpu": "500m"}}, "Burstable"),  # containers' requests first
+    ({}, GUARANTEED, "BestEffort"),  # pod-level resources replace the containers'
+], ids=["limits", "requests-only", "container-request", "empty"])
+def test_pod_level_resources_decide_the_qos_class(target, pod_resources, container, qos):
+    # Upstream ComputePodQOS with PodLevelResources (beta, on in v1.36) and defaults.go defaultPodRequests.
+    pod = pod_with("l", container)
+    pod["spec"]["resources"] = pod_resources
+    assert target.core_v1.create_namespaced_pod(target.namespace, pod).status.qos_class == qos
+
+
 def test_a_client_status_on_create_is_dropped_but_for_phase_and_qos(target):
     # Upstream PrepareForCreate replaces the whole status: what a client sends is not stored.
     pod = pod_with("s", {})
     pod["status"] = {"phase": "Running", "podIP": "10.0.0.9", "message": "client-made"}
     status = target.core_v1.create_namespaced_pod(target.namespace, pod).status
     assert (status.phase, status.pod_ip, status.message, status.qos_class) == ("Pending", None, None, "BestEffort")
+
+
+def test_a_qos_class_sent_on_create_is_kept_even_when_wrong(target):
+    # Upstream PrepareForCreate evaluates GetPodQOS(pod) on the pod as sent, before replacing its
+    # status: a client's status.qosClass wins over the computed one.
+    pod = pod_with("w", {})
+    pod["status"] = {"qosClass": "Guaranteed"}
+    assert target.core_v1.create_namespaced_pod(target.namespace, pod).status.qos_class == "Guaranteed"
 
 
 def test_a_status_update_without_qos_class_keeps_it(target):
