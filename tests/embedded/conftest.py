@@ -4,7 +4,8 @@
 kubelet suites bring their own nodes) and, on teardown, fails the test if the server left a
 thread, a listening port or a child process behind. ``core_v1`` is the official client's
 ``CoreV1Api`` configured from the kubeconfig the embedded cluster wrote; ``kubectl`` runs the
-real kubectl against it (skipped with a reason when kubectl is not installed).
+real kubectl against it (skipped with a reason when kubectl is not installed). ``target`` is a
+differential test's server: the embedded one, then upstream's when pytest gets ``--k8s-kubeconfig``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import subprocess
 import threading
 import time
 import uuid
+from typing import Any
 
 import psutil
 import pytest
+from kubernetes import client, config
 
 
 def _threads() -> set[threading.Thread]:
@@ -116,10 +119,9 @@ class Target:
     test), so a difference fails on the embedded side. ``namespace`` is fresh per test.
     """
 
-    def __init__(self, name: str, api_client, namespace: str) -> None:
-        from kubernetes import client
-
-        self.name = name
+    def __init__(self, name: str, api_client: client.ApiClient, namespace: str, kube: Any = None) -> None:
+        self.name = name  # "embedded" or "upstream"
+        self.kube = kube  # the EmbeddedKubernetes behind an embedded target (its store), else None
         self.api_client = api_client
         self.core_v1 = client.CoreV1Api(api_client)
         self.namespace = namespace
@@ -137,9 +139,7 @@ class Target:
         return response.status, json.loads(response.read())
 
 
-def _upstream_target(kubeconfig: str):
-    from kubernetes import client, config
-
+def _upstream_target(kubeconfig: str) -> tuple[client.ApiClient, str]:
     api_client = config.new_client_from_config(config_file=kubeconfig)
     namespace = f"conformance-{uuid.uuid4().hex[:8]}"
     client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
@@ -149,15 +149,11 @@ def _upstream_target(kubeconfig: str):
 @pytest.fixture(params=["embedded", "upstream"])
 def target(request, make_kube):
     """The same test against the embedded API server and, with ``--k8s-kubeconfig``, upstream's."""
-    from kubernetes import client, config
-
     if request.param == "embedded":
         kube = make_kube()
         api_client = config.new_client_from_config(config_file=kube.kubeconfig)
         client.CoreV1Api(api_client).create_namespace({"metadata": {"name": "conformance"}})
-        server = Target("embedded", api_client, "conformance")
-        server.kube = kube
-        yield server
+        yield Target("embedded", api_client, "conformance", kube)
         api_client.close()
         return
     kubeconfig = request.config.getoption("--k8s-kubeconfig")
@@ -165,9 +161,7 @@ def target(request, make_kube):
         pytest.skip("upstream side of a differential test: pass --k8s-kubeconfig of an upstream kube-apiserver "
                     "(python ci/upstream_k8s.py up --kubeconfig F --nodes 0)")
     api_client, namespace = _upstream_target(kubeconfig)
-    server = Target("upstream", api_client, namespace)
-    server.kube = None
-    yield server
+    yield Target("upstream", api_client, namespace)
     try:
         client.CoreV1Api(api_client).delete_namespace(namespace)
     finally:
