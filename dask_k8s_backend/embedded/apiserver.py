@@ -347,7 +347,10 @@ class ApiHandler(tornado.web.RequestHandler):
             field_selector=args("fieldSelector", None), limit=limit, continue_token=options.continue_token,
             resource_version=at)
         if self._wants_table():
-            self._send(200, table_for(route.info, [e.obj for e in entries], rv, token))
+            table = table_for(route.info, [e.obj for e in entries], rv, token)
+            if remaining is not None:  # a Table keeps the list's metadata (upstream rest/table.go)
+                table["metadata"]["remainingItemCount"] = remaining
+            self._send(200, table)
             return
         meta: dict[str, Any] = {"resourceVersion": rv}
         if token:

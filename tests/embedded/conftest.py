@@ -127,11 +127,11 @@ class Target:
         self.namespace = namespace
 
     def raw(self, method: str, path: str, query: dict | None = None, body=None, stream: bool = False,
-            content_type: str = "application/json"):
+            content_type: str = "application/json", accept: str = "application/json"):
         """``(code, parsed JSON)`` of one request (any code; no exception); ``stream``: the open urllib3 response."""
         method, url, headers, body, _ = self.api_client.param_serialize(
             method, path, query_params=list((query or {}).items()), body=body,
-            header_params={"Accept": "application/json", "Content-Type": content_type}, auth_settings=["BearerToken"])
+            header_params={"Accept": accept, "Content-Type": content_type}, auth_settings=["BearerToken"])
         response = self.api_client.call_api(method, url, header_params=headers, body=body,
                                             _request_timeout=None if stream else 30)
         if stream:

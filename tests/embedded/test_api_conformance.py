@@ -146,6 +146,16 @@ def test_later_pages_are_served_from_the_first_pages_snapshot(target):
     assert names(now) == ["s-a", "s-b", "s-bb", "s-c", "s-e", "s-z"]
 
 
+def test_a_table_page_keeps_the_lists_metadata(target):
+    # Upstream rest/table.go: a Table (kubectl get) carries the list's resourceVersion, continue and remainingItemCount.
+    make_secrets(target, "a", "b", "c")
+    code, table = target.raw("GET", f"/api/v1/namespaces/{target.namespace}/secrets", query={"limit": "1"},
+                             accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    assert code == 200 and table["kind"] == "Table" and [r["object"]["metadata"]["name"] for r in table["rows"]] == ["a"]
+    assert set(table["metadata"]) == {"resourceVersion", "continue", "remainingItemCount"}
+    assert table["metadata"]["remainingItemCount"] == 2
+
+
 def test_a_selector_page_has_a_continue_but_no_remaining_count(target):
     # Upstream PrepareContinueToken: remainingItemCount only for an empty predicate; the cacher's
     # GetList gives a token whenever objects follow the page's last one, matching or not.
