@@ -26,7 +26,7 @@ from dask_k8s_backend.preflight import (
 
 from k8s_helpers import list_pods
 
-from .conftest import rbac_yaml_rules
+from .conftest import rbac_yaml_rules, rule
 from .servers import api_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,12 +36,12 @@ SERVICE_ACCOUNTS = ("dask-sa", "weak", "no-logs")
 
 
 def rules(permissions) -> list[dict]:
-    return [{"resources": [p.full_resource], "verbs": [p.verb], "namespaces": [NS]} for p in permissions]
+    return [rule(p, NS) for p in permissions]
 
 
 USERS = {
     "dask-sa": rbac_yaml_rules(NS),        # deploy/rbac.yaml bound to it
-    "weak": rules([p for p in IN_POD_PERMISSIONS if p.verb != "delete"]),
+    "weak": rules([p for p in IN_POD_PERMISSIONS if (p.verb, p.resource) != ("delete", "pods")]),
     "no-logs": rules(IN_POD_PERMISSIONS),  # every required one, no pods/log
     # a notebook identity without pods/log: in cluster mode the scheduler pod's account reads the logs
     "notebook-no-logs": rules(CLIENT_MODE_PERMISSIONS + CLUSTER_MODE_PERMISSIONS
