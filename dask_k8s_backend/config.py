@@ -36,6 +36,8 @@ class SchedulerSettings:
     dashboard_address: str | None = ":0"
     pod_name: str | None = None
     connect_via: str = "auto"
+    lease_renew_interval: float = 10.0
+    lease_duration: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,7 @@ SCHEMA: dict[str, Validator] = {
     "scheduler.host": _OPT_STR, "scheduler.port": _port,
     "scheduler.dashboard-address": _optional(lambda v, k: str(v)), "scheduler.pod-name": _OPT_STR,
     "scheduler.connect-via": _string,
+    "scheduler.lease-renew-interval": _DURATION, "scheduler.lease-duration": _DURATION,
     "worker.cores": _positive(parse_cpu), "worker.memory": _positive(parse_memory),
     "worker.memory-overhead-factor": _positive(_number, allow_zero=True),
     "worker.min-memory-overhead": parse_memory,
@@ -447,6 +450,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, warn_unknown: b
     if parsed["authenticate.oauth-token"] and parsed["authenticate.oauth-token-file"]:
         raise ValueError(f"{PREFIX}.authenticate.oauth-token and {PREFIX}.authenticate.oauth-token-file are "
                          "both set; set only one of them.")
+    if parsed["scheduler.lease-renew-interval"] >= parsed["scheduler.lease-duration"]:
+        raise ValueError(
+            f"{PREFIX}.scheduler.lease-renew-interval = {parsed['scheduler.lease-renew-interval']:g} s is not shorter "
+            f"than {PREFIX}.scheduler.lease-duration = {parsed['scheduler.lease-duration']:g} s: the app would look "
+            "dead between renewals; renew at most a third of the duration (e.g. 10s and 30s)")
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
     for key, value in parsed.items():

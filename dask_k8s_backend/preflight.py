@@ -63,12 +63,13 @@ class QuotaError(PreflightError):
 # ------------------------------------------------------------------------------------ permissions
 @dataclass(frozen=True)
 class Permission:
-    """One RBAC permission the backend needs: ``verb`` on ``resource[/subresource]`` (core group)."""
+    """One RBAC permission the backend needs: ``verb`` on ``resource[/subresource]`` of API ``group`` ("" = core)."""
 
     verb: str
     resource: str
     subresource: str = ""
     why: str = ""
+    group: str = ""
 
     @property
     def full_resource(self) -> str:
@@ -78,6 +79,7 @@ class Permission:
         return f"{self.verb} {self.full_resource}" + (f" ({self.why})" if self.why else "")
 
 
+LEASE_GROUP = "coordination.k8s.io"
 CLIENT_MODE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("create", "pods", why="start workers"),
     Permission("list", "pods", why="see the workers' pods"),
@@ -85,6 +87,9 @@ CLIENT_MODE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("delete", "pods", why="scale down and replace workers"),
     Permission("deletecollection", "pods", why="clean up at close"),
     Permission("patch", "pods", why="label terminated pods kept for debugging"),
+    *(Permission(verb, "leases", why=f"the app's heartbeat lease, owner of its pods ({why})", group=LEASE_GROUP)
+      for verb, why in (("create", "created at start"), ("get", "taken over by a restarted scheduler"),
+                        ("update", "renewed"), ("delete", "deleted at close"), ("list", "read by `status` and `gc`"))),
 )
 # Permissions a feature needs, not the backend: without them the cluster starts, with one warning at start,
 # and the feature says what is missing when it is used (reading quotas and LimitRanges: the preflight's
@@ -118,15 +123,15 @@ def required_permissions(deploy_mode: str, tls: bool = False) -> tuple[Permissio
 
 def role_snippet(missing: Iterable[Permission], namespace: str) -> str:
     """A Role (YAML) granting exactly the ``missing`` permissions in ``namespace``."""
-    by_resource: dict[str, list[str]] = {}
+    by_resource: dict[tuple[str, str], list[str]] = {}
     for permission in missing:
-        verbs = by_resource.setdefault(permission.full_resource, [])
+        verbs = by_resource.setdefault((permission.group, permission.full_resource), [])
         if permission.verb not in verbs:
             verbs.append(permission.verb)
     lines = ["apiVersion: rbac.authorization.k8s.io/v1", "kind: Role", "metadata:", "  name: dask-k8s-backend",
              f"  namespace: {namespace}", "rules:"]
-    for resource, verbs in by_resource.items():
-        lines += ['  - apiGroups: [""]', f'    resources: ["{resource}"]',
+    for (group, resource), verbs in by_resource.items():
+        lines += [f'  - apiGroups: ["{group}"]', f'    resources: ["{resource}"]',
                   "    verbs: [" + ", ".join(f'"{v}"' for v in verbs) + "]"]
     return "\n".join(lines)
 
@@ -173,7 +178,7 @@ async def _allowed(api_client: Any, permission: Permission, namespace: str) -> b
 
     body = {
         "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": {"namespace": namespace, "verb": permission.verb, "group": "",
+        "spec": {"resourceAttributes": {"namespace": namespace, "verb": permission.verb, "group": permission.group,
                                         "resource": permission.resource, "subresource": permission.subresource}},
     }
     review = await _call(f"ask whether we may {permission.verb} {permission.full_resource} in namespace {namespace}",
@@ -461,7 +466,7 @@ async def _subject_allowed(api_client: Any, user: str, permission: Permission, n
     body = {
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {"user": user, "resourceAttributes": {
-            "namespace": namespace, "verb": permission.verb, "group": "", "resource": permission.resource,
+            "namespace": namespace, "verb": permission.verb, "group": permission.group, "resource": permission.resource,
             "subresource": permission.subresource}},
     }
     review = await _call(f"ask whether {user} may {permission.verb} {permission.full_resource} in namespace {namespace}",

@@ -19,6 +19,7 @@ from .. import labels
 from ..clock import Clock, SystemClock
 from .allocator import ExecutorPodsAllocator
 from .failures import FailureTracker
+from .heartbeat import AppHeartbeat, LeaseApi
 from .kept_logs import KeptLogs
 from .kube_api import KubePodApi
 from .lifecycle import ExecutorPodsLifecycleManager
@@ -50,11 +51,13 @@ class BackendComponents:
     watch: ExecutorPodsWatchSource
     polling: ExecutorPodsPollingSource
     nodes: NodeCapacity
+    heartbeat: AppHeartbeat
     selector: str
     clock: Clock
     keep_finished: bool = False  # executor.delete-on-termination false: finished pods outlive the app
 
     async def start(self) -> None:
+        await self.heartbeat.start()  # the app's Lease exists before its first pod: it owns them
         self.nodes.start()
         self.lifecycle.start(self.store)
         self.allocator.start(self.store)
@@ -145,6 +148,7 @@ class BackendComponents:
             if remaining == 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(SHUTDOWN_POLL)
+        await self.heartbeat.stop(delete=not self.keep_finished)  # kept pods keep their (released) owner for gc
         try:
             await self.api.close()
         except Exception:
@@ -189,6 +193,11 @@ def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = N
         on_executor_lost=plugin.on_executor_lost, known_executors=plugin.registered_executor_ids, kept_logs=kept_logs,
     )
     nodes = NodeCapacity(api=api, clock=clock)
+    heartbeat = AppHeartbeat(
+        api=LeaseApi(plugin.connection.api_client, plugin.app.namespace, request_timeout=settings.api.request_timeout),
+        app=plugin.app, clock=clock, interval=settings.scheduler.lease_renew_interval,
+        duration=settings.scheduler.lease_duration, owner=plugin.owner,
+    )
     allocator = ExecutorPodsAllocator(
         api=api, settings=settings.allocation, pod_factory=plugin.build_pod, failures=failures, clock=clock,
         known_executors=plugin.registered_executor_ids, on_pending_reason=plugin.on_pending_reason,
@@ -197,5 +206,5 @@ def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = N
     watch = ExecutorPodsWatchSource(api, store, selector, clock)
     polling = ExecutorPodsPollingSource(api, store, selector, clock, interval=settings.executor.api_polling_interval)
     return BackendComponents(api=api, store=store, failures=failures, allocator=allocator, lifecycle=lifecycle,
-                             watch=watch, polling=polling, nodes=nodes, selector=selector, clock=clock,
+                             watch=watch, polling=polling, nodes=nodes, heartbeat=heartbeat, selector=selector, clock=clock,
                              keep_finished=not settings.executor.delete_on_termination)

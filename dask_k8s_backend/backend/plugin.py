@@ -129,6 +129,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
             group=group,
             template=recipe.template,
             owner=self.owner,
+            app_owners=self.components.heartbeat.owner_references(controller=self.owner is None) if self.components else (),
         )
 
     def registered_executor_ids(self) -> set[int]:

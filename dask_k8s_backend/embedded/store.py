@@ -788,14 +788,31 @@ class ObjectStore:
         return deleted
 
     def _collect_garbage(self, owner_meta: dict) -> None:
-        """Background cascade: dependents of a removed owner go; owners waiting in foreground advance."""
+        """Background cascade: dependents of a removed owner go, unless another of their owners still exists
+        (then only the reference to the removed one is dropped, as upstream's garbage collector does);
+        owners waiting in foreground advance."""
         uid = owner_meta["uid"]
         for resource, dep_key in sorted(self._dependents.get(uid, ()), key=lambda d: (d[0], d[1][0] or "", d[1][1])):
             dep = self._objects[resource].get(dep_key)
-            if dep is not None and not dep.meta.get("deletionTimestamp"):
+            if dep is None or dep.meta.get("deletionTimestamp"):
+                continue
+            others = [r for r in dep.meta.get("ownerReferences") or [] if r.get("uid") != uid]
+            if any(self._owner_exists(r, dep_key[0]) for r in others):
+                new = dep.copy()
+                new["metadata"]["ownerReferences"] = [r for r in new["metadata"]["ownerReferences"] if r.get("uid") != uid]
+                self._commit("MODIFIED", RESOURCES[resource], dep_key, dep, new)
+            else:
                 self._delete(RESOURCES[resource], dep_key, dep, None, None)
         for ref in owner_meta.get("ownerReferences") or []:
             self._advance_foreground_owner(ref)
+
+    def _owner_exists(self, ref: dict, namespace: str | None) -> bool:
+        """Whether the object an ownerReference names (kind, apiVersion, name, uid) is stored and not going."""
+        for resource, info in RESOURCES.items():
+            if info.kind == ref.get("kind") and info.group_version == ref.get("apiVersion"):
+                entry = self._objects[resource].get((namespace if info.namespaced else None, ref.get("name", "")))
+                return entry is not None and entry.meta.get("uid") == ref.get("uid")
+        return False
 
     def _advance_foreground_owner(self, ref: dict) -> None:
         for resource, info in RESOURCES.items():

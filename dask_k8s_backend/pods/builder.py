@@ -61,6 +61,7 @@ class ExecutorPodContext:
     scheduler_address: str
     group: str = labels.DEFAULT_GROUP
     owner: dict[str, Any] | None = None
+    app_owners: tuple[dict[str, Any], ...] = ()  # the app's Lease (app_lease.py), as ownerReferences
     container_index: int = 0
     worker_args: tuple[str, ...] = field(default=())
 
@@ -331,6 +332,18 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
+def app_owner_step(pod: Pod, ctx: ExecutorPodContext) -> Pod:
+    """The app's Lease owns the pod: deleting it (``gc`` of a dead app) garbage-collects the pod, even Pending."""
+    if not ctx.app_owners:
+        return pod
+    pod = _clone(pod)
+    meta = pod["metadata"]
+    present = {r.get("uid") for r in meta.get("ownerReferences") or []}
+    meta["ownerReferences"] = list(meta.get("ownerReferences") or []) + [
+        dict(r) for r in ctx.app_owners if r.get("uid") not in present]
+    return pod
+
+
 def security_context_step(pod: Pod, ctx: ExecutorPodContext) -> Pod:
     """Restrictive defaults for the worker container, each only where the template says nothing.
 
@@ -375,6 +388,7 @@ FEATURE_STEPS: tuple[FeatureStep, ...] = (
     scheduling_step,
     service_account_step,
     owner_reference_step,
+    app_owner_step,
     security_context_step,
     tls_step,
 )
@@ -403,13 +417,15 @@ def build_executor_pod(
     group: str = labels.DEFAULT_GROUP,
     template: dict | None = None,
     owner: dict | None = None,
+    app_owners: Sequence[dict] = (),
     worker_args: Sequence[str] = (),
     steps: Sequence[FeatureStep] = FEATURE_STEPS,
 ) -> dict:
     """The pod to create for one executor (a new dict; the template is never modified).
 
     ``template`` (a dict) wins over ``settings.worker.pod_template`` (a file, cached by mtime);
-    ``owner`` is the scheduler pod or an ownerReference to it; ``worker_args`` are appended to
+    ``owner`` is the scheduler pod or an ownerReference to it; ``app_owners`` are ownerReferences to
+    the app's Lease (added as they are: the caller decides which one is the controller); ``worker_args`` are appended to
     the ``dask worker`` command line.
     """
     if isinstance(executor_id, bool) or not isinstance(executor_id, int) or executor_id < 0:
@@ -417,7 +433,7 @@ def build_executor_pod(
     pod, index = base_pod(template, settings)
     ctx = ExecutorPodContext(
         executor_id=executor_id, app=app, settings=settings, scheduler_address=scheduler_address,
-        group=group, owner=owner, container_index=index, worker_args=tuple(worker_args),
+        group=group, owner=owner, app_owners=tuple(app_owners), container_index=index, worker_args=tuple(worker_args),
     )
     for step in steps:
         pod = step(pod, ctx)

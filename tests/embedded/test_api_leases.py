@@ -65,3 +65,19 @@ def test_discovery_names_the_coordination_group_and_leases_are_not_core(kube, ap
     assert "leases" not in [r.name for r in core.resources]
     assert raw(kube, "GET", "/api/v1/namespaces/default/leases")[0] == 404
     assert raw(kube, "GET", "/apis/coordination.k8s.io/v1/namespaces/default/pods")[0] == 404
+
+
+def test_a_pod_with_another_owner_left_loses_only_the_reference_to_the_deleted_lease(leases, core_v1):
+    """As upstream's garbage collector: a dependent goes only when all of its owners are gone."""
+    owner = leases.create_namespaced_lease("default", lease("app-c"))
+    other = core_v1.create_namespaced_config_map("default", {"metadata": {"name": "other-owner"}})
+    references = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "other-owner", "uid": other.metadata.uid, "controller": True},
+        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": "app-c", "uid": owner.metadata.uid}]
+    core_v1.create_namespaced_pod("default", {"metadata": {"name": "two-owners", "ownerReferences": references},
+                                              "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    leases.delete_namespaced_lease("app-c", "default")
+    pod = core_v1.read_namespaced_pod("two-owners", "default")
+    assert [r.kind for r in pod.metadata.owner_references] == ["ConfigMap"]
+    core_v1.delete_namespaced_config_map("other-owner", "default")
+    assert [p.metadata.name for p in core_v1.list_namespaced_pod("default").items] == []

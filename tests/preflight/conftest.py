@@ -31,7 +31,8 @@ def user_name(permission: Permission) -> str:
 
 
 def rule(permission: Permission, namespace: str = "default") -> dict:
-    return {"apiGroups": [""], "resources": [permission.full_resource], "verbs": [permission.verb], "namespaces": [namespace]}
+    return {"apiGroups": [permission.group], "resources": [permission.full_resource], "verbs": [permission.verb],
+            "namespaces": [namespace]}
 
 
 def rbac_yaml_rules(namespace: str) -> list[dict]:
