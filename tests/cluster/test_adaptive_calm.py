@@ -54,11 +54,10 @@ def test_an_idle_cluster_reaches_its_minimum_within_window_and_wait(kube):
         client.wait_for_workers(1, timeout=60)
         run_burst(client, 0)
         assert live_executors(cluster) > 1
-        idle_since = time.monotonic()
-        # window + wait_count decisions, plus retiring the workers and deleting their pods
+        # window + wait_count decisions, plus retiring the workers and deleting their pods (that the window
+        # holds the target up is the rule tests' job: the load's recommendation falls before gather returns)
         wait_until(lambda: live_executors(cluster) == 1 and len(client.scheduler_info()["workers"]) == 1,
                    timeout=window + wait_count * interval + 10, what="the minimum of 1 worker")
-        assert time.monotonic() - idle_since >= window  # not before the window passed
         assert "adaptive 1–4" in cluster._repr_html_()
 
 
