@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from reliability.scenarios import run_api_faults, run_kill_chaos, run_scheduler_kill  # noqa: E402
+from reliability.scenarios import (  # noqa: E402
+    run_api_faults, run_client_kill_while_pending, run_kill_chaos, run_scheduler_kill,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         kills = run_kill_chaos(kube, seed=args.seed, target=4, kills=args.kills)
         faults = run_api_faults(kube, seed=args.seed + 4, target=3)
         dead = run_scheduler_kill(kube, workers=2)
+        orphans = run_client_kill_while_pending(kube, pending=2)
     wrong = int(not kills.result_correct) + int(not faults.result_correct)
-    leaked = kills.pods_leaked + faults.pods_leaked + dead.pods_leaked
+    leaked = kills.pods_leaked + faults.pods_leaked + dead.pods_leaked + orphans.pods_leaked
     reused = kills.executor_ids_reused + faults.executor_ids_reused
     gc_summary = "; ".join(line for line in dead.gc_output.splitlines() if "deleted" in line or "secret" in line)
     print(f"chaos summary (seed {args.seed}, {time.monotonic() - started:.0f} s)")
@@ -54,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{faults.replacements}; caught up {faults.caught_up_seconds:.1f} s after the outage")
     print(f"  scheduler SIGKILLed:   {dead.workers} worker pods exited in {dead.exit_seconds:.1f} s "
           f"(death-timeout {dead.death_timeout:.0f} s), gc: {gc_summary}")
+    print(f"  client SIGKILLed while Pending: {orphans.pending} Pending pods, left alone by gc while alive "
+          f"({orphans.left_by_early_gc}), dead by heartbeat {orphans.dead_after_seconds:.1f} s after the kill "
+          f"(lease {orphans.lease_duration:.0f} s), gone {orphans.gone_after_gc_seconds:.1f} s after gc without --app")
     print(f"  executor ids reused:   {len(reused)}")
     print(f"  pods leaked:           {leaked}")
     print(f"  wrong results:         {wrong}")
-    ok = (not wrong and leaked == 0 and not reused and kills.pods_created <= kills.target + len(kills.kills)
+    ok = (not wrong and leaked == 0 and not reused and orphans.left_by_early_gc == orphans.pending and kills.pods_created <= kills.target + len(kills.kills)
           and faults.pods_created <= faults.target + faults.replacements)
     return 0 if ok else 1
 

@@ -384,3 +384,69 @@ def run_scheduler_kill(kube: Any, *, workers: int = 2) -> SchedulerKillReport:
         if driver.stdout:
             driver.stdout.close()
     return report
+
+
+PENDING_DRIVER = """
+import sys, time
+from dask_k8s_backend import KubeSparkCluster
+url, kubeconfig, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cluster = KubeSparkCluster(master="k8s://" + url, quiet=True, worker_memory="512MiB",
+                           authenticate={"kubeconfig": kubeconfig},
+                           scheduler={"lease-renew-interval": "1s", "lease-duration": "3s"},
+                           worker={"node-selector": {"dask-k8s-backend-chaos/no-such-node": "true"}})
+cluster.scale(n)
+print("READY", cluster.app.app_id, flush=True)
+time.sleep(600)
+"""
+
+
+@dataclass
+class ClientKillPendingReport:
+    """A client-mode driver SIGKILLed while its worker pods are Pending (no death-timeout can end them)."""
+
+    pending: int
+    lease_duration: float = 3.0
+    left_by_early_gc: int = -1  # pods a gc before the heartbeat expired left alone (all of them)
+    dead_after_seconds: float = float("nan")  # SIGKILL -> `status` says dead
+    gone_after_gc_seconds: float = float("nan")  # `gc` (no --app) -> no pod of the app
+    gc_output: str = ""
+    pods_leaked: int = -1
+
+
+def _status_line(kube: Any, app_id: str) -> str:
+    """The app's header line in `python -m dask_k8s_backend status` ("" when not listed)."""
+    lines = run_cli(kube, "status", "--master", "k8s://").splitlines()
+    return next((line for line in lines if line.startswith(f"app {app_id} ")), "")
+
+
+def run_client_kill_while_pending(kube: Any, *, pending: int = 2) -> ClientKillPendingReport:
+    """SIGKILL a client whose pods are Pending; once its heartbeat expires, `gc` without --app removes them."""
+    report = ClientKillPendingReport(pending=pending)
+    driver = subprocess.Popen([sys.executable, "-c", PENDING_DRIVER, kube.url, kube.kubeconfig, str(pending)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(ROOT))
+    try:
+        line = driver.stdout.readline() if driver.stdout else ""  # type: ignore[union-attr]
+        if not line.startswith("READY"):
+            raise AssertionError(f"the driver exited with {driver.wait(timeout=30)} before creating its pods")
+        app_id = line.split()[1]
+        wait_until(lambda: len(app_pods(kube, app_id)) == pending, timeout=60, what="the Pending pods")
+        run_cli(kube, "gc", "--master", "k8s://")
+        report.left_by_early_gc = len(app_pods(kube, app_id))
+        driver.kill()
+        driver.wait(timeout=10)
+        killed = time.monotonic()
+        wait_until(lambda: "dead" in _status_line(kube, app_id), timeout=30, interval=0.5,
+                   what="status to say the app is dead")
+        report.dead_after_seconds = round(time.monotonic() - killed, 2)
+        collected = time.monotonic()
+        report.gc_output = run_cli(kube, "gc", "--master", "k8s://")
+        wait_until(lambda: not app_pods(kube, app_id), timeout=15, what="gc to delete the Pending pods")
+        report.gone_after_gc_seconds = round(time.monotonic() - collected, 2)
+        report.pods_leaked = len(app_pods(kube, app_id))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=10)
+        if driver.stdout:
+            driver.stdout.close()
+    return report
