@@ -104,6 +104,9 @@ def test_the_widget_refreshes_itself(kube):
         cluster.scale(1)  # nobody renders: distributed's periodic refresh must pick it up
         wait_until(lambda: "Executors (1)" in status_pane.value, timeout=30, what="the widget to show the executor")
         wait_until(lambda: ">Running<" in status_pane.value, timeout=120, what="the widget to show it Running")
+        scaling_pane = widget.children[1].children[0]  # distributed's Scaling tab: our groups' policies
+        cluster.adapt(minimum=1, maximum=2)
+        wait_until(lambda: "default: adaptive 1–2" in scaling_pane.value, timeout=30, what="the Scaling tab")
     assert "k8s-closed" in status_pane.value and "Executors (" not in status_pane.value
 
 
