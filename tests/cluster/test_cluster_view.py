@@ -49,9 +49,9 @@ def cells(row: str) -> list[str]:
 
 def test_browser_shows_both_groups_and_the_pending_reason(kube, core_api):
     chromium_or_skip()  # before a cluster is started: CI fails here when chromium is missing
-    # More memory than any node has free once the default group's worker runs: Unschedulable, and it stays so.
-    too_big = node_memory_bytes(core_api) - parse_memory_quantity("256Mi")
-    with KubeSparkCluster(**cluster_kwargs(kube)) as cluster:
+    # More memory than any node has: Unschedulable, and kept Pending (no fast verdict) so the view shows it.
+    too_big = 2 * node_memory_bytes(core_api)
+    with KubeSparkCluster(**cluster_kwargs(kube, allocation={"unrecoverable-pending-confirm": None})) as cluster:
         cluster.scale(1)
         cluster.wait_for_workers(1, timeout=120)
         cluster.add_worker_group("big", worker_cores=1, worker_memory=f"{too_big // 2**20}MiB")
