@@ -6,7 +6,7 @@ over one left by an earlier run, then one thread merge-patches ``spec.renewTime`
 ``duration / 4`` seconds (plus up to 4% jitter, as the kubelet's ``JitterUntil``). The node
 lifecycle controller reads the renew time: a Lease not renewed within
 ``node-monitor-grace-period`` makes the node NotReady/Unknown. An API server that serves no
-Leases (the embedded one) gets no heartbeat: logged once, nothing else fails.
+Leases (404/405) gets no heartbeat: logged once, nothing else fails.
 """
 
 from __future__ import annotations

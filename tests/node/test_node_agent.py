@@ -23,7 +23,6 @@ from node_helpers import NAMESPACE, phase, python_pod, terminated, unique
 
 from dask_k8s_backend.node.options import derived_ip_block
 
-EMBEDDED_HAS_NO_LEASES = "the embedded API server serves no coordination.k8s.io Leases"
 EMBEDDED_PROXIES_NO_LOGS = "the embedded API server serves pods/log only for its in-process kubelets"
 EMBEDDED_HAS_NO_TOKENS = "the embedded API server serves no TokenRequest"
 
@@ -69,8 +68,6 @@ def test_the_agent_registers_a_ready_node_that_announces_its_kubelet_endpoint(ap
 
 
 def test_the_agent_renews_its_lease_owned_by_its_node(api, make_agent):
-    if not api.upstream:
-        pytest.skip(EMBEDDED_HAS_NO_LEASES)
     agent = make_agent(lease_duration=4)  # renewed every second
     name = agent.options.name
     leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
