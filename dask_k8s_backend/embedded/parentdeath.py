@@ -15,14 +15,14 @@ Standard library only: the warm template imports it before anything else.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if sys.platform.startswith("linux") else None
+# The interpreter's own symbols include libc's (find_library would run ldconfig in a subprocess).
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def supported() -> bool:
