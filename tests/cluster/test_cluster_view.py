@@ -127,3 +127,15 @@ def test_pending_and_failed_executors_are_highlighted_and_escaped():
     assert re.search(r'class="k8s-executor" data-phase="Failed" style="background-color: #f8d7da', view)
     assert 'class="k8s-verdict" data-group="default"' in view and "stopped &lt;now&gt;" in view
     assert "cluster.logs(1)" in view and "kubectl logs -n ns p-1" in view
+
+
+def test_a_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    import browser
+
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed.*ci/install_chromium.sh"):
+        browser.chromium_or_skip()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        browser.chromium_or_skip()
