@@ -124,13 +124,28 @@ def _python_launch(argv: list[str]) -> Launch | None:
 
 
 def _runs_with_this_interpreter(path: str) -> bool:
-    """A script whose ``#!`` line is exactly this interpreter (console scripts such as ``dask``)."""
+    """A script whose ``#!`` line is this interpreter (console scripts such as ``dask``), without options.
+
+    pip writes the interpreter's versioned name (``python3.11``) where ``sys.executable`` may be
+    ``python``: the same file in the same folder is the same interpreter. Another folder is not,
+    even for the same file (a venv's ``bin/python`` links to the base interpreter, whose prefix differs).
+    """
     try:
         with open(path, "rb") as f:
             line = f.readline(512)
     except OSError:
         return False
-    return line.rstrip(b"\r\n") == b"#!" + os.fsencode(sys.executable)
+    if not line.startswith(b"#!"):
+        return False
+    interpreter = os.fsdecode(line[2:].strip())
+    if not interpreter or " " in interpreter:
+        return False
+    if os.path.dirname(interpreter) != os.path.dirname(sys.executable):
+        return False
+    try:
+        return os.path.samefile(interpreter, sys.executable)
+    except OSError:
+        return False
 
 
 def same_interpreter_env(env: Mapping[str, str], template_env: Mapping[str, str]) -> bool:

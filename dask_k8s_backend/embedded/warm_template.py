@@ -285,6 +285,9 @@ def _rewrite_proc_views(argv: list[str], env: dict[str, str] | None) -> None:
 
 def become_container(request: Request, template_pid: int) -> None:
     """Turn this forked child into the container's process and run its command (see module docstring)."""
+    # Signals first: until then the template's SIGCHLD handler and wakeup fd are live here, and a
+    # signal arriving after the fds are closed printed "Exception ignored ... wakeup fd" into the log.
+    _reset_signals()
     os.setsid()
     die_with_parent(template_pid)
     _redirect(request["log"])
@@ -296,7 +299,6 @@ def become_container(request: Request, template_pid: int) -> None:
     if request.get("preexec"):
         pickle.loads(request["preexec"])()
     _close_inherited_fds()
-    _reset_signals()
     _set_environment(request["env"])
     _rewrite_proc_views(request["orig_argv"], request["env"])
     _set_argv(request)
