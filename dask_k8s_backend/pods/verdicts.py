@@ -30,7 +30,7 @@ Allocatable = Mapping[str, float]  # resource name -> amount (cpu in cores, memo
 
 UNUSABLE_IMAGE = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 MISSING_CONFIG = frozenset({"CreateContainerConfigError"})
-_REASONS = re.compile(r"nodes are available:(.*?)(?:\. preemption:|\.?$)", re.S)
+_REASONS = re.compile(r"nodes are available:(.*?)(?:\.\s|\.?$)", re.S)  # up to the first sentence's end
 _AUTOSCALER = ("autoscal", "scale-up", "scale up", "TriggeredScaleUp")
 
 

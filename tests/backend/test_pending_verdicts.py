@@ -64,6 +64,9 @@ def test_upstream_messages_with_a_preemption_part_are_read():
     message = ("0/2 nodes are available: 2 Insufficient memory. preemption: 0/2 nodes are available: "
                "2 Preemption is not helpful for scheduling.")
     assert unrecoverable_reason(big_pod(1, message=message), NODES_8G) is not None
+    upstream_136 = ("0/2 nodes are available: 2 Insufficient memory. no new claims to deallocate, preemption: 0/2 "
+                    "nodes are available: 2 Preemption is not helpful for scheduling.")
+    assert unrecoverable_reason(big_pod(1, message=upstream_136), NODES_8G) is not None
 
 
 def test_quantities_and_requests():
