@@ -34,7 +34,8 @@ def test_logs_of_a_deleted_failed_executor_return_its_last_lines(kube, core_api)
             threading.Timer(0.5, os.kill, (os.getppid(), 9)).start()
 
         client.run(say_then_kill_the_pods_main_process)
-        wait_until(lambda: pod not in {p["metadata"]["name"] for p in app_pods(core_api, cluster.app.app_id)},
+        ns = cluster.app.namespace
+        wait_until(lambda: pod not in {p["metadata"]["name"] for p in app_pods(core_api, cluster.app.app_id, ns)},
                    timeout=60, what=f"pod {pod} deleted")
         text = cluster.logs(1)
         assert "last words of executor one" in text
@@ -57,11 +58,11 @@ def test_close_keeps_finished_pods_without_delete_on_termination_for_status_and_
     kwargs = cluster_kwargs(kube, executor={"delete-on-termination": False})
     with KubeSparkCluster(n_workers=1, **kwargs) as cluster:
         cluster.wait_for_workers(1, timeout=120)
-        app_id = cluster.app.app_id
-    kept = app_pods(core_api, app_id)
+        app_id, ns = cluster.app.app_id, cluster.app.namespace
+    kept = app_pods(core_api, app_id, ns)
     assert kept and all(p["metadata"]["labels"].get(labels.INACTIVE) == "true" for p in kept)
     api_client = core_api.api_client
     namespace = kept[0]["metadata"]["namespace"]
     assert app_id in format_apps(group_by_app(list_project_pods(api_client, namespace)))
     collect_garbage(api_client, namespace, None, dry_run=False, say=lambda line: None)
-    wait_until(lambda: not app_pods(core_api, app_id), timeout=30, what="kept pods removed by gc")
+    wait_until(lambda: not app_pods(core_api, app_id, ns), timeout=30, what="kept pods removed by gc")
