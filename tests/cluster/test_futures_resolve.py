@@ -7,6 +7,7 @@ import time
 
 import pytest
 from distributed import Client
+from distributed.scheduler import KilledWorker
 
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.backend.stranded import WorkerGroupStopped
@@ -54,3 +55,26 @@ def test_a_task_submitted_after_the_group_is_blocked_fails_too(kube):
         wait_until(lambda: cluster.refresh_status().errors, timeout=60, what="the group blocked by the bad image")
         with pytest.raises(WorkerGroupStopped, match="ImagePullBackOff|ErrImagePull"):
             client.submit(sum, [1, 2]).result(timeout=30)
+
+
+def test_a_worker_its_nanny_kills_for_memory_gets_the_pod_the_limit_and_the_fix_beside_killed_worker(kube):
+    with KubeSparkCluster(n_workers=1, **cluster_kwargs(kube, worker_memory="256MiB")) as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+
+        def grow() -> int:  # defined here so that it is pickled by value
+            import time
+
+            blocks = []
+            for _ in range(40):  # 640 MiB in steps: the nanny's guard (95% of 256 MiB) fires long before the pod's limit
+                blocks.append(bytearray(16 << 20))
+                time.sleep(0.05)
+            return len(blocks)
+
+        with pytest.raises(KilledWorker):
+            client.submit(grow, pure=False).result(timeout=150)
+        wait_until(lambda: any("failed with KilledWorker" in e for e in cluster.refresh_status().events), timeout=10,
+                   what="the KilledWorker note")
+        note = next(e for e in cluster.refresh_status().events if "failed with KilledWorker" in e)
+        assert "memory guard" in note and "256 MiB" in note and "k8s-backend.worker.memory" in note
+        assert "pod " in note and "-exec-1" in note
