@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kubernetes import client as k8s
+
 from .. import app_lease
 from ..clock import Clock
 from ..errors import AlreadyExists, Forbidden, NotFound, translate
@@ -37,8 +39,6 @@ class LeaseApi:
     """The four Lease calls the heartbeat makes, on the official client, errors translated in one place."""
 
     def __init__(self, api_client: Any, namespace: str, request_timeout: float | None = None) -> None:
-        from kubernetes import client as k8s
-
         self._api = k8s.CoordinationV1Api(api_client)
         self.namespace = namespace
         self._timeout = request_timeout

@@ -32,9 +32,10 @@ Interface used by the plugin::
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from .. import labels
@@ -53,6 +54,7 @@ except ImportError:  # pragma: no cover - exits.py is part of the project
     _explain = None  # type: ignore[assignment]
 
 LostCallback = Callable[[int, str], "Awaitable[None] | None"]
+CLEANUP_CONCURRENCY = 16
 
 
 def explain(state: PodState, executor_id: int) -> str:
@@ -96,6 +98,8 @@ class ExecutorPodsLifecycleManager:
         self.clock = clock or SystemClock()
         self.known_executors = known_executors
         self.lost_ids: set[int] = set()
+        self._cleanups: list[Coroutine[Any, Any, None]] = []
+        self._cleanup_slots = asyncio.Semaphore(CLEANUP_CONCURRENCY)
         self._last_seen: dict[int, float] = {}
         self._last_full_ts: float | None = None
 
@@ -103,7 +107,13 @@ class ExecutorPodsLifecycleManager:
         store.add_subscriber(interval or self.settings.event_processing_interval or 0.1, self.on_snapshots)
 
     async def on_snapshots(self, snapshots: list[ExecutorPodsSnapshot]) -> None:
-        """Handle each snapshot in order; full snapshots also detect missing pods."""
+        """Handle each snapshot in order; full snapshots also detect missing pods.
+
+        Pod clean-ups (keeping the log, then deleting or labelling) of one delivery run concurrently,
+        at most CLEANUP_CONCURRENCY at a time, and the delivery ends when they have: a scale-down of a
+        thousand pods does not wait for a thousand log reads one after the other.
+        """
+        self._cleanups = []
         for snapshot in snapshots:
             ids = snapshot.executor_pods.keys() if snapshot.changed is None else snapshot.changed
             for executor_id in list(ids):
@@ -113,6 +123,8 @@ class ExecutorPodsLifecycleManager:
             if snapshot.is_full and snapshot.full_snapshot_ts != self._last_full_ts:
                 self._last_full_ts = snapshot.full_snapshot_ts
                 await self._detect_missing(snapshot)
+        cleanups, self._cleanups = self._cleanups, []
+        await asyncio.gather(*cleanups)
 
     async def _on_state(self, executor_id: int, state: PodState) -> None:
         if executor_id in self.lost_ids:
@@ -129,7 +141,7 @@ class ExecutorPodsLifecycleManager:
             self.failures.record_failure(group_of_pod(state.pod), executor_id, explanation)
         await self._lost(executor_id, explanation)
         if not isinstance(state, PodDeleted):
-            await self._clean_up(executor_id, state)
+            self._cleanups.append(self._clean_up(executor_id, state))
 
     async def _detect_missing(self, snapshot: ExecutorPodsSnapshot) -> None:
         now = self.clock.now()
@@ -157,6 +169,10 @@ class ExecutorPodsLifecycleManager:
             logger.exception("on_executor_lost failed for executor %s; continuing", executor_id)
 
     async def _clean_up(self, executor_id: int, state: PodState) -> None:
+        async with self._cleanup_slots:
+            await self._clean_up_now(executor_id, state)
+
+    async def _clean_up_now(self, executor_id: int, state: PodState) -> None:
         try:
             if self.settings.delete_on_termination:
                 await self._keep_log(executor_id, state)
