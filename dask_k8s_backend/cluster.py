@@ -739,8 +739,21 @@ def delete_app_pods_now(connection: KubeConnection, namespace: str, app_id: str,
         core.delete_collection_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         remaining = len(core.list_namespaced_pod(namespace, label_selector=selector).items)
         if remaining == 0 or time.monotonic() > deadline:
-            return remaining
+            break
         time.sleep(0.2)
+    _delete_app_leases_now(k8s.CoordinationV1Api(connection.api_client), namespace, selector)
+    return remaining
+
+
+def _delete_app_leases_now(coordination: Any, namespace: str, selector: str) -> None:
+    """The app's heartbeat Lease goes with its pods (else `status` shows a dead app until `gc`)."""
+    from kubernetes import client as k8s
+
+    try:
+        for lease in coordination.list_namespaced_lease(namespace, label_selector=selector).items:
+            coordination.delete_namespaced_lease(lease.metadata.name, namespace)
+    except k8s.ApiException as e:
+        logger.debug("deleting the heartbeat lease at exit failed (%s); it expires and gc removes it", e.reason)
 
 
 def _reap_pods(connection: KubeConnection, namespace: str, app_id: str) -> None:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from distributed import Client, Event, wait
+from kubernetes import client as k8s_client
 
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.waiting import WorkersNotReadyError
@@ -190,3 +191,6 @@ def test_interpreter_exit_without_close_deletes_the_pods(kube, core_api, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     app_id = proc.stdout.split("APP ", 1)[1].split()[0]
     assert app_pods(core_api, app_id) == []
+    leases = k8s_client.CoordinationV1Api(core_api.api_client).list_namespaced_lease(
+        "default", label_selector=f"dask-k8s-backend/app-id={app_id}")
+    assert leases.items == []  # the heartbeat lease went with the pods
