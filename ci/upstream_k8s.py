@@ -150,6 +150,7 @@ def _serve(kube: UpstreamKubernetes, args: argparse.Namespace, target: Path) -> 
 
 
 def up(args: argparse.Namespace, target: Path) -> int:
+    """Start, publish the kubeconfig, serve; exit code 0 after a signal, 1 when starting or serving failed."""
     nodes = NodeOptions(count=args.nodes, kubelet=args.kubelet, cpu=args.cpu, memory=args.memory)
     try:
         with _signals_raise():
@@ -165,6 +166,7 @@ def up(args: argparse.Namespace, target: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 start/serve failed, 2 bad options or (build) the binaries cannot be built."""
     top = parser()
     args = top.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
