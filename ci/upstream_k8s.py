@@ -42,6 +42,8 @@ class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived: unwind through every ``finally`` so children are stopped."""
 
 
+MAX_NODES = 155  # node agents' pod IP blocks 100-254, one each
+
 # -- option types: each error names the option's value and how to fix it (argparse adds the option) --
 def _node_count(text: str) -> int:
     try:
@@ -50,6 +52,9 @@ def _node_count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of nodes; give a whole number >= 0, e.g. --nodes 2")
+    if value > MAX_NODES:
+        raise argparse.ArgumentTypeError(f"{text!r} nodes: at most {MAX_NODES} (each node agent takes one block "
+                                         "of pod IPs 127.100-254.x.y); give fewer, e.g. --nodes 20")
     return value
 
 

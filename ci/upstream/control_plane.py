@@ -42,6 +42,7 @@ from .processes import Component, free_ports, log_tail
 logger = logging.getLogger(__name__)
 
 KUBELETS = ("process", "simulated")
+FIRST_IP_BLOCK = 100  # the node agent's own blocks are 100-254 (dask_k8s_backend/node/options.py)
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,12 @@ class UpstreamKubernetes:
 
     def _start_agents(self) -> None:
         assert self.state_dir is not None
-        for name in self.nodes.names():
+        for index, name in enumerate(self.nodes.names()):
+            # Agents start together, so none sees the others' Nodes: give each its own block of pod
+            # IPs (127.<block>.x.y) rather than letting two names hash to the same one.
             argv = [sys.executable, "-m", "dask_k8s_backend", "node", "--kubeconfig", self.kubeconfig,
                     "--name", name, "--kubelet", self.nodes.kubelet, "--cpu", self.nodes.cpu,
-                    "--memory", self.nodes.memory]
+                    "--memory", self.nodes.memory, "--ip-block", str(FIRST_IP_BLOCK + index)]
             agent = Component(f"agent-{name}", argv, log_dir=self.state_dir)
             self._agents.append(agent)
             agent.start()

@@ -50,6 +50,10 @@ SUITES = (
     # The same requests against the embedded API server and this one (issue 14's differential conformance).
     Suite("API conformance, embedded vs upstream (tests/embedded/test_api_conformance.py)",
           ("tests/embedded/test_api_conformance.py", "--k8s-kubeconfig", "{kc}"), 300),
+    # Real RBAC (ServiceAccounts with exactly each restricted user's Role, deploy/rbac.yaml as shipped)
+    # and upstream's quota and LimitRange admission.
+    Suite("preflight (tests/preflight: real RBAC, deploy/rbac.yaml client mode, quota and LimitRange admission)",
+          ("tests/preflight", "--k8s-kubeconfig", "{kc}"), 300),
     # Its fixture applies deploy/rbac.yaml and runs the cluster-mode scheduler pod as that
     # ServiceAccount: the shipped Role alone authorizes it, as on a user's cluster.
     Suite("KubeSparkCluster suites (tests/cluster)",
