@@ -267,14 +267,24 @@ class ApiHandler(tornado.web.RequestHandler):
             self._send(200, openapi.root_document())
         elif path == "/openapi/v3/api/v1":
             self._send(200, openapi.core_v1_document())
+        elif path == "/openapi/v2":
+            self._send_openapi_v2()
         elif path in _PUBLIC_PATHS:
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self._send(200, b"ok")
         elif path == "/":
             self._send(200, {"paths": sorted(["/api", "/api/v1", "/apis", "/version", "/healthz", "/livez",
-                                              "/readyz", "/openapi/v3"])})
+                                              "/readyz", "/openapi/v2", "/openapi/v3"])})
         else:
             raise _not_found_path(path)
+
+    def _send_openapi_v2(self) -> None:
+        """kubectl 1.27 reads ``/openapi/v2`` only as protobuf (to learn that fieldValidation is supported)."""
+        if "protobuf" in self.request.headers.get("Accept", ""):
+            self.set_header("Content-Type", openapi.V2_PROTOBUF_MEDIA_TYPE)
+            self._send(200, openapi.v2_protobuf_document())
+        else:
+            self._send(200, openapi.v2_json_document())
 
     # -------------------------------------------------------------- resources
 

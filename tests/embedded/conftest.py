@@ -4,8 +4,10 @@
 kubelet suites bring their own nodes) and, on teardown, fails the test if the server left a
 thread, a listening port or a child process behind. ``core_v1`` is the official client's
 ``CoreV1Api`` configured from the kubeconfig the embedded cluster wrote; ``kubectl`` runs the
-real kubectl against it (skipped with a reason when kubectl is not installed). ``target`` is a
+default kubectl against it (skipped with a reason when kubectl is not installed). ``target`` is a
 differential test's server: the embedded one, then upstream's when pytest gets ``--k8s-kubeconfig``.
+``kubectl_matrix`` runs a real kubectl against a ``target``: the default one on PATH and the oldest
+and newest of the versioned ``kubectl.1.NN`` installed beside it (ids ``kubectl-1.27`` ...).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import subprocess
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -166,3 +170,73 @@ def target(request, make_kube):
         client.CoreV1Api(api_client).delete_namespace(namespace)
     finally:
         api_client.close()
+
+
+# The oldest and the newest of the kubectl.1.NN binaries installed beside the default kubectl, and
+# the default itself (None): the kubectl tests run with each against both servers (issue 14).
+KUBECTL_VERSIONS = ("1.27", "1.33", None)
+
+
+def _kubectl_id(version: str | None) -> str:
+    return f"kubectl-{version or 'default'}"
+
+
+def _missing_kubectl(message: str) -> None:
+    """CI must not skip a kubectl version silently: a failure there, a skip with the reason elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def find_kubectl(version: str | None) -> str:
+    """The path of ``kubectl`` (``version`` None) or ``kubectl.<version>`` beside the resolved ``kubectl``.
+
+    The versioned binaries sit in the folder of the default kubectl after following its symlinks
+    (PATH often holds a link to it), so that folder is where they are looked for.
+    """
+    default = shutil.which("kubectl")
+    if default is None:
+        _missing_kubectl(f"kubectl is not on PATH ({os.environ.get('PATH', '')}); install kubectl to run the "
+                         "kubectl tests")
+    if version is None:
+        return default
+    folder = Path(default).resolve().parent
+    binary = folder / f"kubectl.{version}"
+    if not os.access(binary, os.X_OK):
+        _missing_kubectl(f"kubectl {version} is missing: no executable {binary.name} in {folder}, the folder of "
+                         f"the resolved kubectl ({default} -> {Path(default).resolve()})")
+    return str(binary)
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """One kubectl binary bound to a ``target``'s kubeconfig and namespace; call it with kubectl's arguments."""
+
+    binary: str
+    kubeconfig: str
+    namespace: str
+    target: Target
+
+    def argv(self, *args: str, kubeconfig: str | None = None) -> list[str]:
+        return [self.binary, "--kubeconfig", kubeconfig or self.kubeconfig, "--namespace", self.namespace, *args]
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 30,
+                 kubeconfig: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args, kubeconfig=kubeconfig), input=input, capture_output=True, text=True,
+                              timeout=timeout)
+
+
+@pytest.fixture(params=KUBECTL_VERSIONS, ids=_kubectl_id)
+def kubectl_binary(request) -> str:
+    """The path of one kubectl version (a failure under CI=true when missing, a skip elsewhere)."""
+    return find_kubectl(request.param)
+
+
+@pytest.fixture
+def kubectl_matrix(target: Target, kubectl_binary: str, request) -> Kubectl:
+    """A kubectl version against a ``target`` server, in the target's fresh namespace."""
+    if target.kube is not None:
+        kubeconfig = target.kube.kubeconfig
+    else:
+        kubeconfig = request.config.getoption("--k8s-kubeconfig")
+    return Kubectl(kubectl_binary, kubeconfig, target.namespace, target)
