@@ -1,15 +1,18 @@
 """``kubectl get`` tables: the ``meta.k8s.io/v1 Table`` the API server answers ``Accept: ...;as=Table`` with.
 
-kubectl asks for server-side printing; we build the columns kubectl shows for a real cluster
-(pods: NAME READY STATUS RESTARTS AGE [IP NODE]; nodes: NAME STATUS ROLES AGE VERSION; everything else:
-NAME AGE) from the stored objects.
+kubectl asks for server-side printing; we build the columns kube-apiserver v1.36 prints
+(pkg/printers/internalversion/printers.go; pods: NAME READY STATUS RESTARTS AGE [IP NODE
+NOMINATED NODE READINESS GATES]; nodes: NAME STATUS ROLES AGE VERSION; namespaces: NAME STATUS
+AGE; configmaps: NAME DATA AGE; secrets: NAME TYPE DATA AGE; everything else: NAME AGE) from the
+stored objects. Every kubectl version prints what the server sends, so these columns are what a
+user of any kubectl sees.
 """
 
 from __future__ import annotations
 
 import calendar
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .store import ResourceInfo
 
@@ -51,7 +54,17 @@ def _pod_row(pod: dict) -> list[Any]:
     restarts = sum(int(cs.get("restartCount") or 0) for cs in statuses)
     return [pod["metadata"]["name"], f"{ready}/{total}", _pod_status(pod), restarts,
             age(pod["metadata"].get("creationTimestamp")), (pod.get("status") or {}).get("podIP") or "<none>",
-            (pod.get("spec") or {}).get("nodeName") or "<none>"]
+            (pod.get("spec") or {}).get("nodeName") or "<none>",
+            (pod.get("status") or {}).get("nominatedNodeName") or "<none>", _readiness_gates(pod)]
+
+
+def _readiness_gates(pod: dict) -> str:
+    """``<none>``, or how many of the pod's readiness gates have a True condition, as ``1/2``."""
+    gates = [g.get("conditionType") for g in (pod.get("spec") or {}).get("readinessGates") or []]
+    if not gates:
+        return "<none>"
+    true = {c.get("type") for c in (pod.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    return f"{sum(1 for g in gates if g in true)}/{len(gates)}"
 
 
 def _column(name: str, type_: str = "string", priority: int = 0) -> dict[str, Any]:
@@ -69,26 +82,49 @@ def _node_row(node: dict) -> list[Any]:
     return [node["metadata"]["name"], status, roles, age(node["metadata"].get("creationTimestamp")), version]
 
 
+def _namespace_row(namespace: dict) -> list[Any]:
+    phase = (namespace.get("status") or {}).get("phase") or "Active"
+    return [namespace["metadata"]["name"], phase, age(namespace["metadata"].get("creationTimestamp"))]
+
+
+def _data_count(obj: dict) -> int:
+    """The DATA column of configmaps and secrets: keys in ``data`` plus ``binaryData``/``stringData``."""
+    return sum(len(obj.get(field) or {}) for field in ("data", "binaryData", "stringData"))
+
+
+def _configmap_row(configmap: dict) -> list[Any]:
+    return [configmap["metadata"]["name"], _data_count(configmap), age(configmap["metadata"].get("creationTimestamp"))]
+
+
+def _secret_row(secret: dict) -> list[Any]:
+    return [secret["metadata"]["name"], secret.get("type") or "Opaque", _data_count(secret),
+            age(secret["metadata"].get("creationTimestamp"))]
+
+
+def _default_row(obj: dict) -> list[Any]:
+    return [obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))]
+
+
+_POD_COLUMNS = [_NAME, _column("Ready"), _column("Status"), _column("Restarts", "integer"), _AGE,
+                _column("IP", priority=1), _column("Node", priority=1), _column("Nominated Node", priority=1),
+                _column("Readiness Gates", priority=1)]
+
+# resource -> (columns, row of one object); others print NAME AGE
+_PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[dict], list[Any]]]] = {
+    "pods": (_POD_COLUMNS, _pod_row),
+    "nodes": ([_NAME, _column("Status"), _column("Roles"), _AGE, _column("Version")], _node_row),
+    "namespaces": ([_NAME, _column("Status"), _AGE], _namespace_row),
+    "configmaps": ([_NAME, _column("Data", "integer"), _AGE], _configmap_row),
+    "secrets": ([_NAME, _column("Type"), _column("Data", "integer"), _AGE], _secret_row),
+}
+
+
 def table_for(info: ResourceInfo, objects: list[dict], resource_version: str, token: str | None) -> dict:
     """A Table with one row per object (each row carries a PartialObjectMetadata)."""
-    if info.name == "pods":
-        columns = [_NAME, {"name": "Ready", "type": "string", "format": "", "priority": 0, "description": "Ready"},
-                   {"name": "Status", "type": "string", "format": "", "priority": 0, "description": "Status"},
-                   {"name": "Restarts", "type": "integer", "format": "", "priority": 0, "description": "Restarts"},
-                   _AGE, {"name": "IP", "type": "string", "format": "", "priority": 1, "description": "Pod IP"},
-                   {"name": "Node", "type": "string", "format": "", "priority": 1, "description": "Node"}]
-    elif info.name == "nodes":
-        columns = [_NAME, _column("Status"), _column("Roles"), _AGE, _column("Version")]
-    else:
-        columns = [_NAME, _AGE]
+    columns, row = _PRINTERS.get(info.name, ([_NAME, _AGE], _default_row))
     rows = []
     for obj in objects:
-        if info.name == "pods":
-            cells = _pod_row(obj)
-        elif info.name == "nodes":
-            cells = _node_row(obj)
-        else:
-            cells = [obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))]
+        cells = row(obj)
         rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                                                 "metadata": obj["metadata"]}})
     meta: dict[str, Any] = {"resourceVersion": resource_version}

@@ -62,6 +62,29 @@ def test_create_get_apply_label_delete(kubectl_matrix):
     assert 'pod "kp" deleted' in ok(kubectl("delete", "pod", "kp"))
 
 
+CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kc}\ndata: {a: '1', b: '2'}\n"
+SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: ks}\nstringData: {a: '1'}\n"
+
+
+# Upstream's columns (pkg/printers/internalversion/printers.go, v1.36); the embedded server printed
+# pods -o wide without NOMINATED NODE and READINESS GATES, namespaces without STATUS, and configmaps
+# and secrets as NAME AGE.
+@pytest.mark.parametrize("manifest, args, header, row", [
+    (POD, ("pods", "-o", "wide"), "NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES",
+     ["kp", None, None, "0", None, None, None, "<none>", "<none>"]),
+    (None, ("namespaces", "default"), "NAME STATUS AGE", ["default", "Active", None]),
+    (CONFIGMAP, ("configmaps", "kc"), "NAME DATA AGE", ["kc", "2", None]),
+    (SECRET, ("secrets", "ks"), "NAME TYPE DATA AGE", ["ks", "Opaque", "1", None]),
+], ids=["pods-wide", "namespaces", "configmaps", "secrets"])
+def test_get_prints_upstreams_columns(kubectl_matrix, manifest, args, header, row):
+    if manifest:
+        ok(kubectl_matrix("create", "-f", "-", input=manifest))
+    header_line, first = ok(kubectl_matrix("get", *args)).splitlines()[:2]
+    assert " ".join(header_line.split()) == header
+    cells = first.split()
+    assert len(cells) == len(row) and all(want in (None, got) for want, got in zip(row, cells)), cells
+
+
 def test_create_validates_unknown_fields_on_the_server(kubectl_matrix):
     # kubectl 1.27 learns that the server validates fields from /openapi/v2 (protobuf only); without
     # that document the embedded server answered its ``create -f`` with NotFound
