@@ -50,6 +50,9 @@ SUITES = (
     # The same requests against the embedded API server and this one (issue 14's differential conformance).
     Suite("API conformance, embedded vs upstream (tests/embedded/test_api_conformance.py)",
           ("tests/embedded/test_api_conformance.py", "--k8s-kubeconfig", "{kc}"), 300),
+    # kubectl 1.27, 1.33 and the default one against the embedded server and this one (issue 14).
+    Suite("kubectl of several versions, embedded vs upstream (tests/embedded/test_api_kubectl.py)",
+          ("tests/embedded/test_api_kubectl.py", "--k8s-kubeconfig", "{kc}"), 300),
     # Real RBAC (ServiceAccounts with exactly each restricted user's Role, deploy/rbac.yaml as shipped)
     # and upstream's quota and LimitRange admission.
     Suite("preflight (tests/preflight: real RBAC, deploy/rbac.yaml client mode, quota and LimitRange admission)",
