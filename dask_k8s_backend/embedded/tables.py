@@ -3,7 +3,9 @@
 kubectl asks for server-side printing; we build the columns kube-apiserver v1.36 prints
 (pkg/printers/internalversion/printers.go; pods: NAME READY STATUS RESTARTS AGE [IP NODE
 NOMINATED NODE READINESS GATES]; nodes: NAME STATUS ROLES AGE VERSION; namespaces: NAME STATUS
-AGE; configmaps: NAME DATA AGE; secrets: NAME TYPE DATA AGE; everything else: NAME AGE) from the
+AGE; configmaps: NAME DATA AGE; secrets: NAME TYPE DATA AGE; services: NAME TYPE CLUSTER-IP
+EXTERNAL-IP PORT(S) AGE [SELECTOR]; resourcequotas: NAME REQUEST LIMIT AGE; everything else:
+NAME AGE) from the
 stored objects. Every kubectl version prints what the server sends, so these columns are what a
 user of any kubectl sees.
 """
@@ -101,6 +103,47 @@ def _secret_row(secret: dict) -> list[Any]:
             age(secret["metadata"].get("creationTimestamp"))]
 
 
+def _service_external_ip(service: dict) -> str:
+    spec = service.get("spec") or {}
+    kind = spec.get("type") or "ClusterIP"
+    if kind == "ExternalName":
+        return spec.get("externalName") or "<none>"
+    if kind == "LoadBalancer":
+        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        found = [i.get("ip") or i.get("hostname") for i in ingress] + list(spec.get("externalIPs") or [])
+        return ",".join(f for f in found if f) or "<pending>"
+    return ",".join(spec.get("externalIPs") or []) or "<none>"
+
+
+def _service_ports(service: dict) -> str:
+    """``80/TCP``, ``80:30080/TCP`` with a node port, comma-separated; ``<none>`` without ports."""
+    ports = []
+    for port in (service.get("spec") or {}).get("ports") or []:
+        node = f":{port['nodePort']}" if port.get("nodePort") else ""
+        ports.append(f"{port.get('port')}{node}/{port.get('protocol') or 'TCP'}")
+    return ",".join(ports) or "<none>"
+
+
+def _service_row(service: dict) -> list[Any]:
+    spec = service.get("spec") or {}
+    kind = spec.get("type") or "ClusterIP"
+    cluster_ip = "<none>" if kind == "ExternalName" else spec.get("clusterIP") or "<none>"
+    selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
+    return [service["metadata"]["name"], kind, cluster_ip, _service_external_ip(service), _service_ports(service),
+            age(service["metadata"].get("creationTimestamp")), selector]
+
+
+def _quota_row(quota: dict) -> list[Any]:
+    """REQUEST and LIMIT: ``resource: used/hard`` by sorted name, ``limits.*`` in LIMIT (upstream's printer)."""
+    hard = (quota.get("spec") or {}).get("hard") or {}
+    used = (quota.get("status") or {}).get("used") or {}
+    columns: dict[bool, list[str]] = {False: [], True: []}
+    for name in sorted(hard):
+        columns[name.split(".")[0] == "limits" and "." in name].append(f"{name}: {used.get(name, '0')}/{hard[name]}")
+    return [quota["metadata"]["name"], ", ".join(columns[False]), ", ".join(columns[True]),
+            age(quota["metadata"].get("creationTimestamp"))]
+
+
 def _default_row(obj: dict) -> list[Any]:
     return [obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))]
 
@@ -116,6 +159,9 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[dict], list[Any]]]] =
     "namespaces": ([_NAME, _column("Status"), _AGE], _namespace_row),
     "configmaps": ([_NAME, _column("Data", "integer"), _AGE], _configmap_row),
     "secrets": ([_NAME, _column("Type"), _column("Data", "integer"), _AGE], _secret_row),
+    "services": ([_NAME, _column("Type"), _column("Cluster-IP"), _column("External-IP"), _column("Port(s)"), _AGE,
+                  _column("Selector", priority=1)], _service_row),
+    "resourcequotas": ([_NAME, _column("Request"), _column("Limit"), _AGE], _quota_row),
 }
 
 

@@ -64,18 +64,24 @@ def test_create_get_apply_label_delete(kubectl_matrix):
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kc}\ndata: {a: '1', b: '2'}\n"
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: ks}\nstringData: {a: '1'}\n"
+SERVICE = ("apiVersion: v1\nkind: Service\nmetadata: {name: kv}\n"
+           "spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n")
+QUOTA = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: kq}\nspec: {hard: {pods: '10', limits.cpu: '2'}}\n"
 
 
 # Upstream's columns (pkg/printers/internalversion/printers.go, v1.36); the embedded server printed
 # pods -o wide without NOMINATED NODE and READINESS GATES, namespaces without STATUS, and configmaps
-# and secrets as NAME AGE.
+# and secrets, services and resourcequotas as NAME AGE.
 @pytest.mark.parametrize("manifest, args, header, row", [
     (POD, ("pods", "-o", "wide"), "NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES",
      ["kp", None, None, "0", None, None, None, "<none>", "<none>"]),
     (None, ("namespaces", "default"), "NAME STATUS AGE", ["default", "Active", None]),
     (CONFIGMAP, ("configmaps", "kc"), "NAME DATA AGE", ["kc", "2", None]),
     (SECRET, ("secrets", "ks"), "NAME TYPE DATA AGE", ["ks", "Opaque", "1", None]),
-], ids=["pods-wide", "namespaces", "configmaps", "secrets"])
+    (SERVICE, ("services", "kv", "-o", "wide"), "NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE SELECTOR",
+     ["kv", "ClusterIP", None, "<none>", "80/TCP", None, "app=web"]),
+    (QUOTA, ("resourcequotas", "kq"), "NAME REQUEST LIMIT AGE", ["kq", "pods:", "0/10", "limits.cpu:", "0/2", None]),
+], ids=["pods-wide", "namespaces", "configmaps", "secrets", "services-wide", "resourcequotas"])
 def test_get_prints_upstreams_columns(kubectl_matrix, manifest, args, header, row):
     if manifest:
         ok(kubectl_matrix("create", "-f", "-", input=manifest))
