@@ -42,38 +42,56 @@ class KubernetesApiError(Exception):
 
 
 class NotFound(KubernetesApiError):
+    """404: the object (or its namespace) does not exist."""
+
     code, reason = 404, "NotFound"
 
 
 class Conflict(KubernetesApiError):
+    """409: the object changed since it was read (stale resourceVersion), or the name is taken."""
+
     code, reason = 409, "Conflict"
 
 
 class AlreadyExists(Conflict):
+    """409 AlreadyExists: an object of that name exists already."""
+
     code, reason = 409, "AlreadyExists"
 
 
 class Gone(KubernetesApiError):
+    """410: the resourceVersion is too old (compacted); list again and watch from the new one."""
+
     code, reason = 410, "Expired"
 
 
 class Unauthorized(KubernetesApiError):
+    """401: the credentials were refused (a bad or expired token, a wrong client certificate)."""
+
     code, reason = 401, "Unauthorized"
 
 
 class Forbidden(KubernetesApiError):
+    """403: the identity may not do this (RBAC), or admission refused it (e.g. an exceeded quota)."""
+
     code, reason = 403, "Forbidden"
 
 
 class TooManyRequests(KubernetesApiError):
+    """429: the API server asks to slow down; ``retry_after`` holds its Retry-After, if any."""
+
     code, reason = 429, "TooManyRequests"
 
 
 class ServerError(KubernetesApiError):
+    """5xx: the API server failed to answer the request."""
+
     code, reason = 500, "InternalError"
 
 
 class ApiUnreachable(KubernetesApiError):
+    """No answer at all: connection refused or reset, DNS, TLS verification or a timeout."""
+
     code, reason = 0, "Unreachable"
 
 
