@@ -187,6 +187,38 @@ class KubeSparkCluster(Cluster):
     >>> cluster = KubeSparkCluster()                      # embedded Kubernetes, no setup
     >>> cluster = KubeSparkCluster(master="k8s://https://host:443", image="ghcr.io/dask/dask")
     >>> client = Client(cluster); cluster.scale(10)       # or cluster.adapt(minimum=0, maximum=50)
+
+    Every argument left at None takes its ``k8s-backend.*`` configuration value; all of them are
+    validated before anything is created (a bad value raises ``ValueError`` naming the key).
+
+    Args:
+        master: ``embedded://`` (the default), ``k8s://https://host:port``, several API servers
+            separated by commas, or ``k8s://`` for the kubeconfig or in-cluster account
+            (``k8s-backend.master``).
+        name: application name; pod names derive from it (``k8s-backend.name``; None: ``dask-<random>``).
+        namespace: namespace of the worker pods (``k8s-backend.namespace``).
+        image: container image of the workers, and of the scheduler in cluster mode (``k8s-backend.image``).
+        n_workers: workers of the default group to start with (``scale(n_workers)`` once started).
+        worker_cores: threads per worker and the pod's cpu request (``k8s-backend.worker.cores``).
+        worker_memory: memory of each worker, e.g. ``"2GiB"`` (``k8s-backend.worker.memory``).
+        env: environment variables of the worker containers (``k8s-backend.worker.env``).
+        labels: extra labels of the worker pods (``k8s-backend.worker.labels``).
+        annotations: extra annotations of the worker pods (``k8s-backend.worker.annotations``).
+        node_selector: nodeSelector of the worker pods (``k8s-backend.worker.node-selector``).
+        tolerations: tolerations of the worker pods (``k8s-backend.worker.tolerations``).
+        service_account: service account of the worker pods, and of the scheduler pod in cluster mode
+            (``k8s-backend.worker.service-account``).
+        pod_template: path of a pod template file, or the template itself as a dict
+            (``k8s-backend.worker.pod-template``).
+        deploy_mode: ``"client"`` (the scheduler runs in this process) or ``"cluster"`` (in a pod)
+            (``k8s-backend.deploy-mode``).
+        asynchronous: use the cluster from async code (``await KubeSparkCluster(..., asynchronous=True)``).
+        loop: the event loop to run on, as for any distributed cluster.
+        quiet: do not print the cluster's log lines.
+        shutdown_on_close: ``close()`` deletes the workers (and the scheduler pod); in cluster mode False
+            only disconnects, and ``from_name`` reconnects later.
+        **config: any other option, as a section mapping (``worker={"memory": "2GiB"}``) or a top-level
+            key (``image_pull_policy="Always"``); underscores stand for dashes.
     """
 
     def __init__(
