@@ -1,13 +1,18 @@
 """``kubectl get`` tables: the ``meta.k8s.io/v1 Table`` the API server answers ``Accept: ...;as=Table`` with.
 
-kubectl asks for server-side printing; we build the columns kube-apiserver v1.36 prints
-(pkg/printers/internalversion/printers.go; pods: NAME READY STATUS RESTARTS AGE [IP NODE
-NOMINATED NODE READINESS GATES]; nodes: NAME STATUS ROLES AGE VERSION; namespaces: NAME STATUS
-AGE; configmaps: NAME DATA AGE; secrets: NAME TYPE DATA AGE; services: NAME TYPE CLUSTER-IP
-EXTERNAL-IP PORT(S) AGE [SELECTOR]; resourcequotas: NAME REQUEST LIMIT AGE; everything else:
-NAME AGE) from the
-stored objects. Every kubectl version prints what the server sends, so these columns are what a
-user of any kubectl sees.
+kubectl asks for server-side printing; we build, from the stored objects, the columns
+kube-apiserver v1.36 prints (pkg/printers/internalversion/printers.go; priority-1 columns in
+brackets, shown by ``-o wide``):
+
+- pods: NAME READY STATUS RESTARTS AGE [IP NODE NOMINATED NODE READINESS GATES]
+- nodes: NAME STATUS ROLES AGE VERSION [INTERNAL-IP EXTERNAL-IP OS-IMAGE KERNEL-VERSION CONTAINER-RUNTIME]
+- events: LAST SEEN TYPE REASON OBJECT [SUBOBJECT SOURCE] MESSAGE [FIRST SEEN COUNT NAME]
+- namespaces: NAME STATUS AGE; configmaps: NAME DATA AGE; secrets: NAME TYPE DATA AGE
+- services: NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE [SELECTOR]
+- resourcequotas: NAME REQUEST LIMIT AGE; leases: NAME HOLDER AGE; limitranges: NAME CREATED AT
+- everything else: NAME AGE
+
+Every kubectl version prints what the server sends, so these are what a user of any kubectl sees.
 """
 
 from __future__ import annotations
@@ -81,7 +86,52 @@ def _node_row(node: dict) -> list[Any]:
     labels = node["metadata"].get("labels") or {}
     roles = ",".join(sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))) or "<none>"
     version = ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion") or "<none>"
-    return [node["metadata"]["name"], status, roles, age(node["metadata"].get("creationTimestamp")), version]
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    return [node["metadata"]["name"], status, roles, age(node["metadata"].get("creationTimestamp")), version,
+            _node_address(node, "InternalIP"), _node_address(node, "ExternalIP"),
+            info.get("osImage") or "<unknown>", info.get("kernelVersion") or "<unknown>",
+            info.get("containerRuntimeVersion") or "<unknown>"]
+
+
+def _node_address(node: dict, kind: str) -> str:
+    found = [a.get("address") for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == kind]
+    return found[0] if found else "<none>"
+
+
+def _event_source(event: dict) -> str:
+    """``component, host`` from ``source``, else ``reportingController, reportingInstance`` (formatEventSource)."""
+    source = event.get("source") or {}
+    component, host = source.get("component"), source.get("host")
+    if not component:
+        component, host = event.get("reportingComponent") or "", event.get("reportingInstance")
+    return f"{component}, {host}" if host else component
+
+
+def _event_row(event: dict) -> list[Any]:
+    """Upstream printEvent (wide cells: the server always sends every column)."""
+    first = age(event.get("firstTimestamp") or _seconds(event.get("eventTime")))
+    last = age(event.get("lastTimestamp")) if event.get("lastTimestamp") else first
+    count = event.get("count") or 1
+    if event.get("series"):
+        last, count = age(_seconds(event["series"].get("lastObservedTime"))), event["series"].get("count") or 1
+    involved = event.get("involvedObject") or {}
+    target = (involved.get("kind") or "").lower() + (f"/{involved['name']}" if involved.get("name") else "")
+    return [last, event.get("type") or "", event.get("reason") or "", target, involved.get("fieldPath") or "",
+            _event_source(event), (event.get("message") or "").strip(), first, count, event["metadata"]["name"]]
+
+
+def _seconds(micro_time: str | None) -> str | None:
+    """A MicroTime (``...T15:58:10.123456Z``) cut to the seconds :func:`age` parses."""
+    return micro_time.split(".")[0].rstrip("Z") + "Z" if micro_time else None
+
+
+def _lease_row(lease: dict) -> list[Any]:
+    return [lease["metadata"]["name"], (lease.get("spec") or {}).get("holderIdentity") or "",
+            age(lease["metadata"].get("creationTimestamp"))]
+
+
+def _limitrange_row(limit_range: dict) -> list[Any]:
+    return [limit_range["metadata"]["name"], limit_range["metadata"].get("creationTimestamp") or ""]
 
 
 def _namespace_row(namespace: dict) -> list[Any]:
@@ -155,7 +205,15 @@ _POD_COLUMNS = [_NAME, _column("Ready"), _column("Status"), _column("Restarts", 
 # resource -> (columns, row of one object); others print NAME AGE
 _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[dict], list[Any]]]] = {
     "pods": (_POD_COLUMNS, _pod_row),
-    "nodes": ([_NAME, _column("Status"), _column("Roles"), _AGE, _column("Version")], _node_row),
+    "nodes": ([_NAME, _column("Status"), _column("Roles"), _AGE, _column("Version"),
+               *(_column(name, priority=1) for name in ("Internal-IP", "External-IP", "OS-Image", "Kernel-Version",
+                                                        "Container-Runtime"))], _node_row),
+    "events": ([_column("Last Seen"), _column("Type"), _column("Reason"), _column("Object"),
+                _column("Subobject", priority=1), _column("Source", priority=1), _column("Message"),
+                _column("First Seen", priority=1), _column("Count", "integer", priority=1),
+                _column("Name", priority=1)], _event_row),
+    "leases": ([_NAME, _column("Holder"), _AGE], _lease_row),
+    "limitranges": ([_NAME, _column("Created At", "date")], _limitrange_row),
     "namespaces": ([_NAME, _column("Status"), _AGE], _namespace_row),
     "configmaps": ([_NAME, _column("Data", "integer"), _AGE], _configmap_row),
     "secrets": ([_NAME, _column("Type"), _column("Data", "integer"), _AGE], _secret_row),

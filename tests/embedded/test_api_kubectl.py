@@ -66,12 +66,17 @@ CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kc}\ndata: {a: '1
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: ks}\nstringData: {a: '1'}\n"
 SERVICE = ("apiVersion: v1\nkind: Service\nmetadata: {name: kv}\n"
            "spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n")
+EVENT = ("apiVersion: v1\nkind: Event\nmetadata: {name: ke}\ninvolvedObject: {kind: Pod, name: kp, namespace: NAMESPACE}\n"
+         "reason: Pulled\ntype: Normal\nmessage: pulled\nsource: {component: kubelet, host: node-9}\ncount: 3\n"
+         "firstTimestamp: '2026-01-01T00:00:00Z'\nlastTimestamp: '2026-01-01T00:00:00Z'\n")
+LEASE = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: kl}\nspec: {holderIdentity: me}\n"
+LIMITS = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: kr}\nspec: {limits: [{type: Container, max: {cpu: '2'}}]}\n"
 QUOTA = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: kq}\nspec: {hard: {pods: '10', limits.cpu: '2'}}\n"
 
 
 # Upstream's columns (pkg/printers/internalversion/printers.go, v1.36); the embedded server printed
 # pods -o wide without NOMINATED NODE and READINESS GATES, namespaces without STATUS, and configmaps
-# and secrets, services and resourcequotas as NAME AGE.
+# and secrets, services, resourcequotas, events, leases and limitranges as NAME AGE.
 @pytest.mark.parametrize("manifest, args, header, row", [
     (POD, ("pods", "-o", "wide"), "NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES",
      ["kp", None, None, "0", None, None, None, "<none>", "<none>"]),
@@ -81,14 +86,37 @@ QUOTA = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: kq}\nspec: {hard:
     (SERVICE, ("services", "kv", "-o", "wide"), "NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE SELECTOR",
      ["kv", "ClusterIP", None, "<none>", "80/TCP", None, "app=web"]),
     (QUOTA, ("resourcequotas", "kq"), "NAME REQUEST LIMIT AGE", ["kq", "pods:", "0/10", "limits.cpu:", "0/2", None]),
-], ids=["pods-wide", "namespaces", "configmaps", "secrets", "services-wide", "resourcequotas"])
+    (EVENT, ("events", "ke", "-o", "wide"),
+     "LAST SEEN TYPE REASON OBJECT SUBOBJECT SOURCE MESSAGE FIRST SEEN COUNT NAME",  # SUBOBJECT is empty
+     [None, "Normal", "Pulled", "pod/kp", "kubelet,", "node-9", "pulled", None, "3", "ke"]),
+    (LEASE, ("leases", "kl"), "NAME HOLDER AGE", ["kl", "me", None]),
+    (LIMITS, ("limitranges", "kr"), "NAME CREATED AT", ["kr", None]),
+], ids=["pods-wide", "namespaces", "configmaps", "secrets", "services-wide", "resourcequotas", "events-wide",
+        "leases", "limitranges"])
 def test_get_prints_upstreams_columns(kubectl_matrix, manifest, args, header, row):
     if manifest:
-        ok(kubectl_matrix("create", "-f", "-", input=manifest))
+        ok(kubectl_matrix("create", "-f", "-", input=manifest.replace("NAMESPACE", kubectl_matrix.namespace)))
     header_line, first = ok(kubectl_matrix("get", *args)).splitlines()[:2]
     assert " ".join(header_line.split()) == header
     cells = first.split()
     assert len(cells) == len(row) and all(want in (None, got) for want, got in zip(row, cells)), cells
+
+
+def register_a_node_where_none_is(kubectl_matrix) -> None:
+    """The embedded fixture has no node agents: register a Node as one would; upstream has its own."""
+    if kubectl_matrix.target.kube is not None:
+        code, _ = kubectl_matrix.target.raw("POST", "/api/v1/nodes", body={"metadata": {"name": "kn"}, "status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "nodeInfo": {"kubeletVersion": "v1.32.0", "osImage": "Linux", "kernelVersion": "6.1",
+                         "containerRuntimeVersion": "process://1"}}})
+        assert code == 201
+
+
+def test_get_nodes_wide_prints_upstreams_columns(kubectl_matrix):
+    register_a_node_where_none_is(kubectl_matrix)
+    header = ok(kubectl_matrix("get", "nodes", "-o", "wide")).splitlines()[0]
+    assert header.split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE",
+                              "KERNEL-VERSION", "CONTAINER-RUNTIME"]
 
 
 def test_create_validates_unknown_fields_on_the_server(kubectl_matrix):
