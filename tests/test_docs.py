@@ -35,8 +35,10 @@ def test_docs_site_builds_strict_without_warnings(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("cluster.KubeSparkCluster", "cluster.KubeSparkCluster.add_worker_group", "config.load_settings",
                  "errors.NotFound", "preflight.MissingPermissionsError", "waiting.ExecutorFailuresError",
-                 "backend.stranded.WorkerGroupStopped", "cli.gc"):
+                 "backend.stranded.WorkerGroupStopped"):
         assert f'id="dask_k8s_backend.{name}"' in api, f"{name} is missing from the API reference"
+    for command in ("demo", "embedded", "node", "status", "gc"):  # the command line, from the click commands
+        assert f"python -m dask_k8s_backend {command} [OPTIONS]" in api, command
     assert (tmp_path / "site" / "configuration" / "index.html").exists()
 
 
