@@ -187,6 +187,35 @@ class UpstreamKubernetes:
         for component in self._control_plane + self._agents:
             component.check_alive()
 
+    # -- faults (ci/upstream_chaos.py) -------------------------------------------------------------
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver (SIGTERM, bounded) and start it again with the same port and flags.
+
+        Why: only a real API server restart shows that clients' watches resume and their creations are
+        not repeated; etcd and the other components stay up, as in a control-plane upgrade. Returns the
+        seconds the API server was not serving.
+        """
+        component = self._named("kube-apiserver")
+        started = time.monotonic()
+        _stop_together([component], self.stop_timeout)
+        component.start()
+        self._wait("kube-apiserver /readyz after restart", lambda: readiness.apiserver_ready(self.admin_api()))
+        return time.monotonic() - started
+
+    def kill_node_agent(self, name: str) -> None:
+        """SIGKILL one node agent and its pods, as a machine that loses power; its Node object stays."""
+        for agent in self._agents:
+            if agent.name == f"agent-{name}":
+                agent.kill()
+                return
+        raise KeyError(f"No node agent named {name!r}; the agents are {self.nodes.names()}.")
+
+    def _named(self, name: str) -> Component:
+        for component in self._control_plane:
+            if component.name == name:
+                return component
+        raise KeyError(f"No control-plane component named {name!r}.")
+
     # -- stop --------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Agents first, all at once (they stop their pods, which needs the API server), then the scheduler,

@@ -97,6 +97,13 @@ class Component:
             logger.info("Stopping %s (pid %s)", self.name, self.process.pid)
             self._signal_group(signal.SIGTERM)
 
+    def kill(self) -> None:
+        """SIGKILL its process group now and reap the leader (a crash, not a shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            logger.info("Killing %s (pid %s)", self.name, self.process.pid)
+            self._signal_group(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
     def wait_or_kill(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the exit, then SIGKILL; leftovers in its group are killed."""
         process = self.process

@@ -37,6 +37,8 @@ from .podstatus import ContainerRecord, PodRuntimeView, container_id, pod_status
 
 logger = logging.getLogger(__name__)
 
+STATUS_RETRY_SECONDS = 1.0  # a status write the API server refused or missed is written again after this
+
 
 class _Slot:
     """What the simulated kubelet remembers about one pod."""
@@ -187,6 +189,10 @@ class SimulatedKubelet(KubeletBase):
         if step == "stop":
             self._stop(key, slot, now)
             return
+        if step == "sync":
+            if not slot.deleting:
+                self._write(key, slot)
+            return
         if slot.deleting or slot.finished is not None:
             return
         if step == "create":
@@ -229,7 +235,16 @@ class SimulatedKubelet(KubeletBase):
         self.finalize(key, slot.uid)
 
     def _write(self, key: Key, slot: _Slot, phase: str | None = None) -> Pod | None:
-        return self.write_status(key, slot.uid, lambda pod: pod_status(pod, self._view(pod, slot), self.clock(), phase))
+        """Write the slot's status; a write the API server did not take (down, restarting) is retried.
+
+        Why: the status is built from the slot, so it can be written again at any time; without the
+        retry a pod created while the API server restarts stays Pending forever (a kubelet's status
+        manager resyncs the same way).
+        """
+        pod = self.write_status(key, slot.uid, lambda pod: pod_status(pod, self._view(pod, slot), self.clock(), phase))
+        if pod is None and phase is None and pod_uid(self.transport.get_pod(key) or {}) == slot.uid:
+            self._push(STATUS_RETRY_SECONDS, "sync", key, slot.uid)
+        return pod
 
     def _view(self, pod: Pod, slot: _Slot) -> PodRuntimeView:
         records = []

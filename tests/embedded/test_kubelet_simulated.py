@@ -127,3 +127,21 @@ def test_a_pod_can_script_its_end_with_annotations(make_cluster):
     wait_phase(store, "oom", "Running")
     term = container_state(wait_phase(store, "oom", "Failed"))["terminated"]
     assert (term["exitCode"], term["reason"]) == (137, "OOMKilled")
+
+
+def test_a_status_write_the_api_server_did_not_take_is_written_again(make_cluster, monkeypatch):
+    """An API server restarting while a pod starts: the lost writes are retried, the pod still runs."""
+    monkeypatch.setattr("dask_k8s_backend.embedded.simulated.STATUS_RETRY_SECONDS", 0.05)
+    store, kubelet = make_cluster(start_delay=0.0)
+    write, refused = kubelet.transport.write_status, []
+
+    def down_for_three_writes(key, uid, build):
+        if len(refused) < 3:
+            refused.append(key)
+            return None  # what the transport answers when the API server cannot be reached
+        return write(key, uid, build)
+
+    monkeypatch.setattr(kubelet.transport, "write_status", down_for_three_writes)
+    store.create("pods", "default", pod("p", ["x"]))
+    wait_phase(store, "p", "Running")
+    assert len(refused) == 3
