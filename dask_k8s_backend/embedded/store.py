@@ -588,6 +588,7 @@ class ObjectStore:
 
     def _prepare_new(self, info: ResourceInfo, obj: dict, meta: dict, dry_run: bool = False) -> None:
         obj["kind"], obj["apiVersion"] = info.kind, info.group_version
+        drop_empty_meta_fields(meta)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339(self._clock())
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
@@ -621,6 +622,7 @@ class ObjectStore:
         """
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old.meta["resourceVersion"]
+        drop_empty_meta_fields(new_meta)
         if new == old.obj:
             return old
         if dry_run:
@@ -925,6 +927,21 @@ def _bump_generation(info: ResourceInfo, old: dict, new: dict) -> None:
     """A pod's spec change is a new generation (upstream pod strategy updatePodGeneration)."""
     if info.name == "pods" and new["metadata"].get("generation") and new.get("spec") != old.get("spec"):
         new["metadata"]["generation"] += 1
+
+
+# ObjectMeta's omitempty maps and lists: upstream stores and returns no ``annotations: {}``
+_OMITTED_WHEN_EMPTY = ("labels", "annotations", "ownerReferences", "finalizers")
+
+
+def drop_empty_meta_fields(meta: dict) -> None:
+    """Drop empty labels, annotations, ownerReferences and finalizers, as Go's omitempty does upstream.
+
+    A client that sends ``annotations: {}`` (``kubectl diff``'s dry-run patch of an object
+    created without annotations) otherwise sees a change upstream does not show.
+    """
+    for field in _OMITTED_WHEN_EMPTY:
+        if field in meta and meta[field] in ({}, [], None):
+            del meta[field]
 
 
 def _prepare_status_update(info: ResourceInfo, old_status: dict, new: dict) -> None:

@@ -119,6 +119,14 @@ def test_get_nodes_wide_prints_upstreams_columns(kubectl_matrix):
                               "KERNEL-VERSION", "CONTAINER-RUNTIME"]
 
 
+def test_diff_of_an_unchanged_object_shows_nothing(kubectl_matrix):
+    # kubectl diff's dry-run patch carries ``annotations: {}``; upstream drops the empty map (Go's
+    # omitempty), the embedded server kept it and the diff showed ``+  annotations: {}``
+    ok(kubectl_matrix("create", "-f", "-", input=POD))
+    result = kubectl_matrix("diff", "-f", "-", input=POD)
+    assert (result.returncode, result.stdout) == (0, ""), result.stdout + result.stderr
+
+
 def test_create_validates_unknown_fields_on_the_server(kubectl_matrix):
     # kubectl 1.27 learns that the server validates fields from /openapi/v2 (protobuf only); without
     # that document the embedded server answered its ``create -f`` with NotFound
