@@ -248,7 +248,12 @@ class ApiHandler(tornado.web.RequestHandler):
                 return
             self._send(201, discovery.access_review(review if isinstance(review, dict) else {}))  # the admin's rules
             return
+        if path == discovery.SELF_SUBJECT_REVIEW_PATH and method == "POST":  # kubectl auth whoami
+            self._send(201, discovery.self_subject_review(self.identity.name, list(self.identity.groups)))
+            return
         if method != "GET":
+            if path.startswith(("/api/", "/apis/")):  # an API path we do not serve: upstream answers 404
+                raise _not_found_path(path)
             raise method_not_allowed(f"the server does not allow this method on the requested resource ({path})")
         self._non_resource(path)
 
@@ -258,7 +263,7 @@ class ApiHandler(tornado.web.RequestHandler):
             "/version": discovery.KUBE_VERSION, "/api": discovery.api_versions(server_address),
             "/api/v1": discovery.core_v1_resources(), "/apis": discovery.api_groups(),
             "/apis/authorization.k8s.io/v1": discovery.authz_resources(),
-            "/apis/authorization.k8s.io": discovery.api_groups()["groups"][0],
+            f"/apis/{discovery.AUTHN_GROUP}/v1": discovery.authn_resources(),
             **discovery.served_group_documents(),
         }
         if path in documents:

@@ -24,6 +24,9 @@ _SUBRESOURCES = {
     "services": [("status", ["get", "patch", "update"])],
 }
 AUTHZ_GROUP = "authorization.k8s.io"
+AUTHN_GROUP = "authentication.k8s.io"  # SelfSubjectReview: ``kubectl auth whoami``
+_REVIEW_GROUPS = (AUTHZ_GROUP, AUTHN_GROUP)
+SELF_SUBJECT_REVIEW_PATH = f"/apis/{AUTHN_GROUP}/v1/selfsubjectreviews"
 
 
 def _resource(info: ResourceInfo) -> dict[str, Any]:
@@ -59,10 +62,10 @@ def api_versions(server_address: str) -> dict[str, Any]:
 
 
 def api_groups() -> dict[str, Any]:
-    """``GET /apis``: authorization.k8s.io (for ``kubectl auth can-i``) first, then the groups of served
-    resources (coordination.k8s.io: Leases)."""
+    """``GET /apis``: authorization.k8s.io (for ``kubectl auth can-i``) and authentication.k8s.io (for
+    ``kubectl auth whoami``) first, then the groups of served resources (coordination.k8s.io: Leases)."""
     groups = []
-    for group_version in [f"{AUTHZ_GROUP}/v1"] + sorted({i.group_version for i in RESOURCES.values() if i.group}):
+    for group_version in [f"{g}/v1" for g in _REVIEW_GROUPS] + sorted({i.group_version for i in RESOURCES.values() if i.group}):
         version = {"groupVersion": group_version, "version": group_version.rpartition("/")[2]}
         groups.append({"name": group_version.rpartition("/")[0], "versions": [version], "preferredVersion": version})
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
@@ -71,7 +74,10 @@ def api_groups() -> dict[str, Any]:
 def served_group_documents() -> dict[str, dict[str, Any]]:
     """``GET /apis/<group>`` and ``GET /apis/<group>/<version>`` of every served non-core group."""
     documents: dict[str, dict[str, Any]] = {}
-    for group in api_groups()["groups"][1:]:
+    for group in api_groups()["groups"]:
+        if group["name"] in _REVIEW_GROUPS:
+            documents[f"/apis/{group['name']}"] = group
+            continue
         group_version = group["preferredVersion"]["groupVersion"]
         documents[f"/apis/{group['name']}"] = group
         documents[f"/apis/{group_version}"] = {
@@ -87,6 +93,19 @@ def authz_resources() -> dict[str, Any]:
                            "namespaced": False, "kind": "SelfSubjectAccessReview", "verbs": ["create"]},
                           {"name": "selfsubjectrulesreviews", "singularName": "selfsubjectrulesreview",
                            "namespaced": False, "kind": "SelfSubjectRulesReview", "verbs": ["create"]}]}
+
+
+def authn_resources() -> dict[str, Any]:
+    """``GET /apis/authentication.k8s.io/v1``."""
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{AUTHN_GROUP}/v1",
+            "resources": [{"name": "selfsubjectreviews", "singularName": "selfsubjectreview", "namespaced": False,
+                           "kind": "SelfSubjectReview", "verbs": ["create"]}]}
+
+
+def self_subject_review(username: str, groups: list[str]) -> dict[str, Any]:
+    """What upstream answers ``POST .../selfsubjectreviews`` with: who the caller is (any user may ask)."""
+    return {"kind": "SelfSubjectReview", "apiVersion": f"{AUTHN_GROUP}/v1", "metadata": {"creationTimestamp": None},
+            "status": {"userInfo": {"username": username, "groups": groups}}}
 
 
 def access_review(body: dict[str, Any]) -> dict[str, Any]:

@@ -127,6 +127,22 @@ def test_diff_of_an_unchanged_object_shows_nothing(kubectl_matrix):
     assert (result.returncode, result.stdout) == (0, ""), result.stdout + result.stderr
 
 
+def client_minor(kubectl_matrix) -> int:
+    version = json.loads(ok(kubectl_matrix("version", "--client", "-o", "json")))["clientVersion"]
+    return int(version["minor"].rstrip("+"))
+
+
+def test_auth_whoami_names_the_user_or_says_the_api_is_missing(kubectl_matrix):
+    # kubectl 1.28+ asks authentication.k8s.io/v1 selfsubjectreviews; 1.27 only v1beta1/v1alpha1,
+    # which a v1.36 server does not serve (404). The embedded server answered 405 to both.
+    result = kubectl_matrix("auth", "whoami", "-o", "json")
+    if client_minor(kubectl_matrix) < 28:
+        assert result.returncode != 0 and "the selfsubjectreviews API is not enabled in the cluster" in result.stderr
+        return
+    user = json.loads(ok(result))["status"]["userInfo"]
+    assert user["username"] and "system:authenticated" in user["groups"]
+
+
 def test_create_validates_unknown_fields_on_the_server(kubectl_matrix):
     # kubectl 1.27 learns that the server validates fields from /openapi/v2 (protobuf only); without
     # that document the embedded server answered its ``create -f`` with NotFound
