@@ -141,6 +141,20 @@ def _check_lease(spec: dict) -> list[tuple[str, str]]:
     return causes
 
 
+def _check_event(event: dict) -> Causes:
+    """Upstream's legacyValidateEvent for an event without ``eventTime``: its namespace and its object's agree.
+
+    An empty ``involvedObject.namespace`` is accepted in the default namespace only (old clients).
+    """
+    if event.get("eventTime"):
+        return []
+    namespace = (event.get("metadata") or {}).get("namespace") or ""
+    involved = (event.get("involvedObject") or {}).get("namespace") or ""
+    if involved == namespace or (not involved and namespace == "default"):
+        return []
+    return [("involvedObject.namespace", f'Invalid value: "{involved}": does not match event.namespace')]
+
+
 def validate(resource: str, kind: str, obj: dict) -> None:
     """Raise 422 Invalid when ``obj`` (already defaulted) would be rejected by kube-apiserver."""
     meta = obj.get("metadata") or {}
@@ -149,6 +163,8 @@ def validate(resource: str, kind: str, obj: dict) -> None:
         causes += _check_pod(obj)
     if resource == "leases":
         causes += _check_lease(obj.get("spec") or {})
+    if resource == "events":
+        causes += _check_event(obj)
     if causes:
         raise invalid(kind, str(meta.get("name") or meta.get("generateName") or ""), causes)
 

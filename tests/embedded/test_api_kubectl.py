@@ -156,6 +156,14 @@ def test_invalid_pod_is_rejected_with_kube_apiserver_wording(kubectl_matrix):
     assert result.returncode != 0 and 'is invalid: metadata.name: Invalid value: "Not_Valid"' in result.stderr
 
 
+def test_an_event_about_an_object_in_another_namespace_is_invalid(kubectl_matrix):
+    # Upstream legacyValidateEvent; the embedded server stored such an event
+    result = kubectl_matrix("create", "-f", "-", input=EVENT.replace("NAMESPACE", "elsewhere"))
+    assert result.returncode != 0
+    assert ('The Event "ke" is invalid: involvedObject.namespace: Invalid value: "elsewhere": does not match '
+            'event.namespace') in result.stderr
+
+
 def test_namespaces_and_auth_can_i(kubectl_matrix):
     assert "kube-system" in ok(kubectl_matrix("get", "namespaces"))
     assert ok(kubectl_matrix("auth", "can-i", "create", "pods")).strip() == "yes"
