@@ -23,6 +23,8 @@ _SUBRESOURCES = {
     "namespaces": [("status", ["get", "patch", "update"])],
     "services": [("status", ["get", "patch", "update"])],
 }
+# Served resources in upstream's "all" category (kubectl get all): pods and services
+_CATEGORY_ALL = ("pods", "services")
 AUTHZ_GROUP = "authorization.k8s.io"
 AUTHN_GROUP = "authentication.k8s.io"  # SelfSubjectReview: ``kubectl auth whoami``
 _REVIEW_GROUPS = (AUTHZ_GROUP, AUTHN_GROUP)
@@ -36,7 +38,7 @@ def _resource(info: ResourceInfo) -> dict[str, Any]:
         doc["verbs"] = [v for v in _OBJECT_VERBS if v != "deletecollection"]
     if info.short_names:
         doc["shortNames"] = list(info.short_names)
-    if info.name == "pods":
+    if info.name in _CATEGORY_ALL:
         doc["categories"] = ["all"]
     return doc
 

@@ -216,9 +216,11 @@ class Kubectl:
     kubeconfig: str
     namespace: str
     target: Target
+    cache_dir: str  # per test: kubectl caches discovery per host:port, and embedded servers reuse ports
 
     def argv(self, *args: str, kubeconfig: str | None = None) -> list[str]:
-        return [self.binary, "--kubeconfig", kubeconfig or self.kubeconfig, "--namespace", self.namespace, *args]
+        return [self.binary, "--kubeconfig", kubeconfig or self.kubeconfig, "--namespace", self.namespace,
+                "--cache-dir", self.cache_dir, *args]
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 30,
                  kubeconfig: str | None = None) -> subprocess.CompletedProcess:
@@ -233,10 +235,10 @@ def kubectl_binary(request) -> str:
 
 
 @pytest.fixture
-def kubectl_matrix(target: Target, kubectl_binary: str, request) -> Kubectl:
+def kubectl_matrix(target: Target, kubectl_binary: str, request, tmp_path: Path) -> Kubectl:
     """A kubectl version against a ``target`` server, in the target's fresh namespace."""
     if target.kube is not None:
         kubeconfig = target.kube.kubeconfig
     else:
         kubeconfig = request.config.getoption("--k8s-kubeconfig")
-    return Kubectl(kubectl_binary, kubeconfig, target.namespace, target)
+    return Kubectl(kubectl_binary, kubeconfig, target.namespace, target, str(tmp_path / "kubectl-cache"))

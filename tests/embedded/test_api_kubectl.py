@@ -164,6 +164,14 @@ def test_an_event_about_an_object_in_another_namespace_is_invalid(kubectl_matrix
             'event.namespace') in result.stderr
 
 
+def test_get_all_lists_pods_and_services(kubectl_matrix):
+    # Upstream's "all" category holds services too; the embedded discovery put pods alone in it
+    ok(kubectl_matrix("create", "-f", "-", input=POD))
+    ok(kubectl_matrix("create", "-f", "-", input=SERVICE))
+    names = [line.split()[0] for line in ok(kubectl_matrix("get", "all")).splitlines() if line.strip()]
+    assert "pod/kp" in names and "service/kv" in names, names
+
+
 def test_namespaces_and_auth_can_i(kubectl_matrix):
     assert "kube-system" in ok(kubectl_matrix("get", "namespaces"))
     assert ok(kubectl_matrix("auth", "can-i", "create", "pods")).strip() == "yes"
