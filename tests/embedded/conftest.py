@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+from kubectl_binaries import KUBECTL_VERSIONS, find_kubectl, kubectl_id
 from kubernetes import client, config
 
 
@@ -172,42 +173,6 @@ def target(request, make_kube):
         api_client.close()
 
 
-# The oldest and the newest of the kubectl.1.NN binaries installed beside the default kubectl, and
-# the default itself (None): the kubectl tests run with each against both servers (issue 14).
-KUBECTL_VERSIONS = ("1.27", "1.33", None)
-
-
-def _kubectl_id(version: str | None) -> str:
-    return f"kubectl-{version or 'default'}"
-
-
-def _missing_kubectl(message: str) -> None:
-    """CI must not skip a kubectl version silently: a failure there, a skip with the reason elsewhere."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def find_kubectl(version: str | None) -> str:
-    """The path of ``kubectl`` (``version`` None) or ``kubectl.<version>`` beside the resolved ``kubectl``.
-
-    The versioned binaries sit in the folder of the default kubectl after following its symlinks
-    (PATH often holds a link to it), so that folder is where they are looked for.
-    """
-    default = shutil.which("kubectl")
-    if default is None:
-        _missing_kubectl(f"kubectl is not on PATH ({os.environ.get('PATH', '')}); install kubectl to run the "
-                         "kubectl tests")
-    if version is None:
-        return default
-    folder = Path(default).resolve().parent
-    binary = folder / f"kubectl.{version}"
-    if not os.access(binary, os.X_OK):
-        _missing_kubectl(f"kubectl {version} is missing: no executable {binary.name} in {folder}, the folder of "
-                         f"the resolved kubectl ({default} -> {Path(default).resolve()})")
-    return str(binary)
-
-
 @dataclass(frozen=True)
 class Kubectl:
     """One kubectl binary bound to a ``target``'s kubeconfig and namespace; call it with kubectl's arguments."""
@@ -228,7 +193,7 @@ class Kubectl:
                               timeout=timeout)
 
 
-@pytest.fixture(params=KUBECTL_VERSIONS, ids=_kubectl_id)
+@pytest.fixture(params=KUBECTL_VERSIONS, ids=kubectl_id)
 def kubectl_binary(request) -> str:
     """The path of one kubectl version (a failure under CI=true when missing, a skip elsewhere)."""
     return find_kubectl(request.param)

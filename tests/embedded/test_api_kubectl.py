@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from k8s_helpers import one_server_only_reason
+from kubectl_binaries import find_kubectl
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
 
@@ -225,3 +227,28 @@ def test_server_side_apply_is_refused_with_the_way_out_and_creates_nothing(kubec
     assert result.returncode != 0 and "client-side `kubectl apply`" in result.stderr
     assert "NotFound" not in result.stderr
     assert "ssa" not in ok(kubectl_matrix("get", "pods"))
+
+
+@pytest.fixture
+def linked_kubectl(tmp_path, monkeypatch) -> Path:
+    """PATH holds a link to a kubectl in another folder that has kubectl.1.27 only: where to look is the target's."""
+    real, on_path = tmp_path / "real", tmp_path / "bin"
+    real.mkdir(), on_path.mkdir()
+    for name in ("kubectl", "kubectl.1.27"):
+        (real / name).write_text("#!/bin/sh\n")
+        (real / name).chmod(0o755)
+    (on_path / "kubectl").symlink_to(real / "kubectl")
+    monkeypatch.setenv("PATH", str(on_path))
+    return real
+
+
+def test_versioned_kubectl_is_found_beside_the_resolved_kubectl(linked_kubectl):
+    assert find_kubectl("1.27") == str(linked_kubectl / "kubectl.1.27")
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)],
+                         ids=["ci-fails", "elsewhere-skips"])
+def test_a_missing_versioned_kubectl_says_which_and_where(linked_kubectl, monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=f"kubectl 1.33 is missing: no executable kubectl.1.33 in {linked_kubectl}"):
+        find_kubectl("1.33")
