@@ -67,7 +67,8 @@ def api_groups() -> dict[str, Any]:
     """``GET /apis``: authorization.k8s.io (for ``kubectl auth can-i``) and authentication.k8s.io (for
     ``kubectl auth whoami``) first, then the groups of served resources (coordination.k8s.io: Leases)."""
     groups = []
-    for group_version in [f"{g}/v1" for g in _REVIEW_GROUPS] + sorted({i.group_version for i in RESOURCES.values() if i.group}):
+    served = sorted({i.group_version for i in RESOURCES.values() if i.group})
+    for group_version in [f"{g}/v1" for g in _REVIEW_GROUPS] + served:
         version = {"groupVersion": group_version, "version": group_version.rpartition("/")[2]}
         groups.append({"name": group_version.rpartition("/")[0], "versions": [version], "preferredVersion": version})
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}

@@ -68,11 +68,13 @@ CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kc}\ndata: {a: '1
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: ks}\nstringData: {a: '1'}\n"
 SERVICE = ("apiVersion: v1\nkind: Service\nmetadata: {name: kv}\n"
            "spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n")
-EVENT = ("apiVersion: v1\nkind: Event\nmetadata: {name: ke}\ninvolvedObject: {kind: Pod, name: kp, namespace: NAMESPACE}\n"
+EVENT = ("apiVersion: v1\nkind: Event\nmetadata: {name: ke}\n"
+         "involvedObject: {kind: Pod, name: kp, namespace: NAMESPACE}\n"
          "reason: Pulled\ntype: Normal\nmessage: pulled\nsource: {component: kubelet, host: node-9}\ncount: 3\n"
          "firstTimestamp: '2026-01-01T00:00:00Z'\nlastTimestamp: '2026-01-01T00:00:00Z'\n")
 LEASE = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: kl}\nspec: {holderIdentity: me}\n"
-LIMITS = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: kr}\nspec: {limits: [{type: Container, max: {cpu: '2'}}]}\n"
+LIMITS = ("apiVersion: v1\nkind: LimitRange\nmetadata: {name: kr}\n"
+          "spec: {limits: [{type: Container, max: {cpu: '2'}}]}\n")
 QUOTA = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: kq}\nspec: {hard: {pods: '10', limits.cpu: '2'}}\n"
 
 
