@@ -7,6 +7,10 @@ Data flow::
                                                  └─> FailureTracker.record_failure(group, id, explanation)
     known_executors() (plugin) ──────────────────┘   (for pods missing from full snapshots)
 
+A terminating pod whose node was lost (evicted by the taint-eviction controller, or NodeLost;
+:func:`~dask_k8s_backend.pods.exits.node_lost`) is reported lost too, without counting a failure:
+no kubelet will ever confirm its deletion.
+
 For every executor whose pod reaches Failed, Succeeded or Deleted, ``on_executor_lost`` is called
 exactly once with a sentence from :func:`dask_k8s_backend.pods.exits.explain` (or the reason the
 backend itself gave when it deleted the pod on purpose), then the pod is deleted, or with
@@ -41,6 +45,7 @@ from typing import Any
 from .. import labels
 from ..clock import Clock, SystemClock
 from ..config import ExecutorSettings
+from ..pods.exits import node_lost
 from ..pods.states import PodDeleted, PodFailed, PodState
 from .failures import FailureTracker
 from .kept_logs import TAIL_LINES, KeptLogs
@@ -130,7 +135,11 @@ class ExecutorPodsLifecycleManager:
         if executor_id in self.lost_ids:
             return
         if not state.is_final:
-            self._last_seen[executor_id] = self.clock.now()
+            lost_with_node = node_lost(state)
+            if lost_with_node is None:
+                self._last_seen[executor_id] = self.clock.now()
+            else:  # no failure of the app; the pod is being deleted already, so no clean-up either
+                await self._lost(executor_id, self.failures.deletion_reason(executor_id) or lost_with_node)
             return
         if ((state.pod.get("metadata") or {}).get("labels") or {}).get(labels.INACTIVE) == "true":
             self.lost_ids.add(executor_id)  # kept for debugging by an earlier run: already handled

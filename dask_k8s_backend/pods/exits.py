@@ -36,6 +36,32 @@ def _logs_hint(pod: Pod) -> str:
     return f"see cluster.logs({executor_id})" if executor_id else f"see `kubectl logs {meta.get('name', '?')}`"
 
 
+def node_lost(state: PodState) -> str | None:
+    """A sentence when a terminating pod went with its node, else None.
+
+    Why: on a node that stopped answering no kubelet confirms the deletion, so its pods stay
+    Terminating for as long as the Node object exists and never reach a final state. The signs
+    are the taint-eviction controller's ``DisruptionTarget`` condition (reason
+    ``DeletionByTaintManager``: the node was tainted unreachable/not-ready and the pod's toleration
+    ran out) or the node controller's ``status.reason`` ``NodeLost``.
+    """
+    if not isinstance(state, PodTerminating):
+        return None
+    pod, who = state.pod, executor_label(state.pod)
+    status = pod.get("status") or {}
+    node = (pod.get("spec") or {}).get("nodeName") or "its node"
+    for condition in status.get("conditions") or []:
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == \
+                ("DisruptionTarget", "True", "DeletionByTaintManager"):
+            return (f"{who} was lost with node {node}: the node was tainted NoExecute (unreachable or not ready) and "
+                    f"the pod was evicted when its toleration ran out ({condition.get('message') or 'no message'}); "
+                    "it is replaced if below the target.")
+    if status.get("reason") == "NodeLost":
+        return (f"{who} was lost with node {node} ({status.get('message') or 'NodeLost'}); "
+                "it is replaced if below the target.")
+    return None
+
+
 def explain(state: PodState) -> str:
     """One sentence for a final state, or for why a pod is pending, naming the executor and a fix."""
     pod, who = state.pod, executor_label(state.pod)

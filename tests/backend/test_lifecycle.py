@@ -196,3 +196,40 @@ async def test_a_broken_group_does_not_stop_another_group():
     assert b.groups_created() == ["cpu"]
     assert [g for g, _ in b.limits] == ["gpu"]
     await b.allocator.stop()
+
+
+def _evicted_from_a_lost_node(executor_id: int) -> dict:
+    """A pod as upstream leaves it once its node is unreachable and its toleration ran out: Terminating for good."""
+    pod = executor_pod(executor_id, phase="Running")
+    pod["metadata"]["deletionTimestamp"] = "2026-11-28T16:00:00Z"
+    pod["spec"]["nodeName"] = "node-1"
+    pod["status"]["conditions"] = [
+        {"type": "Ready", "status": "False"},
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+         "message": "Taint manager: deleting due to NoExecute taint"},
+    ]
+    return pod
+
+
+@run_async
+async def test_a_pod_evicted_from_a_lost_node_is_reported_lost_once_without_a_failure_or_a_second_delete():
+    h = Harness()
+    h.pod(_evicted_from_a_lost_node(1))
+    await h.deliver()
+    h.store.update_pod(_evicted_from_a_lost_node(1))
+    await h.deliver()
+    assert [i for i, _ in h.lost] == [1] and "lost with node node-1" in h.lost[0][1]
+    assert h.api.deleted == [] and h.failures.failure_count("default") == 0
+
+
+@run_async
+async def test_a_pod_terminating_on_a_live_node_is_not_reported_until_it_is_gone():
+    h = Harness()
+    terminating = executor_pod(1, phase="Running")
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-28T16:00:00Z"
+    h.pod(terminating)
+    await h.deliver()
+    assert h.lost == []
+    h.store.update_pod(terminating, deleted=True)
+    await h.deliver()
+    assert [i for i, _ in h.lost] == [1]
