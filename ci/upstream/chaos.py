@@ -252,6 +252,7 @@ class NodeLossReport:
     executors_lost: list[int] = field(default_factory=list)
     unreachable_seconds: float = float("nan")  # kill -> the node carries the unreachable NoExecute taint
     evicted_seconds: float = float("nan")  # kill -> the lost pods have a deletionTimestamp
+    reported_lost_seconds: float = float("nan")  # kill -> the backend reported every lost executor lost
     replaced_seconds: float = float("nan")  # kill -> target Running pods on the other node, all registered
     replacements_node: str = ""
     result_correct: bool = False
@@ -326,6 +327,8 @@ def _await_recovery(cluster: KubeSparkCluster, api: k8s.CoreV1Api, app_id: str, 
         p.metadata.deletion_timestamp is not None for p in app_pods(api, app_id) if executor_id(p) in lost),
         timeout=report.toleration_seconds + 60)
     report.evicted_seconds = time.monotonic() - killed
+    wait_for("the backend to report the lost executors", lambda: lost <= backend(cluster).lifecycle.lost_ids, timeout=30)
+    report.reported_lost_seconds = time.monotonic() - killed
 
     def recovered() -> bool:
         live = running_ids(api, app_id)
