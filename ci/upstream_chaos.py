@@ -68,7 +68,8 @@ def node_loss_lines(kube: UpstreamKubernetes) -> tuple[bool, list[str]]:
         f"    unreachable taint after {r.unreachable_seconds:.1f} s (node-monitor-grace 20 s), pods evicted after "
         f"{r.evicted_seconds:.1f} s (tolerationSeconds {r.toleration_seconds} in the pod template), reported lost by "
         f"the backend after {r.reported_lost_seconds:.1f} s",
-        f"    back at {r.target} registered workers on {r.replacements_node} {r.replaced_seconds:.1f} s after the kill; "
+        f"    back at {r.target} registered workers on {r.replacements_node} {r.replaced_seconds:.1f} s after "
+        f"the kill; "
         f"result correct: {r.result_correct}",
     ]
 

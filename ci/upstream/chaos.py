@@ -145,8 +145,9 @@ def run_apiserver_restart(kube: UpstreamKubernetes, *, target: int = 50, restart
         restarts, relists = watch.restarts, watch.relists
         started = time.monotonic()
         cluster.scale(target)
-        report.pods_before_restart = len(wait_for(f"{restart_after} pods", lambda: (
-            lambda pods: pods if len(pods) >= restart_after else None)(app_pods(api, app_id)), timeout=60, interval=0.1))
+        report.pods_before_restart = len(wait_for(
+            f"{restart_after} pods", lambda: (lambda pods: pods if len(pods) >= restart_after else None)(
+                app_pods(api, app_id)), timeout=60, interval=0.1))
         report.outage_seconds = kube.restart_apiserver()
         wait_for(f"{target} Running pods", lambda: len(running_ids(api, app_id)) >= target, timeout=180)
         report.target_seconds = time.monotonic() - started
@@ -263,7 +264,8 @@ def toleration_template(seconds: int) -> Path:
     """A worker pod template tolerating an unreachable or not-ready node for ``seconds`` (not 300)."""
     tolerations = [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
                    for key in (UNREACHABLE, "node.kubernetes.io/not-ready")]
-    template = {"apiVersion": "v1", "kind": "Pod", "spec": {"tolerations": tolerations, "containers": [{"name": "worker"}]}}
+    template = {"apiVersion": "v1", "kind": "Pod",
+                "spec": {"tolerations": tolerations, "containers": [{"name": "worker"}]}}
     path = Path(tempfile.mkstemp(prefix="upstream-chaos-template-", suffix=".yaml")[1])
     path.write_text(yaml.safe_dump(template))
     return path
@@ -282,10 +284,10 @@ def run_node_loss(kube: UpstreamKubernetes, *, target: int = 4, toleration_secon
     report = NodeLossReport(target=target, toleration_seconds=toleration_seconds)
     api = core_api(kube)
     template = toleration_template(toleration_seconds)
+    worker = {"pod-template": str(template), "death-timeout": "20s"}
     try:
         with dask.config.set({"distributed.scheduler.allowed-failures": 10}), \
-                KubeSparkCluster(**cluster_kwargs(kube, n_workers=target, worker={"pod-template": str(template),
-                                                                                  "death-timeout": "20s"})) as cluster, \
+                KubeSparkCluster(**cluster_kwargs(kube, n_workers=target, worker=worker)) as cluster, \
                 Client(cluster) as client:
             client.wait_for_workers(target, timeout=120)
             app_id = cluster.app.app_id
@@ -327,7 +329,8 @@ def _await_recovery(cluster: KubeSparkCluster, api: k8s.CoreV1Api, app_id: str, 
         p.metadata.deletion_timestamp is not None for p in app_pods(api, app_id) if executor_id(p) in lost),
         timeout=report.toleration_seconds + 60)
     report.evicted_seconds = time.monotonic() - killed
-    wait_for("the backend to report the lost executors", lambda: lost <= backend(cluster).lifecycle.lost_ids, timeout=30)
+    wait_for("the backend to report the lost executors",
+             lambda: lost <= backend(cluster).lifecycle.lost_ids, timeout=30)
     report.reported_lost_seconds = time.monotonic() - killed
 
     def recovered() -> bool:
