@@ -142,6 +142,8 @@ class BackendMetrics:
             self._running.add(executor_id)
             self._observe_since_request(self.to_running, executor_id)
         elif isinstance(state, (PodFailed, PodSucceeded)) and executor_id not in self._ended:
+            if (state.pod.get("metadata") or {}).get("deletionTimestamp"):
+                return  # it ended because it was deleted: counted once, as that deletion, when it is gone
             self._ended.add(executor_id)
             if isinstance(state, PodFailed):
                 self.failed[(group, failure_reason(state.pod))] += 1

@@ -91,6 +91,19 @@ def test_a_failed_pod_counts_as_failed_by_its_reason_and_its_removal_as_cleanup(
     assert f.metrics.deleted == Counter({("big", "cleanup"): 1})
 
 
+def test_a_pod_that_ended_because_it_was_deleted_counts_as_a_deletion_not_a_failure():
+    # A kubelet stops a deleted pod's containers (SIGTERM: exit 143) and reports the pod Failed before
+    # it confirms the deletion; upstream's watch shows that status, the embedded one may coalesce it.
+    f = Fixture()
+    f.see(executor_pod(2, phase="Running"))
+    stopped = failed_pod(2, exit_code=143)
+    stopped["metadata"]["deletionTimestamp"] = "2026-11-28T16:30:00Z"
+    f.see(stopped)
+    f.see(stopped, deleted=True)
+    assert f.metrics.failed == Counter()
+    assert f.metrics.deleted == Counter({("default", "external"): 1})
+
+
 def test_exposition_labels_each_sample_with_its_app_so_backends_do_not_clash():
     a, b = Fixture("app-a"), Fixture("app-b")
     for f in (a, b):
