@@ -4,7 +4,7 @@
 Usage: ``python ci/chaos.py [--seed N]``. Exit status 0 only when every scenario ended with a
 correct result, no pod leaked and no executor id reused. The figures (kills survived, faults
 injected, pods created vs. target + replacements, pods leaked, wrong results) are what the
-README's Reliability section quotes.
+Reliability page (docs/reliability.md) quotes.
 """
 
 from __future__ import annotations

@@ -467,7 +467,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, warn_unknown: b
 def describe_config() -> list[tuple[str, str, str]]:
     """(dotted key, default as written, comment) for every option, read from the yaml with its comments.
 
-    Used to generate and check the README's configuration reference.
+    Used to generate and check the configuration reference, docs/configuration.md.
     """
     entries: list[tuple[str, str, str]] = []
     comments: list[str] = []

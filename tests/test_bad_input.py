@@ -1,4 +1,4 @@
-"""The README's bad-input table, one test per row.
+"""The bad-input table of docs/reliability.md, one test per row.
 
 Each bad input must give ONE error naming what is wrong and how to fix it, raised before any pod
 is created, and leave nothing behind: after every test the embedded API server is asked (through

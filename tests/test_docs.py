@@ -4,6 +4,7 @@ missing from the navigation, a docstring mkdocstrings cannot render, a missing s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,16 @@ def test_configuration_page_is_current():
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert gen_config_docs.splice(page) == page, "run: python ci/gen_config_docs.py"
     assert "`k8s-backend.worker.memory`" in page
+
+
+def test_readme_links_to_every_docs_page_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\((docs/[^)#\s]+)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages <= linked, f"not linked from README.md: {sorted(pages - linked)}"
+    relative = [t for t in re.findall(r"\]\(([^)#\s]+)", readme) if "://" not in t]
+    assert all((ROOT / t).exists() for t in relative), [t for t in relative if not (ROOT / t).exists()]
+    assert not gen_config_docs.has_markers(readme), "the configuration reference lives in docs/configuration.md"
 
 
 def test_every_docs_page_is_in_the_navigation():

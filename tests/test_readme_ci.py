@@ -38,12 +38,6 @@ def test_readme_commands_rejects_a_block_without_exactly_two_commands(tmp_path, 
     assert "exactly two commands, found 3" in capsys.readouterr().err
 
 
-def test_configuration_reference_in_readme_is_current():
-    readme = (ROOT / "README.md").read_text()
-    assert gen_config_docs.splice(readme) == readme, "run: python ci/gen_config_docs.py"
-    assert "`k8s-backend.worker.memory`" in readme
-
-
 def _fake_repo(tmp_path: Path, test_command: str) -> Path:
     """A repository copy whose README's test command is ``test_command``."""
     repo = tmp_path / "repo"
