@@ -31,6 +31,7 @@ from .. import app_lease
 from ..clock import Clock
 from ..errors import AlreadyExists, Forbidden, NotFound, translate
 from ..pods.builder import AppSpec
+from .tasks import stop_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +146,8 @@ class AppHeartbeat:
 
     async def stop(self, *, delete: bool) -> None:
         """Stop renewing; with ``delete`` remove the Lease (do it after the pods are gone), else release it."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await stop_quietly(self._task)
+        self._task = None
         if delete and self.lease is not None:
             try:
                 await self.api.delete(self.lease["metadata"]["name"])

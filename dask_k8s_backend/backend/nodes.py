@@ -16,6 +16,7 @@ from typing import Any
 from ..clock import Clock
 from ..errors import Forbidden
 from ..pods.verdicts import Allocatable, node_allocatable
+from .tasks import stop_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,5 @@ class NodeCapacity:
             await self.clock.sleep(self.interval)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await stop_quietly(self._task)
+        self._task = None

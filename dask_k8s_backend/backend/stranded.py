@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .groups import GroupRegistry
+from .tasks import stop_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +114,7 @@ class StrandedTasks:
         return found
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_quietly(self._task)
 
 
 def killed_worker_note(exception: Any, executor_of: Callable[[Any], int | None],
