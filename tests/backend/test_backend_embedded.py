@@ -80,6 +80,9 @@ async def run_backend(kube, target: int) -> None:
             kube.store.delete("pods", "default", f"itest-exec-{executor_id}", grace_period_seconds=0)
         await wait_for(lambda: len(running()) == target and not running() & set(sorted(first)[:3]), 30,
                        "the 3 deleted executors to be replaced")
+        # The allocator replaces a pod as soon as a snapshot lacks it; the lifecycle manager declares it lost
+        # only after missing_pod_detect_delta (5 s) without it, so the replacement can come first.
+        await wait_for(lambda: len(lost) >= 3, 30, "the 3 deleted executors to be declared lost")
         assert min(running() - first) > max(first)  # replacements get new, never reused ids
         assert sorted(lost)[:3] == sorted(first)[:3]
         names = [p["metadata"]["name"] for p in (await api.list_pods(SELECTOR))[0]]
