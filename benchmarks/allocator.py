@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from dask_k8s_backend import labels
-from dask_k8s_backend.backend.allocator import ExecutorPodsAllocator
-from dask_k8s_backend.backend.failures import FailureTracker
-from dask_k8s_backend.backend.lifecycle import ExecutorPodsLifecycleManager
-from dask_k8s_backend.backend.polling import ExecutorPodsPollingSource
-from dask_k8s_backend.backend.snapshots import SnapshotsStore
-from dask_k8s_backend.backend.watch import ExecutorPodsWatchSource
+from dask_k8s_backend.backend.allocation.allocator import ExecutorPodsAllocator
+from dask_k8s_backend.backend.executors.failures import FailureTracker
+from dask_k8s_backend.backend.executors.lifecycle import ExecutorPodsLifecycleManager
+from dask_k8s_backend.backend.observation.polling import ExecutorPodsPollingSource
+from dask_k8s_backend.backend.observation.snapshots import SnapshotsStore
+from dask_k8s_backend.backend.observation.watch import ExecutorPodsWatchSource
 from dask_k8s_backend.clock import SystemClock
 from dask_k8s_backend.config import AllocationSettings, ExecutorSettings
 from dask_k8s_backend.pods.states import PodRunning
@@ -167,9 +167,9 @@ async def pod_api(kind: str, pods: int, latency: float = 0.005):
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
 
-    from dask_k8s_backend.backend.kube_api import KubePodApi
+    from dask_k8s_backend.kube.pod_api import KubePodApi
     from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
-    from dask_k8s_backend.client import STREAM_CONNECTIONS
+    from dask_k8s_backend.kube.client import STREAM_CONNECTIONS
 
     nodes = max(1, -(-pods // 500))
     kube = EmbeddedKubernetes(kubelet="simulated", nodes=nodes, cpu="1000", memory="1000Gi", pods=500)

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kubernetes import client as k8s
 
-from dask_k8s_backend.client import create_api_client
+from dask_k8s_backend.kube.client import create_api_client
 from dask_k8s_backend.config import load_settings
 
 BODY = json.dumps({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {}, "items": []}).encode()

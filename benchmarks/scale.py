@@ -32,7 +32,7 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.embedded.warm import CONFIG_KEY as WARM_RUNTIME_KEY
+from dask_k8s_backend.embedded.node.process.warm import CONFIG_KEY as WARM_RUNTIME_KEY
 
 TIMEOUT = 180
 # One embedded node large enough for 8 workers of 1 GiB (+ Spark-style overhead) and 1 cpu each.

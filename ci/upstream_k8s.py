@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kubernetes.utils import parse_quantity
 
-from dask_k8s_backend.embedded.tls import write_private
+from dask_k8s_backend.embedded.api.tls import write_private
 from upstream.binaries import BuildError, ensure_built
 from upstream.control_plane import KUBELETS, NodeOptions, UpstreamKubernetes
 from upstream.processes import ComponentDied

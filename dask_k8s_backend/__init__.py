@@ -18,7 +18,7 @@ __all__ = ["KubeSparkCluster", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "KubeSparkCluster":
-        from .cluster import KubeSparkCluster
+        from .cluster.kube_spark_cluster import KubeSparkCluster
 
         return KubeSparkCluster
     raise AttributeError(f"module 'dask_k8s_backend' has no attribute {name!r}")

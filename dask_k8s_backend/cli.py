@@ -49,7 +49,7 @@ def cli(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="Print only the final report.")
 def demo(master: str | None, workers: int, quiet: bool) -> None:
     """Start a cluster, scale it, compute, adapt back to zero and close, reporting each step."""
-    main = _delegate("dask_k8s_backend.demo", "main")
+    main = _delegate("dask_k8s_backend.ops.demo", "main")
     if main is None:
         click.echo(f"demo: would start a KubeSparkCluster on {master or 'embedded://'}, scale to {workers} "
                    "workers, run a computation and close (not implemented yet).")
@@ -93,9 +93,9 @@ def embedded(kubeconfig: str, kubelet: str, nodes: int, cpu: str, memory: str, p
 def node(kubeconfig: str, name: str, kubelet: str, cpu: str, memory: str, pods: int, labels: str | None,
          taints: str | None, resources: str | None, port: int, ip_block: int | None) -> None:
     """Join an API server as a node and run the pods bound to it, in the foreground until interrupted."""
-    run = _delegate("dask_k8s_backend.node.agent", "run")
+    run = _delegate("dask_k8s_backend.embedded.node.agent.node_agent", "run")
     if run is None:
-        click.echo("node: not implemented yet (dask_k8s_backend.node.agent is missing).", err=True)
+        click.echo("node: not implemented yet (dask_k8s_backend.embedded.node.agent.node_agent is missing).", err=True)
         sys.exit(1)
     _exit(run(kubeconfig=kubeconfig, name=name, kubelet=kubelet, cpu=cpu, memory=memory, pods=pods, labels=labels,
               taints=taints, resources=resources, port=port, ip_block=ip_block))
@@ -107,7 +107,7 @@ _NAMESPACE = click.option("--namespace", default=None, help="Namespace (default:
 
 
 def _admin(function: str, **kwargs: Any) -> None:
-    target = _delegate("dask_k8s_backend.admin", function)
+    target = _delegate("dask_k8s_backend.ops.admin", function)
     if target is None:
         click.echo(f"{function.removeprefix('run_')}: not implemented yet.", err=True)
         sys.exit(1)

@@ -4,8 +4,9 @@ finished), never a live one."""
 
 from __future__ import annotations
 
-from dask_k8s_backend import app_lease, labels
-from dask_k8s_backend.admin import format_apps, group_by_app, select_dead_apps, select_garbage
+from dask_k8s_backend import labels
+from dask_k8s_backend.kube import app_lease
+from dask_k8s_backend.ops.admin import format_apps, group_by_app, select_dead_apps, select_garbage
 
 NOW = 10_000.0
 

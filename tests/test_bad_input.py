@@ -13,8 +13,8 @@ import warnings
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.errors import ApiUnreachable, Unauthorized
-from dask_k8s_backend.preflight import MissingPermissionsError, NamespaceNotFoundError
+from dask_k8s_backend.kube.errors import ApiUnreachable, Unauthorized
+from dask_k8s_backend.cluster.preflight import MissingPermissionsError, NamespaceNotFoundError
 
 VIEWER_RULES = [{"verbs": ["get", "list", "watch"], "resources": ["pods"]}]
 
@@ -78,7 +78,7 @@ def test_unreachable_api_server_names_the_server_and_what_to_check(kube):
 
 
 def test_wrong_ca_says_to_set_the_ca_cert_file(kube, tmp_path):
-    from dask_k8s_backend.security import generate_tls_material
+    from dask_k8s_backend.cluster.tls_secret import generate_tls_material
 
     other_ca = tmp_path / "other-ca.crt"
     other_ca.write_text(generate_tls_material("elsewhere").ca_cert)

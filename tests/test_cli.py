@@ -21,18 +21,18 @@ def test_python_m_help_lists_every_subcommand():
 
 def test_demo_delegates_with_its_options(monkeypatch):
     calls = []
-    module = types.ModuleType("dask_k8s_backend.demo")
+    module = types.ModuleType("dask_k8s_backend.ops.demo")
     module.main = lambda **kwargs: calls.append(kwargs) or 0
-    monkeypatch.setitem(sys.modules, "dask_k8s_backend.demo", module)
+    monkeypatch.setitem(sys.modules, "dask_k8s_backend.ops.demo", module)
     result = CliRunner().invoke(cli, ["demo", "--master", "embedded://?nodes=2", "--workers", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     assert calls == [{"master": "embedded://?nodes=2", "workers": 3, "quiet": True}]
 
 
 def test_demo_exit_code_is_passed_on(monkeypatch):
-    module = types.ModuleType("dask_k8s_backend.demo")
+    module = types.ModuleType("dask_k8s_backend.ops.demo")
     module.main = lambda **kwargs: 2
-    monkeypatch.setitem(sys.modules, "dask_k8s_backend.demo", module)
+    monkeypatch.setitem(sys.modules, "dask_k8s_backend.ops.demo", module)
     assert CliRunner().invoke(cli, ["demo"]).exit_code == 2
 
 
@@ -50,14 +50,14 @@ def test_embedded_delegates_with_its_options(monkeypatch):
 
 def test_gc_delegates_and_turns_value_errors_into_usage_errors(monkeypatch):
     calls = []
-    module = types.ModuleType("dask_k8s_backend.admin")
+    module = types.ModuleType("dask_k8s_backend.ops.admin")
     module.run_gc = lambda **kwargs: calls.append(kwargs) or 0
 
     def run_status(**kwargs):
         raise ValueError("--master 'embedded://': status looks at an existing cluster")
 
     module.run_status = run_status
-    monkeypatch.setitem(sys.modules, "dask_k8s_backend.admin", module)
+    monkeypatch.setitem(sys.modules, "dask_k8s_backend.ops.admin", module)
     runner = CliRunner()
     assert runner.invoke(cli, ["gc", "--namespace", "ns", "--app", "a1", "--dry-run"]).exit_code == 0
     assert calls == [{"master": "k8s://", "namespace": "ns", "app_id": "a1", "dry_run": True}]

@@ -27,10 +27,10 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from dask_k8s_backend import client as client_mod
-from dask_k8s_backend.client import TokenBucket, create_api_client, kubeconfig_for
+from dask_k8s_backend.kube import client as client_mod
+from dask_k8s_backend.kube.client import TokenBucket, create_api_client, kubeconfig_for
 from dask_k8s_backend.config import load_settings
-from dask_k8s_backend.errors import ApiUnreachable, ServerError, TooManyRequests, Unauthorized, translate
+from dask_k8s_backend.kube.errors import ApiUnreachable, ServerError, TooManyRequests, Unauthorized, translate
 
 TOKEN = "s3cret-token-value"
 DROP = -1  # scripted "status": close the connection instead of answering
@@ -485,7 +485,7 @@ def test_watch_requests_get_no_default_read_timeout(servers, clients):
 
 def test_the_connection_pool_holds_every_request_thread_and_watch_of_the_pod_api(clients):
     """Fewer pooled connections than concurrent requests makes urllib3 discard (and warn) on every return."""
-    from dask_k8s_backend.backend.kube_api import KubePodApi
+    from dask_k8s_backend.kube.pod_api import KubePodApi
 
     api_client = clients(["http://127.0.0.1:1"])
     pod_api = KubePodApi(api_client, "default")

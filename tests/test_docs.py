@@ -34,9 +34,9 @@ def test_docs_site_builds_strict_without_warnings(tmp_path):
     warnings = [line for line in output.splitlines() if "WARNING" in line or "ERROR" in line]
     assert not warnings, "\n".join(warnings)
     api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
-    for name in ("cluster.KubeSparkCluster", "cluster.KubeSparkCluster.add_worker_group", "config.load_settings",
-                 "errors.NotFound", "preflight.MissingPermissionsError", "waiting.ExecutorFailuresError",
-                 "backend.stranded.WorkerGroupStopped"):
+    for name in ("cluster.kube_spark_cluster.KubeSparkCluster", "cluster.kube_spark_cluster.KubeSparkCluster.add_worker_group",
+                 "config.load_settings", "kube.errors.NotFound", "cluster.preflight.MissingPermissionsError",
+                 "cluster.waiting.ExecutorFailuresError", "backend.allocation.stranded.WorkerGroupStopped"):
         assert f'id="dask_k8s_backend.{name}"' in api, f"{name} is missing from the API reference"
     for command in ("demo", "embedded", "node", "status", "gc"):  # the command line, from the click commands
         assert f"python -m dask_k8s_backend {command} [OPTIONS]" in api, command

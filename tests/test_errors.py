@@ -8,7 +8,7 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from dask_k8s_backend import errors
+from dask_k8s_backend.kube import errors
 
 
 def _api_exception(code: int, reason: str, message: str = "m", headers: dict | None = None,

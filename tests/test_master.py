@@ -7,9 +7,9 @@ import types
 
 import pytest
 
-from dask_k8s_backend import master as master_mod
+from dask_k8s_backend.kube import master as master_mod
 from dask_k8s_backend.config import load_settings
-from dask_k8s_backend.master import (
+from dask_k8s_backend.kube.master import (
     EmbeddedClusterManager, KubeConnection, KubernetesClusterManager, parse_embedded_master, parse_k8s_master,
     resolve_manager,
 )
@@ -131,7 +131,7 @@ class _FakeEmbedded:
 def test_embedded_manager_starts_the_embedded_kubernetes_with_the_query_and_stops_it_on_close(monkeypatch, tmp_path):
     import yaml
 
-    from dask_k8s_backend.client import kubeconfig_for
+    from dask_k8s_backend.kube.client import kubeconfig_for
 
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig_for("http://127.0.0.1:9", "tok")))

@@ -32,7 +32,7 @@ from types import TracebackType
 
 import yaml
 
-from dask_k8s_backend.embedded.tls import write_private
+from dask_k8s_backend.embedded.api.tls import write_private
 
 from . import flags, readiness
 from .binaries import ensure_built
@@ -42,7 +42,7 @@ from .processes import Component, free_ports, log_tail
 logger = logging.getLogger(__name__)
 
 KUBELETS = ("process", "simulated")
-FIRST_IP_BLOCK = 100  # the node agent's own blocks are 100-254 (dask_k8s_backend/node/options.py)
+FIRST_IP_BLOCK = 100  # the node agent's own blocks are 100-254 (dask_k8s_backend/embedded/node/agent/options.py)
 
 
 @dataclass(frozen=True)

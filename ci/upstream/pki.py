@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dask_k8s_backend.embedded.tls import write_private
+from dask_k8s_backend.embedded.api.tls import write_private
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from dask_k8s_backend.embedded.parentdeath import die_with_parent
+from dask_k8s_backend.embedded.node.process.parentdeath import die_with_parent
 
 logger = logging.getLogger(__name__)
 

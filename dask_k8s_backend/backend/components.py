@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import labels
 from ..clock import Clock, SystemClock
-from .allocator import ExecutorPodsAllocator
-from .failures import FailureTracker
+from .allocation.allocator import ExecutorPodsAllocator
+from .executors.failures import FailureTracker
 from .heartbeat import AppHeartbeat, LeaseApi
-from .kept_logs import KeptLogs
-from .kube_api import KubePodApi
-from .lifecycle import ExecutorPodsLifecycleManager
-from .nodes import NodeCapacity
-from .polling import ExecutorPodsPollingSource
-from .snapshots import SnapshotsStore, group_of_pod
-from .watch import ExecutorPodsWatchSource
+from .executors.kept_logs import KeptLogs
+from ..kube.pod_api import KubePodApi
+from .executors.lifecycle import ExecutorPodsLifecycleManager
+from .observation.nodes import NodeCapacity
+from .observation.polling import ExecutorPodsPollingSource
+from .observation.snapshots import SnapshotsStore, group_of_pod
+from .observation.watch import ExecutorPodsWatchSource
 
 if TYPE_CHECKING:
     from ..pods.states import PodState

@@ -8,7 +8,7 @@ Data flow::
     stop(delete) ──> LeaseApi.delete (after the pods are gone: the garbage collector takes any left)
                  └─> or, when pods are kept, the Lease is released (no holder): dead at once for `gc`
 
-The Lease and its rules are in :mod:`dask_k8s_backend.app_lease`; this module is the I/O around
+The Lease and its rules are in :mod:`dask_k8s_backend.kube.app_lease`; this module is the I/O around
 them. A server that serves no Leases, or credentials that may not create one, leave the app
 without an owner and heartbeat (one warning): the backend still works, ``gc`` just cannot tell
 that it died. Blocking client calls run in threads so the scheduler's loop never waits on them.
@@ -27,9 +27,9 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from .. import app_lease
+from ..kube import app_lease
 from ..clock import Clock
-from ..errors import AlreadyExists, Forbidden, NotFound, translate
+from ..kube.errors import AlreadyExists, Forbidden, NotFound, translate
 from ..pods.builder import AppSpec
 from .tasks import stop_quietly
 

@@ -41,7 +41,7 @@ from prometheus_client.utils import floatToGoString
 
 from ..clock import Clock
 from ..pods.states import PodDeleted, PodFailed, PodRunning, PodState, PodSucceeded
-from .snapshots import ExecutorPodsSnapshot, group_of_pod
+from .observation.snapshots import ExecutorPodsSnapshot, group_of_pod
 
 if TYPE_CHECKING:
     from .components import BackendComponents

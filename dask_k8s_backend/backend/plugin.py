@@ -9,7 +9,7 @@ Data flow::
 
 The plugin owns those components, adds scheduler RPC handlers (``k8s_request_total_executors``,
 ``k8s_kill_executors``, ``k8s_status``, ``k8s_logs``, ``k8s_shutdown``) that
-:class:`~dask_k8s_backend.cluster.KubeSparkCluster` calls over ``scheduler_comm``, and guards
+:class:`~dask_k8s_backend.cluster.kube_spark_cluster.KubeSparkCluster` calls over ``scheduler_comm``, and guards
 worker registration: a worker's name is its executor id, and a worker whose executor is
 unknown, excluded or being deleted is refused. Everything runs on the scheduler's event loop;
 Kubernetes calls are asynchronous (``KubePodApi`` runs the blocking client in threads).
@@ -28,16 +28,16 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .. import labels
 from ..config import Settings
-from ..errors import NotFound
-from ..master import KubeConnection
+from ..kube.errors import NotFound
+from ..kube.master import KubeConnection
 from ..pods.builder import AppSpec, build_executor_pod
 from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodState, PodSucceeded, PodTerminating
-from .autoscaling import Autoscalers
+from .allocation.autoscaling import Autoscalers
 from .components import BackendComponents, build_components
 from .gatekeeper import RegistrationGatekeeper
-from .groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
+from .allocation.groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
 from .metrics import BackendMetrics, start_metrics, stop_metrics
-from .stranded import StrandedTasks, killed_worker_note
+from .allocation.stranded import StrandedTasks, killed_worker_note
 
 logger = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ async def dask_setup(scheduler: Any) -> None:
 async def _install_backend(scheduler: Any) -> None:
     from kubernetes import client as k8s
 
-    from ..cluster_mode import APP_ENV, OVERRIDES_ENV, owner_reference
+    from ..cluster.cluster_mode import APP_ENV, OVERRIDES_ENV, owner_reference
     from ..config import load_settings
-    from ..master import resolve_manager
+    from ..kube.master import resolve_manager
     from ..pods.builder import AppSpec
     from .plugin import KubernetesSchedulerBackend
 

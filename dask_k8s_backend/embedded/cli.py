@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from .cluster import EmbeddedKubernetes
-from .tls import write_private
+from .api.tls import write_private
 
 
 def run(kubeconfig: str, kubelet: str, nodes: int, cpu: str, memory: str, port: int, tls: bool) -> int:

@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .admission import Admission
-from .apiserver import ApiServer
-from .authz import Identities, PolicyRule
-from .faults import FaultInjector
-from .store import ObjectStore
-from .tls import Credentials, make_credentials, write_kubeconfig
+from .api.admission import Admission
+from .api.apiserver import ApiServer
+from .api.authz import Identities, PolicyRule
+from .api.faults import FaultInjector
+from .store.object_store import ObjectStore
+from .api.tls import Credentials, make_credentials, write_kubeconfig
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class EmbeddedKubernetes:
             self.kubelets[name] = kubelet
             kubelet.start()
         if self.kubelet_kind is not None:
-            from .scheduler import EmbeddedScheduler
+            from .control.scheduler import EmbeddedScheduler
             self.scheduler = EmbeddedScheduler(self.store)
             self.scheduler.start()
         logger.info("Embedded Kubernetes ready at %s with %d %s node(s)", self.apiserver.url, self.node_count,
@@ -158,9 +158,9 @@ class EmbeddedKubernetes:
         options = {k: v for k, v in {**self._node_options, **(spec or {})}.items() if v is not None}
         options["work_dir"] = self.work_dir / "nodes" / name  # type: ignore[operator]
         if self.kubelet_kind == "process":
-            from .kubelet import ProcessKubelet
+            from .node.process.kubelet import ProcessKubelet
             return ProcessKubelet(self.store, name, ip_block=index, **options)
-        from .simulated import SimulatedKubelet
+        from .node.simulated import SimulatedKubelet
         return SimulatedKubelet(self.store, name, ip_block=index, **options)
 
     def stop(self) -> None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .resources import qos_class
+from ..kube.resources import qos_class
 
 Status = dict[str, Any]
 

@@ -371,7 +371,7 @@ def tls_step(pod: Pod, ctx: ExecutorPodContext) -> Pod:
     """With ``k8s-backend.security.tls``: the worker reads the app's TLS Secret into distributed's config."""
     if not ctx.settings.security.tls:
         return pod
-    from ..security import tls_env
+    from ..cluster.tls_secret import tls_env
 
     pod = _clone(pod)
     container = worker_container(pod, ctx)

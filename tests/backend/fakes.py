@@ -18,13 +18,13 @@ from typing import Any
 
 from dask_k8s_backend import labels
 
-from dask_k8s_backend.errors import (  # noqa: F401 - re-exported for the tests
+from dask_k8s_backend.kube.errors import (  # noqa: F401 - re-exported for the tests
     AlreadyExists, ApiUnreachable, Forbidden, Gone, KubernetesApiError, NotFound, ServerError, TooManyRequests,
 )
 
 
 def make_error(cls: type, message: str, **kwargs: Any) -> Exception:
-    """A project API error (dask_k8s_backend.errors) as KubePodApi raises it."""
+    """A project API error (dask_k8s_backend.kube.errors) as KubePodApi raises it."""
     return cls(message, **kwargs)
 
 

@@ -12,9 +12,9 @@ from fakes import (
     unschedulable_pod,
 )
 
-from dask_k8s_backend.backend.allocator import AllocatorState, Created, ExecutorPodsAllocator, plan
-from dask_k8s_backend.backend.failures import FailureTracker
-from dask_k8s_backend.backend.snapshots import DeterministicSnapshotsStore
+from dask_k8s_backend.backend.allocation.allocator import AllocatorState, Created, ExecutorPodsAllocator, plan
+from dask_k8s_backend.backend.executors.failures import FailureTracker
+from dask_k8s_backend.backend.observation.snapshots import DeterministicSnapshotsStore
 from dask_k8s_backend.clock import ManualClock
 from dask_k8s_backend.config import AllocationSettings, ExecutorSettings
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from dask_k8s_backend.backend.autoscaling import AdaptOptions, GroupAutoscaler, GroupHooks
-from dask_k8s_backend.backend.stabilization import ScaleDownStabilizer
+from dask_k8s_backend.backend.allocation.autoscaling import AdaptOptions, GroupAutoscaler, GroupHooks
+from dask_k8s_backend.backend.allocation.stabilization import ScaleDownStabilizer
 from dask_k8s_backend.clock import ManualClock
 
 

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from dask_k8s_backend import labels
-from dask_k8s_backend.backend.allocator import ExecutorPodsAllocator
-from dask_k8s_backend.backend.failures import FailureTracker
-from dask_k8s_backend.backend.lifecycle import ExecutorPodsLifecycleManager
-from dask_k8s_backend.backend.polling import ExecutorPodsPollingSource
-from dask_k8s_backend.backend.snapshots import SnapshotsStore
-from dask_k8s_backend.backend.watch import ExecutorPodsWatchSource
+from dask_k8s_backend.backend.allocation.allocator import ExecutorPodsAllocator
+from dask_k8s_backend.backend.executors.failures import FailureTracker
+from dask_k8s_backend.backend.executors.lifecycle import ExecutorPodsLifecycleManager
+from dask_k8s_backend.backend.observation.polling import ExecutorPodsPollingSource
+from dask_k8s_backend.backend.observation.snapshots import SnapshotsStore
+from dask_k8s_backend.backend.observation.watch import ExecutorPodsWatchSource
 from dask_k8s_backend.clock import SystemClock
 from dask_k8s_backend.config import AllocationSettings, ExecutorSettings
 from dask_k8s_backend.pods.states import PodRunning
@@ -49,7 +49,7 @@ async def wait_for(condition, timeout: float, what: str) -> None:
 async def run_backend(kube, target: int) -> None:
     from kubernetes import config as k8s_config
 
-    from dask_k8s_backend.backend.kube_api import KubePodApi
+    from dask_k8s_backend.kube.pod_api import KubePodApi
 
     api = KubePodApi(k8s_config.new_client_from_config(config_file=str(kube.kubeconfig)), "default")
     clock = SystemClock()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fakes import run_async, settle
 
-from dask_k8s_backend import app_lease
+from dask_k8s_backend.kube import app_lease
 from dask_k8s_backend.backend.heartbeat import AppHeartbeat
 from dask_k8s_backend.clock import ManualClock
-from dask_k8s_backend.errors import AlreadyExists, NotFound
+from dask_k8s_backend.kube.errors import AlreadyExists, NotFound
 from dask_k8s_backend.pods.builder import AppSpec
 
 APP = AppSpec(app_id="abc123", app_name="dask-x", namespace="default")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fakes import failed_pod, run_async
 from test_lifecycle import Harness
 
-from dask_k8s_backend.backend.kept_logs import KeptLogs
+from dask_k8s_backend.backend.executors.kept_logs import KeptLogs
 
 
 def test_each_log_keeps_its_end_and_says_it_was_cut():

@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import kubernetes
 import pytest
 
-from dask_k8s_backend.backend import kube_api
-from dask_k8s_backend.backend.kube_api import KubePodApi, PodApi
-from dask_k8s_backend.errors import AlreadyExists, ApiUnreachable
+from dask_k8s_backend.kube import pod_api as kube_api
+from dask_k8s_backend.kube.pod_api import KubePodApi, PodApi
+from dask_k8s_backend.kube.errors import AlreadyExists, ApiUnreachable
 
 pytestmark = pytest.mark.timeout(60)
 

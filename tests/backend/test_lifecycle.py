@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fakes import FakePodApi, executor_pod, failed_pod, pod_factory, run_async, settle
 
-from dask_k8s_backend.backend.allocator import ExecutorPodsAllocator
-from dask_k8s_backend.backend.failures import FailureTracker
-from dask_k8s_backend.backend.lifecycle import ExecutorPodsLifecycleManager
-from dask_k8s_backend.backend.snapshots import DeterministicSnapshotsStore
+from dask_k8s_backend.backend.allocation.allocator import ExecutorPodsAllocator
+from dask_k8s_backend.backend.executors.failures import FailureTracker
+from dask_k8s_backend.backend.executors.lifecycle import ExecutorPodsLifecycleManager
+from dask_k8s_backend.backend.observation.snapshots import DeterministicSnapshotsStore
 from dask_k8s_backend.clock import ManualClock
 from dask_k8s_backend.config import AllocationSettings, ExecutorSettings
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dask_k8s_backend.backend.metrics import BUCKETS, BackendMetrics, BackendsCollector, LiveView, phases_of
-from dask_k8s_backend.backend.snapshots import DeterministicSnapshotsStore
+from dask_k8s_backend.backend.observation.snapshots import DeterministicSnapshotsStore
 from dask_k8s_backend.clock import ManualClock
 
 from fakes import executor_pod, failed_pod
@@ -140,7 +140,7 @@ def test_histograms_export_cumulative_buckets_and_sum():
 
 
 def test_api_actions_are_counted_under_kubernetes_verbs():
-    from dask_k8s_backend.backend.kube_api import verb_of
+    from dask_k8s_backend.kube.pod_api import verb_of
 
     assert [verb_of(a) for a in ("list pods (a=b) in namespace x", "watch pods (a=b) in namespace x",
                                  "create pod p in namespace x", "delete pod p in namespace x",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fakes import SELECTOR, FakePodApi, ServerError, executor_pod, make_error, run_async, settle
 
-from dask_k8s_backend.backend.polling import ExecutorPodsPollingSource
-from dask_k8s_backend.backend.snapshots import DeterministicSnapshotsStore
+from dask_k8s_backend.backend.observation.polling import ExecutorPodsPollingSource
+from dask_k8s_backend.backend.observation.snapshots import DeterministicSnapshotsStore
 from dask_k8s_backend.clock import ManualClock
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 from fakes import executor_pod, run_async, settle
 
-from dask_k8s_backend.backend.snapshots import DeterministicSnapshotsStore, SnapshotsStore
+from dask_k8s_backend.backend.observation.snapshots import DeterministicSnapshotsStore, SnapshotsStore
 from dask_k8s_backend.clock import ManualClock
 from dask_k8s_backend.pods.states import PodDeleted, PodPending, PodRunning
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from distributed.core import Status
 from distributed.scheduler import KilledWorker, WorkerState
 
-from dask_k8s_backend.backend.groups import GroupRegistry, WorkerGroup
-from dask_k8s_backend.backend.stranded import killed_worker_note, stranded
+from dask_k8s_backend.backend.allocation.groups import GroupRegistry, WorkerGroup
+from dask_k8s_backend.backend.allocation.stranded import killed_worker_note, stranded
 from dask_k8s_backend.config import load_settings
 
 

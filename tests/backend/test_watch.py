@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fakes import SELECTOR, FakePodApi, Gone, ServerError, executor_pod, make_error, run_async, settle
 
-from dask_k8s_backend.backend.watch import ExecutorPodsWatchSource
+from dask_k8s_backend.backend.observation.watch import ExecutorPodsWatchSource
 from dask_k8s_backend.clock import ManualClock
 
 

@@ -19,7 +19,7 @@ from kubernetes import config as k8s_config
 from kubernetes import utils as k8s_utils
 from kubernetes.utils import FailToCreateError
 
-from dask_k8s_backend.master import version_is_embedded
+from dask_k8s_backend.kube.master import version_is_embedded
 
 from k8s_helpers import assert_no_worker_processes_left, merge_kwargs
 

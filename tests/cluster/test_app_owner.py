@@ -15,7 +15,8 @@ import time
 import pytest
 from kubernetes import client as k8s_client
 
-from dask_k8s_backend import KubeSparkCluster, app_lease, labels
+from dask_k8s_backend import KubeSparkCluster, labels
+from dask_k8s_backend.kube import app_lease
 
 from k8s_helpers import app_pods, wait_until
 

@@ -11,7 +11,7 @@ from distributed import Client, Event, wait
 from kubernetes import client as k8s_client
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.waiting import WorkersNotReadyError
+from dask_k8s_backend.cluster.waiting import WorkersNotReadyError
 
 from k8s_helpers import app_pods, wait_until
 

@@ -111,7 +111,7 @@ def test_the_widget_refreshes_itself(kube):
 
 
 def test_pending_and_failed_executors_are_highlighted_and_escaped():
-    from dask_k8s_backend.status_view import ClusterStatus, render_cluster_status_html
+    from dask_k8s_backend.cluster.status_view import ClusterStatus, render_cluster_status_html
 
     status = ClusterStatus.from_dict({
         "app_id": "a1", "app_name": "demo", "namespace": "ns", "master": "k8s://h", "groups": ["default"],

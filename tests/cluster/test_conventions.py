@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.cluster import ClusterClosedError
+from dask_k8s_backend.cluster.kube_spark_cluster import ClusterClosedError
 from k8s_helpers import app_pods, wait_until
 
 from .conftest import cluster_kwargs

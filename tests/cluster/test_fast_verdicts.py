@@ -9,7 +9,7 @@ import time
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.waiting import ExecutorFailuresError
+from dask_k8s_backend.cluster.waiting import ExecutorFailuresError
 
 from .conftest import cluster_kwargs
 

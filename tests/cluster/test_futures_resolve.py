@@ -10,7 +10,7 @@ from distributed import Client
 from distributed.scheduler import KilledWorker
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.backend.stranded import WorkerGroupStopped
+from dask_k8s_backend.backend.allocation.stranded import WorkerGroupStopped
 
 from k8s_helpers import wait_until
 

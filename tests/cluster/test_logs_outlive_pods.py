@@ -11,7 +11,7 @@ import pytest
 from distributed import Client
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.admin import collect_garbage, format_apps, group_by_app, list_project_pods
+from dask_k8s_backend.ops.admin import collect_garbage, format_apps, group_by_app, list_project_pods
 
 from k8s_helpers import app_pods, wait_until
 

@@ -16,7 +16,7 @@ import pytest
 from distributed import Client
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.security import secret_name
+from dask_k8s_backend.cluster.tls_secret import secret_name
 
 from k8s_helpers import app_pods
 

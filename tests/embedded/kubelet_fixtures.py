@@ -1,6 +1,6 @@
 """Shared helpers for the scheduler and kubelet tests: a store, pod factories, bounded waits.
 
-The tests drive the real ``ObjectStore`` (``dask_k8s_backend/embedded/store.py``): no fakes.
+The tests drive the real ``ObjectStore`` (``dask_k8s_backend/embedded/store/object_store.py``): no fakes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable
 import psutil
 
 from dask_k8s_backend.embedded.status import StatusError
-from dask_k8s_backend.embedded.store import ObjectStore
+from dask_k8s_backend.embedded.store.object_store import ObjectStore
 
 
 def make_store():

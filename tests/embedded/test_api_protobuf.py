@@ -1,6 +1,6 @@
 """The protobuf request bodies kubectl v1.32 sends for ``kubectl create <namespace|secret|...>``.
 
-Unit tests feed :func:`dask_k8s_backend.embedded.protobuf.decode` bodies captured from kubectl
+Unit tests feed :func:`dask_k8s_backend.embedded.api.protobuf.decode` bodies captured from kubectl
 (``-v=8`` prints them as hex) and bodies built by the tiny encoder below; the HTTP tests post them
 to the embedded server; the kubectl tests run the six ``kubectl create`` subcommands that send
 protobuf and read the objects back with the official client.
@@ -14,7 +14,7 @@ import json
 import pytest
 import urllib3
 
-from dask_k8s_backend.embedded import protobuf
+from dask_k8s_backend.embedded.api import protobuf
 from dask_k8s_backend.embedded.status import StatusError
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dask_k8s_backend.embedded.patch import apply_patch, json_patch, merge_patch, strategic_merge
-from dask_k8s_backend.embedded.selectors import parse_field_selector, parse_label_selector
+from dask_k8s_backend.embedded.api.patch import apply_patch, json_patch, merge_patch, strategic_merge
+from dask_k8s_backend.embedded.store.selectors import parse_field_selector, parse_label_selector
 from dask_k8s_backend.embedded.status import StatusError
 
 

@@ -6,7 +6,7 @@ import pytest
 from api_helpers import pod_manifest
 
 from dask_k8s_backend.embedded.status import StatusError
-from dask_k8s_backend.embedded.store import ObjectStore
+from dask_k8s_backend.embedded.store.object_store import ObjectStore
 
 
 class FakeClock:

@@ -238,12 +238,12 @@ def _enable_tornado_warnings(caplog):
     """distributed's logging config sets "tornado" to CRITICAL once imported: a warning would then be dropped
     before any filter saw it, whichever test imported distributed first. These tests need tornado's own level."""
     caplog.set_level(logging.WARNING, logger="tornado.general")
-    caplog.set_level(logging.DEBUG, logger="dask_k8s_backend.embedded.apiserver")  # last: sets the handler's level
+    caplog.set_level(logging.DEBUG, logger="dask_k8s_backend.embedded.api.apiserver")  # last: sets the handler's level
 
 
 def _tls_records(caplog):
     """(our DEBUG notes about client TLS errors, tornado warnings) captured so far."""
-    ours = [r for r in caplog.records if r.name == "dask_k8s_backend.embedded.apiserver" and "TLS error" in r.getMessage()]
+    ours = [r for r in caplog.records if r.name == "dask_k8s_backend.embedded.api.apiserver" and "TLS error" in r.getMessage()]
     tornado_warnings = [r for r in caplog.records if r.name.startswith("tornado") and r.levelno >= logging.WARNING]
     return ours, tornado_warnings
 

@@ -26,10 +26,10 @@ from kubelet_fixtures import (
     wait_phase,
 )
 
-from dask_k8s_backend.embedded import warm
-from dask_k8s_backend.embedded.kubelet import ProcessKubelet
+from dask_k8s_backend.embedded.node.process import warm
+from dask_k8s_backend.embedded.node.process.kubelet import ProcessKubelet
 from dask_k8s_backend.embedded.podstatus import get_condition
-from dask_k8s_backend.embedded.scheduler import EmbeddedScheduler
+from dask_k8s_backend.embedded.control.scheduler import EmbeddedScheduler
 
 pytestmark = pytest.mark.timeout(60)
 

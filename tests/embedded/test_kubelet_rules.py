@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from dask_k8s_backend.embedded import podenv
-from dask_k8s_backend.embedded.ipam import PodIPAllocator
+from dask_k8s_backend.embedded.node.process import podenv
+from dask_k8s_backend.embedded.node.ipam import PodIPAllocator
 from dask_k8s_backend.embedded.podstatus import (
     ContainerRecord,
     PodRuntimeView,

@@ -9,8 +9,8 @@ import pytest
 from kubelet_fixtures import container_state, get_pod, make_store, phase_of, pod, wait_for, wait_phase
 
 from dask_k8s_backend.embedded.podstatus import get_condition
-from dask_k8s_backend.embedded.scheduler import EmbeddedScheduler
-from dask_k8s_backend.embedded.simulated import SimulatedKubelet, will_fail
+from dask_k8s_backend.embedded.control.scheduler import EmbeddedScheduler
+from dask_k8s_backend.embedded.node.simulated import SimulatedKubelet, will_fail
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,7 +131,7 @@ def test_a_pod_can_script_its_end_with_annotations(make_cluster):
 
 def test_a_status_write_the_api_server_did_not_take_is_written_again(make_cluster, monkeypatch):
     """An API server restarting while a pod starts: the lost writes are retried, the pod still runs."""
-    monkeypatch.setattr("dask_k8s_backend.embedded.simulated.STATUS_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr("dask_k8s_backend.embedded.node.simulated.STATUS_RETRY_SECONDS", 0.05)
     store, kubelet = make_cluster(start_delay=0.0)
     write, refused = kubelet.transport.write_status, []
 

@@ -22,9 +22,9 @@ import psutil
 import pytest
 from kubelet_fixtures import container_state, make_store, pod, python, store_events, wait_for, wait_phase
 
-from dask_k8s_backend.embedded import podenv, warm
-from dask_k8s_backend.embedded.kubelet import ProcessKubelet
-from dask_k8s_backend.embedded.scheduler import EmbeddedScheduler
+from dask_k8s_backend.embedded.node.process import podenv, warm
+from dask_k8s_backend.embedded.node.process.kubelet import ProcessKubelet
+from dask_k8s_backend.embedded.control.scheduler import EmbeddedScheduler
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm runtime's tests need Linux")]
@@ -297,7 +297,7 @@ def test_the_warm_runtime_is_switched_off_by_config_or_environment(tmp_path):
         assert ProcessKubelet(store, "off", work_dir=tmp_path / "off").warm is None
     assert ProcessKubelet(store, "on", work_dir=tmp_path / "on").warm is not None
     assert ProcessKubelet(store, "kw", work_dir=tmp_path / "kw", warm_runtime=False).warm is None
-    code = "from dask_k8s_backend.embedded import warm; print(warm.enabled_in_config())"
+    code = "from dask_k8s_backend.embedded.node.process import warm; print(warm.enabled_in_config())"
     env = {**os.environ, "DASK_K8S_BACKEND__EMBEDDED__WARM_RUNTIME": "false"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr

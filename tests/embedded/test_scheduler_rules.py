@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dask_k8s_backend.embedded import resources as res
-from dask_k8s_backend.embedded.predicates import (
+from dask_k8s_backend.kube import resources as res
+from dask_k8s_backend.embedded.control.predicates import (
     NodeInfo,
     PodInfo,
     filter_node,

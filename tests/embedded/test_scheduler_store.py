@@ -11,7 +11,7 @@ import pytest
 from kubelet_fixtures import get_pod, make_store, pod, store_events, wait_for
 
 from dask_k8s_backend.embedded.podstatus import get_condition, node_object
-from dask_k8s_backend.embedded.scheduler import EmbeddedScheduler
+from dask_k8s_backend.embedded.control.scheduler import EmbeddedScheduler
 
 pytestmark = pytest.mark.timeout(30)
 

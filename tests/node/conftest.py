@@ -19,9 +19,9 @@ import psutil
 import pytest
 from node_helpers import NAMESPACE, Api, unique
 
-from dask_k8s_backend.errors import NotFound
-from dask_k8s_backend.node.agent import NodeAgent
-from dask_k8s_backend.node.options import parse_node_options
+from dask_k8s_backend.kube.errors import NotFound
+from dask_k8s_backend.embedded.node.agent.node_agent import NodeAgent
+from dask_k8s_backend.embedded.node.agent.options import parse_node_options
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import time
 import uuid
 from typing import Any, Callable
 
-from dask_k8s_backend.errors import NotFound
-from dask_k8s_backend.node.http import ApiHttp
+from dask_k8s_backend.kube.errors import NotFound
+from dask_k8s_backend.embedded.node.agent.http import ApiHttp
 
 Pod = dict[str, Any]
 NAMESPACE = "default"

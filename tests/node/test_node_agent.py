@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 from node_helpers import NAMESPACE, phase, python_pod, terminated, unique
 
-from dask_k8s_backend.node.options import derived_ip_block
+from dask_k8s_backend.embedded.node.agent.options import derived_ip_block
 
 EMBEDDED_PROXIES_NO_LOGS = "the embedded API server serves pods/log only for its in-process kubelets"
 EMBEDDED_HAS_NO_TOKENS = "the embedded API server serves no TokenRequest"

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from dask_k8s_backend.errors import (ApiUnreachable, Conflict, Gone, KubernetesApiError, NotFound, ServerError,
+from dask_k8s_backend.kube.errors import (ApiUnreachable, Conflict, Gone, KubernetesApiError, NotFound, ServerError,
                                      TooManyRequests)
-from dask_k8s_backend.node import mounts
-from dask_k8s_backend.node.api_transport import ApiTransport, merge_patch
-from dask_k8s_backend.node.http import ApiHttp
-from dask_k8s_backend.node.lease import NodeLease
-from dask_k8s_backend.node.options import (OptionError, blocks_in_use, derived_ip_block, parse_node_options,
+from dask_k8s_backend.embedded.node.agent import mounts
+from dask_k8s_backend.embedded.node.agent.api_transport import ApiTransport, merge_patch
+from dask_k8s_backend.embedded.node.agent.http import ApiHttp
+from dask_k8s_backend.embedded.node.agent.lease import NodeLease
+from dask_k8s_backend.embedded.node.agent.options import (OptionError, blocks_in_use, derived_ip_block, parse_node_options,
                                            parse_taints)
-from dask_k8s_backend.node.reflector import PodCache, PodReflector
-from dask_k8s_backend.node.tokens import TokenProjector, refresh_time, token_projection, token_request
+from dask_k8s_backend.embedded.node.agent.reflector import PodCache, PodReflector
+from dask_k8s_backend.embedded.node.agent.tokens import TokenProjector, refresh_time, token_projection, token_request
 
 
 def pod(name: str, uid: str = "u1", rv: str = "1", **status: Any) -> dict[str, Any]:

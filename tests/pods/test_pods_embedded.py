@@ -8,7 +8,7 @@ import time
 import kubernetes
 import pytest
 
-from dask_k8s_backend.backend.kube_api import KubePodApi
+from dask_k8s_backend.kube.pod_api import KubePodApi
 from dask_k8s_backend.config import Settings, WorkerSettings
 from dask_k8s_backend.pods.builder import AppSpec, build_executor_pod
 from dask_k8s_backend.pods.exits import explain

@@ -38,8 +38,8 @@ from kubernetes import config as kube_config
 from kubernetes import utils as kube_utils
 
 from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
-from dask_k8s_backend.embedded.tls import write_kubeconfig
-from dask_k8s_backend.preflight import service_account_user
+from dask_k8s_backend.embedded.api.tls import write_kubeconfig
+from dask_k8s_backend.cluster.preflight import service_account_user
 
 from k8s_helpers import one_server_only_reason, wait_until
 

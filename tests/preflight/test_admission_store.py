@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from dask_k8s_backend.embedded.admission import Admission
+from dask_k8s_backend.embedded.api.admission import Admission
 from dask_k8s_backend.embedded.status import StatusError
-from dask_k8s_backend.embedded.store import ObjectStore
+from dask_k8s_backend.embedded.store.object_store import ObjectStore
 
 
 def pod(name, cpu="1", memory=None):

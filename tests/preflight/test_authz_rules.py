@@ -1,10 +1,10 @@
-"""Embedded RBAC (dask_k8s_backend.embedded.authz): rules, verbs, SelfSubjectAccessReview answers."""
+"""Embedded RBAC (dask_k8s_backend.embedded.api.authz): rules, verbs, SelfSubjectAccessReview answers."""
 
 from __future__ import annotations
 
 import pytest
 
-from dask_k8s_backend.embedded.authz import Identities, PolicyRule, access_review, authorize, check, request_verb
+from dask_k8s_backend.embedded.api.authz import Identities, PolicyRule, access_review, authorize, check, request_verb
 from dask_k8s_backend.embedded.status import StatusError
 
 POD_READER = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"], "namespaces": ["dask"]}]
@@ -84,7 +84,7 @@ def test_bad_rules_are_rejected_with_the_rule_quoted():
 
 
 def test_kubectls_protobuf_review_is_read():
-    from dask_k8s_backend.embedded.protobuf import decode
+    from dask_k8s_backend.embedded.api.protobuf import decode
     from dask_k8s_backend.embedded.status import StatusError
 
     body = (b'k8s\x00\n2\n\x17authorization.k8s.io/v1\x12\x17SelfSubjectAccessReview\x12?\n\x10\n\x00\x12\x00\x1a\x00"'

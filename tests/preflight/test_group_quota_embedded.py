@@ -15,7 +15,7 @@ import logging
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.preflight import QuotaError
+from dask_k8s_backend.cluster.preflight import QuotaError
 
 from k8s_helpers import list_pods, wait_until
 
@@ -61,7 +61,7 @@ def used_pods(core_api, namespace, name="compute"):
 
 def preflight_warnings(caplog):
     """The preflight's warnings only (the allocator may log its own quota refusals meanwhile)."""
-    return [r for r in caplog.records if r.name == "dask_k8s_backend.preflight" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "dask_k8s_backend.cluster.preflight" and r.levelno >= logging.WARNING]
 
 
 def assert_group_not_added(cluster, name):
@@ -111,7 +111,7 @@ def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(clust
     cluster.add_worker_group("small", worker_cores=1)  # a quota that is merely full now is no reason to refuse a group
     cluster.scale(2)
     wait_until(lambda: used_pods(core_api, namespace) == 2, timeout=30, what="the quota to count 2 default pods")
-    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.cluster.preflight"):
         cluster.scale(1, group="small")  # 2 + 1 = 3 pods: fits, no warning
         assert not preflight_warnings(caplog), caplog.text
         wait_until(lambda: used_pods(core_api, namespace) == 3, timeout=30, what="the quota to count 3 pods")
@@ -128,7 +128,7 @@ def test_scaling_a_group_warns_when_the_other_groups_already_use_the_quota(clust
 def test_adapt_maximum_of_a_group_warns_when_it_cannot_fit(cluster, core_api, namespace, caplog):
     create_quota(core_api, namespace, {f"requests.{GPU}": "3"}, name="gpus")
     cluster.add_worker_group("gpu", resources={"GPU": 1, GPU: 1})
-    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.cluster.preflight"):
         cluster.adapt(minimum=0, maximum=3, group="gpu")  # 3 x 1 GPU: fits
         assert not preflight_warnings(caplog), caplog.text
         cluster.adapt(minimum=0, maximum=5, group="gpu")
@@ -154,6 +154,6 @@ def test_adapt_of_an_asynchronous_cluster_warns_once_the_quota_is_read(kube, nam
                 await asyncio.sleep(0.05)
             return preflight_warnings(caplog)
 
-    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+    with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.cluster.preflight"):
         [record] = asyncio.run(main())
     assert "adapt(maximum=2, group='gpu') may need 2 more worker pods, but only 1 fit" in record.getMessage()

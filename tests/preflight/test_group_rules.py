@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from dask_k8s_backend.preflight import IN_POD_PERMISSIONS, policy_findings, service_account_message
+from dask_k8s_backend.cluster.preflight import IN_POD_PERMISSIONS, policy_findings, service_account_message
 
 GPU = "example.com/gpu"
 

@@ -12,7 +12,7 @@ from distributed import Client
 from kubernetes import client, config
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.preflight import (
+from dask_k8s_backend.cluster.preflight import (
     CLIENT_MODE_PERMISSIONS,
     OPTIONAL_PERMISSIONS,
     POD_LOGS,

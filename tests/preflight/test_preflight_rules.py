@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import yaml
 
-from dask_k8s_backend.backend.failures import FailureTracker
+from dask_k8s_backend.backend.executors.failures import FailureTracker
 from dask_k8s_backend.clock import ManualClock
 from dask_k8s_backend.config import ExecutorSettings
-from dask_k8s_backend.preflight import (
+from dask_k8s_backend.cluster.preflight import (
     CLIENT_MODE_PERMISSIONS,
     IN_POD_OPTIONAL_PERMISSIONS,
     IN_POD_PERMISSIONS,

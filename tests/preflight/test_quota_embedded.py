@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.preflight import QuotaError
+from dask_k8s_backend.cluster.preflight import QuotaError
 
 from k8s_helpers import wait_until
 

@@ -1,10 +1,10 @@
-"""ResourceQuota and LimitRange rules (dask_k8s_backend.quotas), as kube-apiserver applies them."""
+"""ResourceQuota and LimitRange rules (dask_k8s_backend.kube.quotas), as kube-apiserver applies them."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from dask_k8s_backend.quotas import (
+from dask_k8s_backend.kube.quotas import (
     apply_limit_ranges,
     exceeded_keys,
     exceeded_message,
@@ -111,7 +111,7 @@ def test_quota_room_reads_status_used_when_no_usage_is_given():
 
 
 def test_quota_scopes_decide_which_pods_a_quota_tracks():
-    from dask_k8s_backend.quotas import quota_applies
+    from dask_k8s_backend.kube.quotas import quota_applies
 
     burstable = pod(requests={"cpu": "1"})
     best_effort = pod()

@@ -17,9 +17,9 @@ from kubernetes import config
 from kubernetes.client import CoreV1Api
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.cluster_mode import scheduler_service_account
+from dask_k8s_backend.cluster.cluster_mode import scheduler_service_account
 from dask_k8s_backend.config import load_settings
-from dask_k8s_backend.preflight import (
+from dask_k8s_backend.cluster.preflight import (
     CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, OPTIONAL_PERMISSIONS, MissingPermissionsError,
     POD_LOGS, ServiceAccountError, run_preflight,
 )
@@ -127,7 +127,7 @@ def test_the_in_pod_permissions_are_asked_for_the_named_account(kube, name, miss
 def test_a_client_that_may_not_create_subjectaccessreviews_gets_a_warning_not_an_error(kube, caplog):
     client = api_client(kube.kubeconfig_for("notebook"))
     try:
-        with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+        with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.cluster.preflight"):
             # "weak" lacks a permission, but this identity may not ask: the pod's own refusals will tell
             preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={}, n_workers=0, service_account="weak")
         with pytest.raises(ServiceAccountError):  # reading the account still works: a missing one is still an error
@@ -135,13 +135,13 @@ def test_a_client_that_may_not_create_subjectaccessreviews_gets_a_warning_not_an
                       service_account="ghost")
     finally:
         client.close()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.preflight"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.cluster.preflight"]
     assert warnings == ["preflight: cannot ask what service account 'weak' may do (403: creating subjectaccessreviews "
                         "needs that permission); not checking the scheduler pod's permissions"]
 
 
 def test_which_service_account_is_checked(kube):
-    from dask_k8s_backend.master import KubeConnection
+    from dask_k8s_backend.kube.master import KubeConnection
 
     class Configuration:
         host = "https://k8s.example.com:443"
@@ -173,12 +173,12 @@ def test_which_service_account_is_checked(kube):
 def test_pods_log_is_optional_and_asked_of_whoever_reads_the_logs(kube, caplog, identity, account, warned):
     client = api_client(kube.kubeconfig if identity == "admin" else kube.kubeconfig_for(identity))
     try:
-        with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.preflight"):
+        with caplog.at_level(logging.WARNING, logger="dask_k8s_backend.cluster.preflight"):
             missing = asyncio.run(run_preflight(client, namespace=kube.namespace, deploy_mode="cluster", pod={},
                                                 n_workers=0, service_account=account))
     finally:
         client.close()
-    shown = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.preflight"]
+    shown = [r.getMessage() for r in caplog.records if r.name == "dask_k8s_backend.cluster.preflight"]
     if warned is None:
         assert missing == () and shown == []
     else:

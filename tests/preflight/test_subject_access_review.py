@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from dask_k8s_backend.embedded.authz import Identities, Identity, subject_access_review
+from dask_k8s_backend.embedded.api.authz import Identities, Identity, subject_access_review
 from dask_k8s_backend.embedded.status import StatusError
 
 from .servers import api_server

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.waiting import ExecutorFailuresError
+from dask_k8s_backend.cluster.waiting import ExecutorFailuresError
 
 from .conftest import cluster_kwargs, worker_pods
 

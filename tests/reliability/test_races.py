@@ -10,7 +10,7 @@ import pytest
 from distributed import Client
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.waiting import WorkersNotReadyError
+from dask_k8s_backend.cluster.waiting import WorkersNotReadyError
 
 from .scenarios import app_pods, at_target, cluster_kwargs, live_pods, registered_ids, wait_until
 

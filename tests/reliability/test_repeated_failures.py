@@ -8,7 +8,7 @@ import pytest
 from distributed import Client
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.waiting import ExecutorFailuresError
+from dask_k8s_backend.cluster.waiting import ExecutorFailuresError
 
 from .scenarios import app_pods, cluster_kwargs, wait_until
 

@@ -27,7 +27,7 @@ from kubernetes import config as kube_config
 from kubernetes import utils as kube_utils
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.cluster_mode import OVERRIDES_ENV
+from dask_k8s_backend.cluster.cluster_mode import OVERRIDES_ENV
 from k8s_helpers import app_pods, wait_until
 
 pytestmark = pytest.mark.timeout(300)
