@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 
 from dask_k8s_backend.kube import master as master_mod
 from dask_k8s_backend.config import load_settings
+from dask_k8s_backend.embedded.manager import EmbeddedClusterManager
 from dask_k8s_backend.kube.master import (
-    EmbeddedClusterManager, KubeConnection, KubernetesClusterManager, parse_embedded_master, parse_k8s_master,
+    KubeConnection, KubernetesClusterManager, parse_embedded_master, parse_k8s_master,
     resolve_manager,
 )
 
@@ -141,9 +139,7 @@ def test_embedded_manager_starts_the_embedded_kubernetes_with_the_query_and_stop
         started.append(_FakeEmbedded(str(path), **options))
         return started[-1]
 
-    module = types.ModuleType("dask_k8s_backend.embedded.cluster")
-    module.EmbeddedKubernetes = factory
-    monkeypatch.setitem(sys.modules, "dask_k8s_backend.embedded.cluster", module)
+    monkeypatch.setattr("dask_k8s_backend.embedded.manager.EmbeddedKubernetes", factory)
     master = "embedded://?kubelet=simulated&nodes=3"
     connection = resolve_manager(master).connect(master, load_settings())
     assert started[0].options == {"kubelet": "simulated", "nodes": 3}

@@ -16,19 +16,24 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol
+from importlib import import_module
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes.client
 
 from ..config import Settings
-
-if TYPE_CHECKING:
-    from ..embedded.cluster import EmbeddedKubernetes
+from .client import create_api_client
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "dask_k8s_backend.cluster_managers"
+#: The managers of this package, as setup.cfg registers them: loaded by name when running from a source
+#: tree that was never installed. By name, so that kube does not import embedded (docs/contracts.md, Layout).
+BUILT_IN_MANAGERS = {
+    "kubernetes": "dask_k8s_backend.kube.master:KubernetesClusterManager",
+    "embedded": "dask_k8s_backend.embedded.manager:EmbeddedClusterManager",
+}
 EMBEDDED_VERSION_SUFFIX = "-embedded"
 
 ACCEPTED_FORMS = (
@@ -63,12 +68,21 @@ class ClusterManager(Protocol):
 
 
 @dataclass
+class StartedKubernetes(Protocol):
+    """A Kubernetes a manager started for one connection (the embedded one), stopped with the connection."""
+
+    kubeconfig: str | None
+
+    def stop(self) -> None: ...
+
+
+@dataclass
 class KubeConnection:
     """A live connection to a Kubernetes API (and the embedded Kubernetes behind it, if any)."""
 
     api_client: kubernetes.client.ApiClient
     master: str
-    embedded: EmbeddedKubernetes | None = None
+    embedded: StartedKubernetes | None = None
     scheduler_host: str | None = None
     kubeconfig: str | None = None
     _closed: bool = field(default=False, repr=False)
@@ -157,8 +171,6 @@ class KubernetesClusterManager:
         return master.startswith("k8s://")
 
     def connect(self, master: str, settings: Settings) -> KubeConnection:
-        from .client import create_api_client
-
         servers = parse_k8s_master(master)
         api_client = create_api_client(servers, settings)
         kubeconfig = None if servers else settings.authenticate.kubeconfig or os.environ.get("KUBECONFIG")
@@ -205,46 +217,6 @@ def parse_embedded_master(master: str) -> dict[str, Any]:
     return options
 
 
-class EmbeddedClusterManager:
-    """``embedded://`` masters: start an embedded Kubernetes in this process."""
-
-    name = "embedded"
-
-    def can_create(self, master: str) -> bool:
-        return master.startswith("embedded://")
-
-    def connect(self, master: str, settings: Settings) -> KubeConnection:
-        from .client import create_api_client
-
-        options = parse_embedded_master(master)
-        try:
-            from ..embedded.cluster import EmbeddedKubernetes
-        except ImportError as e:  # pragma: no cover - only while the embedded Kubernetes is unfinished
-            raise NotImplementedError(
-                f"master {master!r} needs dask_k8s_backend.embedded.cluster, which is not available ({e}).") from e
-        kube = EmbeddedKubernetes(**options).__enter__()  # the contract's way to start it
-        try:
-            embedded_settings = _embedded_auth(settings, kube.kubeconfig)
-            api_client = create_api_client([], embedded_settings)
-        except BaseException:
-            kube.stop()
-            raise
-        return KubeConnection(api_client=api_client, master=master, embedded=kube, scheduler_host="127.0.0.1",
-                              kubeconfig=kube.kubeconfig)
-
-    def __repr__(self) -> str:
-        return "EmbeddedClusterManager()"
-
-
-def _embedded_auth(settings: Settings, kubeconfig: str) -> Settings:
-    """The user's settings, but authenticated by the embedded Kubernetes' own kubeconfig."""
-    from dataclasses import replace
-
-    from ..config import AuthSettings
-
-    return replace(settings, authenticate=AuthSettings(kubeconfig=kubeconfig))
-
-
 # ---------------------------------------------------------------------------- registry
 
 def registered_managers() -> list[ClusterManager]:
@@ -256,8 +228,14 @@ def registered_managers() -> list[ClusterManager]:
         except Exception:  # a broken third-party plugin must not hide the others
             logger.exception("Could not load cluster manager %s from %s", ep.name, ep.value)
     if not managers:  # running from a source tree that was never installed
-        managers = [KubernetesClusterManager(), EmbeddedClusterManager()]
+        managers = [_load(reference)() for reference in BUILT_IN_MANAGERS.values()]
     return managers
+
+
+def _load(reference: str) -> Any:
+    """The object an entry-point style ``module:attribute`` reference names."""
+    module, _, attribute = reference.partition(":")
+    return getattr(import_module(module), attribute)
 
 
 def resolve_manager(master: str) -> ClusterManager:
