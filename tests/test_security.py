@@ -9,9 +9,8 @@ import pytest
 from dask_k8s_backend import labels
 from dask_k8s_backend.config import load_settings
 from dask_k8s_backend.pods.builder import AppSpec, build_executor_pod
-from dask_k8s_backend.cluster.tls_secret import (
-    TLS_ENV, generate_tls_material, scheduler_security, secret_name, tls_env, tls_secret,
-)
+from dask_k8s_backend.cluster.tls_secret import generate_tls_material, scheduler_security, tls_secret
+from dask_k8s_backend.pods.tls_env import TLS_ENV, secret_name, tls_env
 
 APP = AppSpec(app_id="abc123", app_name="tls-app", namespace="ns")
 

@@ -4,13 +4,13 @@ Data flow, when ``k8s-backend.security.tls`` is true::
 
     generate_tls_material()  ──> TlsMaterial (CA, one cert + key signed by it; PEM text, memory only)
         ├──> tls_secret(app, material) ── created through the API ──> Secret "dask-tls-<app id>"
-        │        worker pods read it with secretKeyRef env variables (tls_env below), which
+        │        worker pods read it with secretKeyRef env variables (pods/tls_env.py), which
         │        distributed's config turns into the worker's Security (tls:// to the scheduler)
         └──> scheduler_security(material) ──> distributed.Security for the scheduler, the cluster's
                  rpc and the user's Client (Client(cluster) takes ``cluster.security``)
 
 In cluster mode the same Secret is created before the scheduler pod, which reads it with
-secretKeyRef env variables too (:func:`tls_env` with role "scheduler"); the Secret is then owned by
+secretKeyRef env variables too (:func:`~dask_k8s_backend.pods.tls_env.tls_env` with role "scheduler"); the Secret is then owned by
 that pod (:func:`own_tls_secret`), so deleting the pod garbage-collects it like the workers, and
 ``KubeSparkCluster.from_name`` reads it back (:func:`read_tls_material`) to build its client Security.
 
@@ -29,26 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import labels
-from ..pods.builder import AppSpec, label_value
+from ..kube.errors import NotFound, translate
+from ..pods.app_spec import AppSpec
+from ..pods.builder import label_value
+from ..pods.tls_env import CA_KEY, CERT_KEY, KEY_KEY, secret_name
 
 logger = logging.getLogger(__name__)
 
-CA_KEY, CERT_KEY, KEY_KEY = "ca.crt", "tls.crt", "tls.key"
 VALIDITY = datetime.timedelta(days=365)
-# distributed's configuration keys as environment variables (read by `dask worker` at start)
-TLS_ENV = {
-    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": CA_KEY,
-    "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": CERT_KEY,
-    "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": KEY_KEY,
-}
-# The scheduler pod (cluster mode) listens as "scheduler"; "client" covers any Client made in the pod.
-SCHEDULER_TLS_ENV = {
-    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": CA_KEY,
-    "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": CERT_KEY,
-    "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": KEY_KEY,
-    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": CERT_KEY,
-    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": KEY_KEY,
-}
 
 
 @dataclass(frozen=True, repr=False)
@@ -125,11 +113,6 @@ def scheduler_security(material: TlsMaterial) -> Any:
     )
 
 
-def secret_name(app: AppSpec) -> str:
-    """Name of the app's TLS Secret (by app id: two clusters with one name never share it)."""
-    return f"dask-tls-{app.app_id}"
-
-
 def tls_secret(app: AppSpec, material: TlsMaterial) -> dict[str, Any]:
     """The Secret manifest holding the PEMs the worker pods need (labelled with the app id)."""
     return {
@@ -145,24 +128,9 @@ def tls_secret(app: AppSpec, material: TlsMaterial) -> dict[str, Any]:
     }
 
 
-def tls_env(app: AppSpec, role: str = "worker") -> list[dict[str, Any]]:
-    """Env variables that load the Secret's PEMs into distributed's TLS configuration.
-
-    distributed's Security takes PEM contents as well as file paths, so the values never touch
-    a file; ``role`` is "worker" (worker pods) or "scheduler" (the cluster-mode scheduler pod).
-    """
-    name = secret_name(app)
-    wanted = SCHEDULER_TLS_ENV if role == "scheduler" else TLS_ENV
-    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}} for var, key in wanted.items()]
-    env.append({"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"})
-    return env
-
-
 def create_tls_secret(api_client: Any, app: AppSpec, material: TlsMaterial) -> None:
     """Create the app's Secret (blocking; run it in a thread). Errors come out translated."""
     from kubernetes import client as k8s
-
-    from ..kube.errors import translate
 
     try:
         k8s.CoreV1Api(api_client).create_namespaced_secret(app.namespace, tls_secret(app, material),
@@ -175,8 +143,6 @@ def create_tls_secret(api_client: Any, app: AppSpec, material: TlsMaterial) -> N
 def delete_tls_secret(api_client: Any, app: AppSpec) -> None:
     """Delete the app's Secret (blocking; a missing one is fine)."""
     from kubernetes import client as k8s
-
-    from ..kube.errors import NotFound, translate
 
     try:
         k8s.CoreV1Api(api_client).delete_namespaced_secret(secret_name(app), app.namespace, _preload_content=False)
@@ -194,8 +160,6 @@ def own_tls_secret(api_client: Any, app: AppSpec, owner: dict[str, Any]) -> None
     """
     from kubernetes import client as k8s
 
-    from ..kube.errors import translate
-
     body = {"metadata": {"ownerReferences": [owner]}}
     try:
         k8s.CoreV1Api(api_client).patch_namespaced_secret(secret_name(app), app.namespace, body,
@@ -211,8 +175,6 @@ def read_tls_material(api_client: Any, app: AppSpec) -> TlsMaterial:
     import json
 
     from kubernetes import client as k8s
-
-    from ..kube.errors import translate
 
     try:
         response = k8s.CoreV1Api(api_client).read_namespaced_secret(secret_name(app), app.namespace,

@@ -29,6 +29,8 @@ from typing import Any
 
 from .. import labels
 from ..config import Settings
+from .app_spec import AppSpec
+from .tls_env import tls_env
 from .template import load_pod_template, validate_pod_template, worker_container_index
 
 logger = logging.getLogger(__name__)
@@ -40,15 +42,6 @@ MIB = 1 << 20
 # Fields a template may carry (e.g. copied from `kubectl get pod -o yaml`) that must not be sent back.
 _SERVER_SET_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "selfLink",
                         "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds", "generateName")
-
-
-@dataclass(frozen=True)
-class AppSpec:
-    """Identity of one Dask cluster's pods: every pod carries the app id label."""
-
-    app_id: str  # unique per cluster, label value
-    app_name: str  # human name; pod name prefix derived from it
-    namespace: str
 
 
 @dataclass(frozen=True)
@@ -371,8 +364,6 @@ def tls_step(pod: Pod, ctx: ExecutorPodContext) -> Pod:
     """With ``k8s-backend.security.tls``: the worker reads the app's TLS Secret into distributed's config."""
     if not ctx.settings.security.tls:
         return pod
-    from ..cluster.tls_secret import tls_env
-
     pod = _clone(pod)
     container = worker_container(pod, ctx)
     container["env"] = _set_env(container.get("env") or [], tls_env(ctx.app))

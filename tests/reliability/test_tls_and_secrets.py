@@ -8,7 +8,8 @@ import pytest
 from distributed import Client
 
 from dask_k8s_backend import KubeSparkCluster, labels
-from dask_k8s_backend.cluster.tls_secret import generate_tls_material, scheduler_security, secret_name
+from dask_k8s_backend.cluster.tls_secret import generate_tls_material, scheduler_security
+from dask_k8s_backend.pods.tls_env import secret_name
 
 from .scenarios import app_pods, cluster_kwargs
 
