@@ -38,6 +38,7 @@ from .gatekeeper import RegistrationGatekeeper
 from .allocation.groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
 from .metrics import BackendMetrics, start_metrics, stop_metrics
 from .allocation.stranded import StrandedTasks, killed_worker_note
+from ..pods.exits import explain, pending_reason
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +311,6 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
         }
 
     def _describe_state(self, executor_id: int, state: PodState, group: str) -> dict[str, Any]:
-        from ..pods.exits import explain, pending_reason
-
         pod = state.pod
         meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
         phase = PHASE_NAMES.get(type(state), "Unknown")

@@ -18,7 +18,18 @@ import logging
 import os
 from typing import Any
 
+from ..config import load_settings
+from ..kube.master import resolve_manager
+from ..pods.app_spec import AppSpec
+from ..pods.builder import owner_reference
+from .plugin import KubernetesSchedulerBackend
+
 logger = logging.getLogger(__name__)
+
+#: What the notebook puts in the scheduler pod's environment for :func:`dask_setup` (cluster/cluster_mode.py
+#: writes them): the app's identity as JSON, and the configuration overrides as JSON (never secrets).
+APP_ENV = "DASK_K8S_BACKEND_APP"
+OVERRIDES_ENV = "DASK_K8S_BACKEND_OVERRIDES"
 
 
 def _own_pod_name(settings: Any) -> str:
@@ -43,12 +54,6 @@ async def dask_setup(scheduler: Any) -> None:
 
 async def _install_backend(scheduler: Any) -> None:
     from kubernetes import client as k8s
-
-    from ..cluster.cluster_mode import APP_ENV, OVERRIDES_ENV, owner_reference
-    from ..config import load_settings
-    from ..kube.master import resolve_manager
-    from ..pods.builder import AppSpec
-    from .plugin import KubernetesSchedulerBackend
 
     app = AppSpec(**json.loads(os.environ[APP_ENV]))
     settings = load_settings(json.loads(os.environ.get(OVERRIDES_ENV, "{}")))

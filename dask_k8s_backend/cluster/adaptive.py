@@ -14,17 +14,38 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from distributed.deploy.adaptive import Adaptive
 from distributed.utils import in_async_call
 
 from ..config import parse_duration
-
-if TYPE_CHECKING:
-    from .kube_spark_cluster import KubeSparkCluster
+from .status_view import ClusterStatus
 
 logger = logging.getLogger(__name__)
+
+
+class AdaptingCluster(Protocol):
+    """What adaptive scaling uses of a KubeSparkCluster, declared here so that adaptive needs no import of it."""
+
+    loop: Any
+    status: Any
+    scheduler_comm: Any
+    scheduler_info: Any
+    asynchronous: bool
+    _status_cache: ClusterStatus
+
+    def sync(self, function: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def scale(self, n: int, group: str = ...) -> Any: ...
+
+    def scale_down(self, workers: Any) -> Any: ...
+
+    async def _refresh_status(self) -> ClusterStatus: ...
+
+    async def _start_adapt(self, group: str, options: dict[str, Any]) -> None: ...
+
+    async def _stop_adapt(self, group: str) -> None: ...
 
 
 def _seconds(value: float | str | None, option: str) -> float | None:
@@ -50,7 +71,7 @@ def adapt_options(*, minimum: int, maximum: int | float, scale_down_window: floa
 class RemoteAdaptive:
     """What ``cluster.adapt()`` returns: the loop runs beside the scheduler; ``stop()`` ends it there."""
 
-    def __init__(self, cluster: KubeSparkCluster, group: str, options: dict[str, Any]) -> None:
+    def __init__(self, cluster: AdaptingCluster, group: str, options: dict[str, Any]) -> None:
         self.cluster = cluster
         self.group = group
         self.options = options
@@ -78,7 +99,7 @@ class RemoteAdaptive:
 class GroupView:
     """The part of a KubeSparkCluster that Adaptive sees: one worker group."""
 
-    def __init__(self, cluster: KubeSparkCluster, group: str) -> None:
+    def __init__(self, cluster: AdaptingCluster, group: str) -> None:
         self.cluster = cluster
         self.group = group
 

@@ -25,29 +25,41 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from distributed.security import Security
 
 from .. import labels
-from ..pods.builder import AppSpec
+from ..backend.preload import APP_ENV, OVERRIDES_ENV
+from ..config import Settings
+from ..kube.master import KubeConnection
+from ..pods.builder import AppSpec, owner_reference, pod_name_prefix
 from ..pods.exits import pending_reason
-
-if TYPE_CHECKING:
-    from .kube_spark_cluster import KubeSparkCluster
-    from ..config import Settings
-    from ..kube.master import KubeConnection
+from ..pods.tls_env import secret_name, tls_env
+from .tls_secret import own_tls_secret
 
 logger = logging.getLogger(__name__)
 
+
+class ClusterInPods(Protocol):
+    """What cluster deploy mode uses of a KubeSparkCluster, declared here so that cluster_mode needs no import of it."""
+
+    app: AppSpec
+    settings: Settings
+    overrides: dict[str, Any]
+    connection: KubeConnection | None
+    security: Security | None
+
+    def _log(self, message: str) -> None: ...
+
+    async def _start_tls(self) -> str: ...
+
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
-APP_ENV = "DASK_K8S_BACKEND_APP"
-OVERRIDES_ENV = "DASK_K8S_BACKEND_OVERRIDES"
 SECRET_KEYS = ("authenticate.oauth-token", "authenticate.client-key-file")
 
 
 def scheduler_pod_name(app: AppSpec) -> str:
-    from ..pods.builder import pod_name_prefix
-
     return f"{pod_name_prefix(app.app_name, suffix='-scheduler')}-scheduler"
 
 
@@ -91,7 +103,7 @@ def scheduler_service_account(settings: Settings, connection: KubeConnection | N
     return "default"
 
 
-def build_scheduler_pod(cluster: KubeSparkCluster, connection: KubeConnection) -> dict[str, Any]:
+def build_scheduler_pod(cluster: ClusterInPods, connection: KubeConnection) -> dict[str, Any]:
     app, settings = cluster.app, cluster.settings
     # The in-pod backend must know TLS is on (its workers then read the Secret), however it was set.
     overrides = {**pod_overrides(cluster.overrides, connection), "security.tls": settings.security.tls}
@@ -104,8 +116,6 @@ def build_scheduler_pod(cluster: KubeSparkCluster, connection: KubeConnection) -
     ]
     tls_args: list[str] = []
     if settings.security.tls:
-        from .tls_secret import tls_env
-
         env += tls_env(app, role="scheduler")
         tls_args = ["--protocol", "tls"]
     container = {
@@ -154,10 +164,6 @@ def build_scheduler_service(app: AppSpec, owner: dict[str, Any]) -> dict[str, An
     }
 
 
-def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
-    meta = pod["metadata"]
-    return {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
-
 
 async def _wait_for_scheduler_pod(core: Any, app: AppSpec, name: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -191,7 +197,6 @@ def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnect
 
 def scheduler_uses_tls(pod: dict[str, Any], app: AppSpec) -> bool:
     """Whether a running scheduler pod was started with TLS (it reads the app's TLS Secret)."""
-    from .tls_secret import secret_name
 
     for container in pod.get("spec", {}).get("containers") or []:
         for var in container.get("env") or []:
@@ -234,7 +239,7 @@ async def _wait_for_scheduler(address: str, timeout: float, core: Any, app: AppS
         await asyncio.sleep(0.2)
 
 
-async def start_cluster_mode(cluster: KubeSparkCluster) -> str:
+async def start_cluster_mode(cluster: ClusterInPods) -> str:
     """Create the scheduler pod and Service; return the address the notebook connects to."""
     from kubernetes import client as k8s
 
@@ -252,8 +257,6 @@ async def start_cluster_mode(cluster: KubeSparkCluster) -> str:
     cluster._log(f"created scheduler pod {name}")
     owner = owner_reference(created)
     if tls:
-        from .tls_secret import own_tls_secret
-
         await asyncio.to_thread(own_tls_secret, connection.api_client, cluster.app, owner)
     service = build_scheduler_service(cluster.app, owner)
     await asyncio.to_thread(core.create_namespaced_service, cluster.app.namespace, service, _preload_content=False)
@@ -263,7 +266,7 @@ async def start_cluster_mode(cluster: KubeSparkCluster) -> str:
     return address
 
 
-async def delete_scheduler_pod(cluster: KubeSparkCluster, timeout: float = 60) -> None:
+async def delete_scheduler_pod(cluster: ClusterInPods, timeout: float = 60) -> None:
     """Delete the scheduler pod and wait until it is gone (its Service and workers go with it)."""
     from kubernetes import client as k8s
 

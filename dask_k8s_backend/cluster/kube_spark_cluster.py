@@ -47,6 +47,10 @@ from ..pods.builder import AppSpec, base_pod, check_executor_pod
 from .preflight import (POD_LOGS, Permission, check_cluster, check_worker_group, feature_refusal, group_argument,
                         warn_before_scale)
 from .status_view import ClusterStatus, format_status_table, render_cluster_status_html
+from .cluster_mode import start_cluster_mode, find_scheduler_pod, scheduler_address, scheduler_uses_tls, delete_scheduler_pod
+from ..backend.plugin import KubernetesSchedulerBackend
+from .tls_secret import create_tls_secret, generate_tls_material, scheduler_security, read_tls_material, delete_tls_secret
+from .waiting import wait_for_workers
 
 logger = logging.getLogger(__name__)
 
@@ -314,8 +318,6 @@ class KubeSparkCluster(Cluster):
         if self._attach:
             address = await self._attach_to_running_scheduler()
         elif self.settings.deploy_mode == "cluster":
-            from .cluster_mode import start_cluster_mode
-
             address = await start_cluster_mode(self)
         else:
             address = await self._start_local_scheduler()
@@ -332,8 +334,6 @@ class KubeSparkCluster(Cluster):
             await self._scale(self._n_workers)
 
     async def _start_local_scheduler(self) -> str:
-        from ..backend.plugin import KubernetesSchedulerBackend
-
         assert self.connection is not None
         options = self.settings.scheduler
         host = options.host or self.connection.scheduler_host or _loopback_if_local(self.connection)
@@ -356,7 +356,6 @@ class KubeSparkCluster(Cluster):
 
     async def _start_tls(self) -> str:
         """Generate this app's certificates, store them in its Secret for the pods; returns "tls"."""
-        from .tls_secret import create_tls_secret, generate_tls_material, scheduler_security
 
         assert self.connection is not None
         material = await asyncio.to_thread(generate_tls_material, self.app.app_id)
@@ -377,8 +376,6 @@ class KubeSparkCluster(Cluster):
         )
 
     async def _attach_to_running_scheduler(self) -> str:
-        from .cluster_mode import find_scheduler_pod, scheduler_address, scheduler_uses_tls
-
         assert self.connection is not None
         pod = await find_scheduler_pod(self.connection, self.app.namespace, self.app.app_name)
         self.app = AppSpec(app_id=pod["metadata"]["labels"][labels.APP_ID], app_name=self.app.app_name, namespace=self.app.namespace)
@@ -389,7 +386,6 @@ class KubeSparkCluster(Cluster):
 
     async def _attach_tls(self) -> None:
         """A TLS cluster-mode scheduler accepts only this app's certificates: read them from its Secret."""
-        from .tls_secret import read_tls_material, scheduler_security
 
         assert self.connection is not None
         material = await asyncio.to_thread(read_tls_material, self.connection.api_client, self.app)
@@ -406,13 +402,9 @@ class KubeSparkCluster(Cluster):
         if was_running and shutdown and self.scheduler_comm is not None:
             await self._shutdown_backend()
         if self._tls_secret and shutdown and self.connection is not None:
-            from .tls_secret import delete_tls_secret
-
             await self._guarded("deleting the TLS secret",
                                 asyncio.to_thread(delete_tls_secret, self.connection.api_client, self.app))
         if shutdown and self.settings.deploy_mode == "cluster" and self.connection is not None and not self._attach_failed():
-            from .cluster_mode import delete_scheduler_pod
-
             await self._guarded("deleting the scheduler pod", delete_scheduler_pod(self))
         await super()._close()
         self.status = Status.closing
@@ -660,8 +652,6 @@ class KubeSparkCluster(Cluster):
         return [dict(e) for e in self.refresh_status().executors]
 
     async def _wait_for_workers(self, n_workers: int = 0, timeout: float | None = None) -> None:
-        from .waiting import wait_for_workers
-
         await wait_for_workers(self, n_workers, timeout)
 
     def logs(self, executor_id: int | str, tail_lines: int | None = None) -> str:

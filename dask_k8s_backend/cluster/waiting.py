@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from distributed.core import Status
 from distributed.objects import SchedulerInfo
 
-if TYPE_CHECKING:
-    from .kube_spark_cluster import KubeSparkCluster
+from .status_view import ClusterStatus
 
 POLL_INTERVAL = 0.1
+
+
+class WaitingCluster(Protocol):
+    """What :func:`wait_for_workers` uses of a KubeSparkCluster, declared here so that waiting needs no import of it."""
+
+    scheduler_info: SchedulerInfo
+    scheduler_comm: Any
+
+    async def _refresh_status(self) -> ClusterStatus: ...
 
 
 class WorkersNotReadyError(TimeoutError):
@@ -40,7 +48,7 @@ def _pending_summary(reasons: dict[str, str]) -> str:
     return "; ".join(f"{reason} (executors {', '.join(sorted(k for k, v in reasons.items() if v == reason))})" for reason in distinct)
 
 
-async def wait_for_workers(cluster: KubeSparkCluster, n_workers: int, timeout: float | None) -> None:
+async def wait_for_workers(cluster: WaitingCluster, n_workers: int, timeout: float | None) -> None:
     """Wait until ``n_workers`` workers are running; raise a clear error instead of hanging."""
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"wait_for_workers(n_workers): expected a positive whole number, got {n_workers!r}")

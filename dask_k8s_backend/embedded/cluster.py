@@ -23,6 +23,9 @@ from .api.authz import Identities, PolicyRule
 from .api.faults import FaultInjector
 from .store.object_store import ObjectStore
 from .api.tls import Credentials, make_credentials, write_kubeconfig
+from .control.scheduler import EmbeddedScheduler
+from .node.simulated import SimulatedKubelet
+from .node.process.kubelet import ProcessKubelet
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +151,6 @@ class EmbeddedKubernetes:
             self.kubelets[name] = kubelet
             kubelet.start()
         if self.kubelet_kind is not None:
-            from .control.scheduler import EmbeddedScheduler
             self.scheduler = EmbeddedScheduler(self.store)
             self.scheduler.start()
         logger.info("Embedded Kubernetes ready at %s with %d %s node(s)", self.apiserver.url, self.node_count,
@@ -158,9 +160,7 @@ class EmbeddedKubernetes:
         options = {k: v for k, v in {**self._node_options, **(spec or {})}.items() if v is not None}
         options["work_dir"] = self.work_dir / "nodes" / name  # type: ignore[operator]
         if self.kubelet_kind == "process":
-            from .node.process.kubelet import ProcessKubelet
             return ProcessKubelet(self.store, name, ip_block=index, **options)
-        from .node.simulated import SimulatedKubelet
         return SimulatedKubelet(self.store, name, ip_block=index, **options)
 
     def stop(self) -> None:

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .client import API_THREADS, STREAM_CONNECTIONS
+from .errors import translate, Gone, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,6 @@ class PodApi(Protocol):
 
 def _translate(exc: BaseException, action: str) -> BaseException:
     """The project's typed error for an API failure (``errors.translate`` is the one place that knows how)."""
-    from .errors import translate
 
     return translate(exc, action)
 
@@ -155,7 +155,6 @@ class KubePodApi:
 
         A continue token that expired between pages (410) restarts the list once without paging.
         """
-        from .errors import Gone
 
         try:
             return await self._list_pages(label_selector, LIST_PAGE_SIZE)
@@ -190,8 +189,6 @@ class KubePodApi:
                                 self._core.create_namespaced_pod, self.namespace, pod)
 
     async def delete_pod(self, name: str, grace_period_seconds: int | None = None) -> None:
-        from .errors import NotFound
-
         try:
             await self._json(f"delete pod {name} in namespace {self.namespace}", self._core.delete_namespaced_pod,
                              name, self.namespace, grace_period_seconds=grace_period_seconds)

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from .. import labels
 from ..kube import app_lease
+from ..config import load_settings
+from ..kube.master import resolve_manager
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +211,6 @@ def _collect_secrets(core: Any, namespace: str | None, app_ids: set[str], dry_ru
 
 def connect(master: str) -> Any:
     """A connection for operator commands (never starts an embedded Kubernetes by surprise)."""
-    from ..config import load_settings
-    from ..kube.master import resolve_manager
 
     if master.startswith("embedded://"):
         raise ValueError(

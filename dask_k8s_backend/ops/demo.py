@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+from ..cluster.kube_spark_cluster import KubeSparkCluster
 
 POLL = 0.1
 
@@ -106,8 +107,6 @@ def _compute(client, report: DemoReport, say: Callable[[str], None]) -> None:
 def run_demo(master: str | None = None, workers: int = 4, quiet: bool = False) -> DemoReport:
     """Run the demo and return its report (raises if anything is wrong)."""
     from distributed import Client
-
-    from ..cluster.kube_spark_cluster import KubeSparkCluster
 
     say = (lambda _msg: None) if quiet else print
     for noisy in ("distributed", "dask_k8s_backend"):  # the demo prints its own story

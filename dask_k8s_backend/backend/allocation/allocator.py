@@ -62,6 +62,7 @@ from dask_k8s_backend.pods.states import PodPending, PodRunning, PodState, PodUn
 from dask_k8s_backend.pods.verdicts import Allocatable, unrecoverable_reason
 from ..executors.failures import FailureTracker
 from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
+from ..executors.lifecycle import explain, is_failure
 
 logger = logging.getLogger(__name__)
 
@@ -538,7 +539,6 @@ class ExecutorPodsAllocator:
         executor once, so whichever sees a failure first counts it. Without this a round could replace
         a failed pod before the failure was counted and so create pods past ``max-failures``.
         """
-        from ..executors.lifecycle import explain, is_failure
 
         for executor_id, pod_state in self._snapshot.executor_pods.items():
             if not pod_state.is_final or self.failures.deletion_reason(executor_id) is not None:
