@@ -61,15 +61,6 @@ FUNCTION_IMPORT_ALLOW_LIST = {
 #: ("function-import", a, b) an import of b inside a function of a; ("layer", a, b) an arrow against the
 #: layers; ("lines", module, "") a module over MAX_MODULE_LINES.
 KNOWN_VIOLATIONS: set[tuple[str, str, str]] = {
-    # cycle
-    ('cycle', 'backend.allocation.autoscaling', 'backend.plugin'),
-    ('cycle', 'backend.components', 'backend.plugin'),
-    ('cycle', 'backend.gatekeeper', 'backend.plugin'),
-    ('cycle', 'backend.metrics', 'backend.components'),
-    ('cycle', 'backend.plugin', 'backend.allocation.autoscaling'),
-    ('cycle', 'backend.plugin', 'backend.components'),
-    ('cycle', 'backend.plugin', 'backend.gatekeeper'),
-    ('cycle', 'backend.plugin', 'backend.metrics'),
     # lines
     ('lines', 'backend.allocation.allocator', ''),
     ('lines', 'cluster.kube_spark_cluster', ''),

@@ -13,16 +13,19 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import labels
 from ..clock import Clock, SystemClock
+from ..config import Settings
+from ..kube.master import KubeConnection
+from ..kube.pod_api import KubePodApi
+from ..pods.app_spec import AppSpec
 from .allocation.allocator import ExecutorPodsAllocator
 from .executors.failures import FailureTracker
-from .heartbeat import AppHeartbeat, LeaseApi
 from .executors.kept_logs import KeptLogs
-from ..kube.pod_api import KubePodApi
 from .executors.lifecycle import ExecutorPodsLifecycleManager
+from .heartbeat import AppHeartbeat, LeaseApi
 from .observation.nodes import NodeCapacity
 from .observation.polling import ExecutorPodsPollingSource
 from .observation.snapshots import SnapshotsStore, group_of_pod
@@ -30,13 +33,34 @@ from .observation.watch import ExecutorPodsWatchSource
 
 if TYPE_CHECKING:
     from ..pods.states import PodState
-    from .plugin import KubernetesSchedulerBackend
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_POLL = 0.2
 KEEP_WAIT = 10.0  # how long shutdown waits for retired workers' pods to finish before keeping them
 FINISHED = ("Succeeded", "Failed")
+
+
+class ComponentsOwner(Protocol):
+    """What :func:`build_components` reads of the scheduler plugin that owns the pieces (backend/plugin.py).
+
+    Declared here, on the side that uses it, so that the plugin imports the components and not the reverse.
+    """
+
+    settings: Settings
+    app: AppSpec
+    connection: KubeConnection
+    owner: dict | None
+
+    def build_pod(self, executor_id: int, group: str) -> dict: ...
+
+    def registered_executor_ids(self) -> set[int]: ...
+
+    def on_pending_reason(self, executor_id: int, reason: str) -> None: ...
+
+    async def on_executor_lost(self, executor_id: int, explanation: str) -> None: ...
+
+    def on_failure_limit(self, group: str, message: str) -> None: ...
 
 
 @dataclass
@@ -178,7 +202,7 @@ def _phase(pod: dict) -> str:
     return (pod.get("status") or {}).get("phase") or "Pending"
 
 
-def build_components(plugin: KubernetesSchedulerBackend, clock: Clock | None = None) -> BackendComponents:
+def build_components(plugin: ComponentsOwner, clock: Clock | None = None) -> BackendComponents:
     """Wire one app's backend from the plugin's settings, connection and callbacks."""
     settings = plugin.settings
     clock = clock or SystemClock()

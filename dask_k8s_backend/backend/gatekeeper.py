@@ -15,14 +15,25 @@ and reporting "the worker exited with code 1".
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from distributed.versions import get_versions
 
-if TYPE_CHECKING:
-    from .plugin import KubernetesSchedulerBackend
+from ..config import Settings
+from ..pods.app_spec import AppSpec
+from .components import BackendComponents
 
 logger = logging.getLogger(__name__)
+
+
+class GatedBackend(Protocol):
+    """What the gatekeeper reads of the scheduler plugin, declared here so that only the plugin imports the other."""
+
+    app: AppSpec
+    settings: Settings
+    components: BackendComponents | None
+
+    def record(self, message: str, level: int = ...) -> None: ...
 
 CHECKED_PACKAGES = ("dask", "distributed")
 
@@ -47,7 +58,7 @@ def version_mismatch(scheduler_versions: dict[str, Any], worker_versions: dict[s
 class RegistrationGatekeeper:
     """Wraps the scheduler's worker registration with the backend's admission rules."""
 
-    def __init__(self, backend: KubernetesSchedulerBackend) -> None:
+    def __init__(self, backend: GatedBackend) -> None:
         self.backend = backend
         self._original: Any = None
         self._closed = False

@@ -27,8 +27,8 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from ..kube import app_lease
 from ..clock import Clock
+from ..kube import app_lease
 from ..kube.errors import AlreadyExists, Forbidden, NotFound, translate
 from ..pods.builder import AppSpec
 from .tasks import stop_quietly

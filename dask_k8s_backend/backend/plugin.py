@@ -31,14 +31,14 @@ from ..config import Settings
 from ..kube.errors import NotFound
 from ..kube.master import KubeConnection
 from ..pods.builder import AppSpec, build_executor_pod
+from ..pods.exits import explain, pending_reason
 from ..pods.states import PodDeleted, PodFailed, PodPending, PodRunning, PodState, PodSucceeded, PodTerminating
 from .allocation.autoscaling import Autoscalers
+from .allocation.groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
+from .allocation.stranded import StrandedTasks, killed_worker_note
 from .components import BackendComponents, build_components
 from .gatekeeper import RegistrationGatekeeper
-from .allocation.groups import GroupRegistry, WorkerGroup, demand_by_group, group_settings, validate_group_name
 from .metrics import BackendMetrics, start_metrics, stop_metrics
-from .allocation.stranded import StrandedTasks, killed_worker_note
-from ..pods.exits import explain, pending_reason
 
 logger = logging.getLogger(__name__)
 

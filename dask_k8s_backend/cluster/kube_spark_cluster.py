@@ -38,17 +38,17 @@ from distributed.security import Security
 from distributed.utils import Log, Logs, in_async_call
 
 from .. import labels
-from ..config import Settings, load_settings
-from .adaptive import GroupView, RemoteAdaptive, adapt_options
 from ..backend.allocation.groups import group_settings, validate_group_name
+from ..backend.plugin import KubernetesSchedulerBackend
+from ..config import Settings, load_settings
 from ..kube.errors import Forbidden
 from ..kube.master import KubeConnection, resolve_manager
 from ..pods.builder import AppSpec, base_pod, check_executor_pod
+from .adaptive import GroupView, RemoteAdaptive, adapt_options
+from .cluster_mode import start_cluster_mode, find_scheduler_pod, scheduler_address, scheduler_uses_tls, delete_scheduler_pod
 from .preflight import (POD_LOGS, Permission, check_cluster, check_worker_group, feature_refusal, group_argument,
                         warn_before_scale)
 from .status_view import ClusterStatus, format_status_table, render_cluster_status_html
-from .cluster_mode import start_cluster_mode, find_scheduler_pod, scheduler_address, scheduler_uses_tls, delete_scheduler_pod
-from ..backend.plugin import KubernetesSchedulerBackend
 from .tls_secret import create_tls_secret, generate_tls_material, scheduler_security, read_tls_material, delete_tls_secret
 from .waiting import wait_for_workers
 

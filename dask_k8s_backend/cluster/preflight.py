@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..kube import quotas
-from ..labels import DEFAULT_GROUP
 from ..kube.errors import Forbidden, KubernetesApiError, NotFound, translate
+from ..labels import DEFAULT_GROUP
 from ..pods.builder import check_executor_pod
 from .cluster_mode import scheduler_service_account
 

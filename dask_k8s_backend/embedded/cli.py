@@ -12,8 +12,8 @@ import signal
 import threading
 from pathlib import Path
 
-from .cluster import EmbeddedKubernetes
 from .api.tls import write_private
+from .cluster import EmbeddedKubernetes
 
 
 def run(kubeconfig: str, kubelet: str, nodes: int, cpu: str, memory: str, port: int, tls: bool) -> int:

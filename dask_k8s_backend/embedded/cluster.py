@@ -21,11 +21,11 @@ from .api.admission import Admission
 from .api.apiserver import ApiServer
 from .api.authz import Identities, PolicyRule
 from .api.faults import FaultInjector
-from .store.object_store import ObjectStore
 from .api.tls import Credentials, make_credentials, write_kubeconfig
 from .control.scheduler import EmbeddedScheduler
-from .node.simulated import SimulatedKubelet
 from .node.process.kubelet import ProcessKubelet
+from .node.simulated import SimulatedKubelet
+from .store.object_store import ObjectStore
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import labels
-from ..kube import app_lease
 from ..config import load_settings
+from ..kube import app_lease
 from ..kube.master import resolve_manager
 
 logger = logging.getLogger(__name__)

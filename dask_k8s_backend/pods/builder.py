@@ -30,8 +30,8 @@ from typing import Any
 from .. import labels
 from ..config import Settings
 from .app_spec import AppSpec
-from .tls_env import tls_env
 from .template import load_pod_template, validate_pod_template, worker_container_index
+from .tls_env import tls_env
 
 logger = logging.getLogger(__name__)
 

@@ -61,8 +61,8 @@ from dask_k8s_backend.config import AllocationSettings
 from dask_k8s_backend.pods.states import PodPending, PodRunning, PodState, PodUnknown
 from dask_k8s_backend.pods.verdicts import Allocatable, unrecoverable_reason
 from ..executors.failures import FailureTracker
-from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
 from ..executors.lifecycle import explain, is_failure
+from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
 
 logger = logging.getLogger(__name__)
 

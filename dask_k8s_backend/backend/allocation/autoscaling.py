@@ -21,17 +21,38 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from distributed.deploy.adaptive_core import AdaptiveCore
 
-from dask_k8s_backend.clock import Clock
+from ...clock import Clock
+from ...config import Settings
+from ..components import BackendComponents
+from .groups import GroupRegistry
 from .stabilization import ScaleDownStabilizer
 
-if TYPE_CHECKING:
-    from ..plugin import KubernetesSchedulerBackend
-
 logger = logging.getLogger(__name__)
+
+
+class ScalableBackend(Protocol):
+    """What the group autoscalers read of and ask of the scheduler plugin, declared here so that only the plugin
+    imports the other."""
+
+    settings: Settings
+    groups: GroupRegistry
+    components: BackendComponents | None
+
+    def record(self, message: str, level: int = ...) -> None: ...
+
+    def registered_executor_ids(self) -> set[int]: ...
+
+    def adaptive_target(self, group: str = ..., target_duration: float | None = None) -> int: ...
+
+    def workers_to_close(self, group: str = ..., target: int = 0) -> list[str]: ...
+
+    async def request_total_executors(self, n: int, group: str = ...) -> None: ...
+
+    async def kill_executors(self, workers: list[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,7 @@ class GroupAutoscaler(AdaptiveCore):
             await asyncio.gather(task, return_exceptions=True)
 
 
-def hooks_for(backend: KubernetesSchedulerBackend, group: str, target_duration: float | None) -> GroupHooks:
+def hooks_for(backend: ScalableBackend, group: str, target_duration: float | None) -> GroupHooks:
     """A group's view of the backend: its allocator for pods and targets, its scheduler for workers."""
     allocator = backend.components.allocator  # type: ignore[union-attr]
 
@@ -150,7 +171,7 @@ def hooks_for(backend: KubernetesSchedulerBackend, group: str, target_duration: 
 class Autoscalers:
     """The autoscaling loops of one backend, one per group at most."""
 
-    def __init__(self, backend: KubernetesSchedulerBackend) -> None:
+    def __init__(self, backend: ScalableBackend) -> None:
         self.backend = backend
         self._scalers: dict[str, GroupAutoscaler] = {}
 

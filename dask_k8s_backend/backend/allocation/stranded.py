@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .groups import GroupRegistry
 from ..tasks import stop_quietly
+from .groups import GroupRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from dask_k8s_backend.clock import Clock, SystemClock
 from dask_k8s_backend.config import ExecutorSettings
 from dask_k8s_backend.pods.exits import node_lost
 from dask_k8s_backend.pods.states import PodDeleted, PodFailed, PodState
+from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
 from .failures import FailureTracker
 from .kept_logs import TAIL_LINES, KeptLogs
-from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
 
 logger = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ import tornado.netutil
 import tornado.web
 import yaml
 
-from . import authz, discovery, openapi, podlogs, protobuf
-from .faults import FaultInjector
-from ..store.listoptions import parse_list_options, too_large_resource_version
-from .patch import PATCH_TYPES, apply_patch
-from ..store.selectors import parse_field_selector, parse_label_selector
 from ..status import (StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run,
                      unsupported_media_type)
+from ..store.listoptions import parse_list_options, too_large_resource_version
 from ..store.object_store import RESOURCES, ObjectStore, ResourceInfo, _dumps
+from ..store.selectors import parse_field_selector, parse_label_selector
+from . import authz, discovery, openapi, podlogs, protobuf
+from .faults import FaultInjector
+from .patch import PATCH_TYPES, apply_patch
 from .tables import table_for
 from .tls import Credentials
 from .watches import WatchStream, error_line

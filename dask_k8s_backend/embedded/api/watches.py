@@ -21,8 +21,8 @@ import json
 from typing import Callable
 
 from ..store.listoptions import ListOptions
-from ..store.selectors import Selector
 from ..store.object_store import Entry, ObjectStore, WatchEvent, resource_info
+from ..store.selectors import Selector
 from .tables import table_for
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"

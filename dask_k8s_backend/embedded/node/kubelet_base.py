@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from dask_k8s_backend.kube import resources as res
-from .ipam import PodIPAllocator
 from ..podstatus import node_object
+from .ipam import PodIPAllocator
 from .store_transport import StoreTransport
 from .transport import PodItem, Transport
 

@@ -32,8 +32,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .kubelet_base import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
 from ..podstatus import ContainerRecord, PodRuntimeView, container_id, pod_status, rfc3339
+from .kubelet_base import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
 
 logger = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from .listoptions import decode_continue, encode_continue
 from ..podstatus import rfc3339
+from .listoptions import decode_continue, encode_continue
 from dask_k8s_backend.kube.resources import pod_qos_class
-from .selectors import FIELDS, Selector, parse_field_selector, parse_label_selector
 from ..status import StatusError, already_exists, bad_request, conflict, gone, not_found
+from .selectors import FIELDS, Selector, parse_field_selector, parse_label_selector
 from .validation import apply_defaults, check_status_update, check_update, validate
 
 logger = logging.getLogger(__name__)

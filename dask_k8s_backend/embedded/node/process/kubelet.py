@@ -32,8 +32,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import podenv, processes, warm
 from ..kubelet_base import HOST_IP, Key, KubeletBase, Pod, pod_key, pod_uid
+from . import podenv, processes, warm
 from dask_k8s_backend.embedded.podstatus import ContainerRecord, PodRuntimeView, container_id, image_ref, pod_status
 from .sandbox import ContainerSetup, NoSandbox, PodSandbox
 from dask_k8s_backend.kube.resources import container_memory_limit
