@@ -197,7 +197,6 @@ def scheduler_address(pod: dict[str, Any], app: AppSpec, connection: KubeConnect
 
 def scheduler_uses_tls(pod: dict[str, Any], app: AppSpec) -> bool:
     """Whether a running scheduler pod was started with TLS (it reads the app's TLS Secret)."""
-
     for container in pod.get("spec", {}).get("containers") or []:
         for var in container.get("env") or []:
             ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}

@@ -356,7 +356,6 @@ class KubeSparkCluster(Cluster):
 
     async def _start_tls(self) -> str:
         """Generate this app's certificates, store them in its Secret for the pods; returns "tls"."""
-
         assert self.connection is not None
         material = await asyncio.to_thread(generate_tls_material, self.app.app_id)
         await asyncio.to_thread(create_tls_secret, self.connection.api_client, self.app, material)
@@ -386,7 +385,6 @@ class KubeSparkCluster(Cluster):
 
     async def _attach_tls(self) -> None:
         """A TLS cluster-mode scheduler accepts only this app's certificates: read them from its Secret."""
-
         assert self.connection is not None
         material = await asyncio.to_thread(read_tls_material, self.connection.api_client, self.app)
         self.security = scheduler_security(material)

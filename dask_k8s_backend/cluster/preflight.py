@@ -436,7 +436,6 @@ async def check_worker_group(cluster: Any, group: str, pod: dict, settings: Any,
 
 def _group_pod(cluster: Any, group: str) -> dict | None:
     """A sample pod of ``group`` as this client knows it (None for a group added by another client)."""
-
     recipe = cluster._group_recipes.get(group) if group != DEFAULT_GROUP else (cluster.settings, cluster._pod_template)
     if recipe is None:
         return None
@@ -575,7 +574,6 @@ async def run_preflight(api_client: Any, *, namespace: str, deploy_mode: str, po
 
 async def check_cluster(cluster: Any) -> None:
     """The preflight of a starting :class:`~dask_k8s_backend.cluster.kube_spark_cluster.KubeSparkCluster` (its connection is up)."""
-
     pod = check_executor_pod(app=cluster.app, settings=cluster.settings, template=cluster._pod_template)
     service_account = scheduler_service_account(cluster.settings, cluster.connection)
     cluster.missing_optional_permissions = await run_preflight(

@@ -73,7 +73,6 @@ class PodApi(Protocol):
 
 def _translate(exc: BaseException, action: str) -> BaseException:
     """The project's typed error for an API failure (``errors.translate`` is the one place that knows how)."""
-
     return translate(exc, action)
 
 
@@ -155,7 +154,6 @@ class KubePodApi:
 
         A continue token that expired between pages (410) restarts the list once without paging.
         """
-
         try:
             return await self._list_pages(label_selector, LIST_PAGE_SIZE)
         except Gone:

@@ -211,7 +211,6 @@ def _collect_secrets(core: Any, namespace: str | None, app_ids: set[str], dry_ru
 
 def connect(master: str) -> Any:
     """A connection for operator commands (never starts an embedded Kubernetes by surprise)."""
-
     if master.startswith("embedded://"):
         raise ValueError(
             f"--master {master!r}: status and gc look at an existing cluster; an embedded Kubernetes "

@@ -539,7 +539,6 @@ class ExecutorPodsAllocator:
         executor once, so whichever sees a failure first counts it. Without this a round could replace
         a failed pod before the failure was counted and so create pods past ``max-failures``.
         """
-
         for executor_id, pod_state in self._snapshot.executor_pods.items():
             if not pod_state.is_final or self.failures.deletion_reason(executor_id) is not None:
                 continue
