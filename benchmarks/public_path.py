@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""The public path: ramp to N Running simulated pods through ``k8s://`` against a separate API server.
+
+Why: ``benchmarks/allocator.py`` runs the API server in its own process with a bare ApiClient, so
+its figure is not what a user of ``KubeSparkCluster(master="k8s://")`` gets. This script measures,
+alternating the kinds in each repetition:
+
+* ``inproc``: the backend core (``allocator.Backend``) against an ``EmbeddedKubernetes`` started in
+  this process, with ``allocator.py``'s bare ApiClient (the reference figure);
+* ``k8s``: the same backend core against ``python -m dask_k8s_backend embedded --kubelet simulated``
+  started as a separate process, with the ApiClient that ``k8s://`` builds (kubeconfig, HTTPS,
+  token, ``create_api_client`` with the default settings: rate limit, retries, timeouts) and the
+  ``KubePodApi`` that ``build_components`` builds;
+* ``cluster``: ``KubeSparkCluster(master="k8s://")`` itself against a separate server, ``scale(N)``,
+  Running counted with one raw-JSON LIST every 0.5 s (how issue 15 measured it).
+
+It prints min / median / max per kind and target, the ratio of medians to ``inproc``, the API
+requests per pod, and writes a JSON record (``--json``).
+
+    python benchmarks/public_path.py                          # 1000 pods, inproc and k8s, 3 runs
+    python benchmarks/public_path.py --targets 1000 5000 --kinds inproc k8s cluster --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from allocator import OURS, Backend, pod_api  # noqa: E402  (the reference wiring, reused unchanged)
+
+from dask_k8s_backend.backend.kube_api import KubePodApi  # noqa: E402
+from dask_k8s_backend.config import load_settings  # noqa: E402
+from dask_k8s_backend.master import KubernetesClusterManager  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PODS_PER_NODE = 110  # the embedded CLI's node capacity in pods (EmbeddedKubernetes' default)
+SERVER_START_LIMIT = 60.0
+
+
+@dataclass
+class Run:
+    kind: str
+    target: int
+    seconds: float | None
+    running: int
+    requests: int
+    creates: int
+
+    def line(self) -> str:
+        took = f"{self.seconds:6.2f} s" if self.seconds is not None else f"not reached ({self.running} Running)"
+        pods = max(1, self.running)
+        return (f"{self.kind:<8} {self.target:>5} pods: {took}; requests/pod {self.requests / pods:.3f}, "
+                f"creates/pod {self.creates / pods:.3f}")
+
+
+# ---------------------------------------------------------------------------- the separate server
+
+@contextlib.contextmanager
+def separate_server(pods: int, workdir: Path) -> Iterator[Path]:
+    """A ``python -m dask_k8s_backend embedded`` process with room for ``pods``; yields its kubeconfig."""
+    kubeconfig = workdir / f"kubeconfig-{time.monotonic_ns()}"
+    nodes = max(1, -(-pods // PODS_PER_NODE))
+    command = [sys.executable, "-m", "dask_k8s_backend", "embedded", "--kubeconfig", str(kubeconfig),
+               "--kubelet", "simulated", "--nodes", str(nodes), "--cpu", "1000", "--memory", "1000Gi"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_file(kubeconfig, process)
+        yield kubeconfig
+    finally:
+        _stop(process)
+
+
+def _wait_for_file(path: Path, process: subprocess.Popen) -> None:
+    """The CLI writes the kubeconfig (renamed into place) once the server answers."""
+    deadline = time.monotonic() + SERVER_START_LIMIT
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded server did not start: {process.stderr.read() if process.stderr else ''}")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the CLI stops its kubelets and server), SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+#: ``--set key=value`` settings overrides (``k8s-backend.`` keys without the prefix), for trying options.
+OVERRIDES: dict[str, Any] = {}
+
+
+def public_connection(kubeconfig: Path) -> Any:
+    """The ApiClient ``k8s://`` builds from the kubeconfig, with the default settings (and ``--set``)."""
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    return KubernetesClusterManager().connect("k8s://", load_settings(OVERRIDES)).api_client
+
+
+# ---------------------------------------------------------------------------- the kinds
+
+@contextlib.asynccontextmanager
+async def public_pod_api(target: int, workdir: Path) -> AsyncIterator[KubePodApi]:
+    """``KubePodApi`` as ``build_components`` builds it, over the ``k8s://`` client."""
+    settings = load_settings(OVERRIDES)
+    with separate_server(target, workdir) as kubeconfig:
+        client = public_connection(kubeconfig)
+        api = KubePodApi(client, "default", request_timeout=settings.api.request_timeout,
+                         connect_timeout=settings.api.connection_timeout)
+        try:
+            yield api
+        finally:
+            await api.close()
+            client.close()
+
+
+async def ramp_backend(kind: str, target: int, workdir: Path) -> Run:
+    """The backend core (allocator, watch, polling, lifecycle) from 0 to ``target`` Running."""
+    opened = pod_api("embedded", target) if kind == "inproc" else public_pod_api(target, workdir)
+    async with opened as api:
+        backend = Backend(api, OURS)
+        await backend.start()
+        try:
+            seconds = await backend.reach(target, limit=target * 0.06 + 30)
+            return Run(kind, target, seconds, backend.running(), backend.api.total(), backend.api.counts["create_pod"])
+        finally:
+            await backend.stop()
+
+
+async def ramp_cluster(target: int, workdir: Path) -> Run:
+    """``KubeSparkCluster(master="k8s://").scale(target)`` until a LIST shows ``target`` Running."""
+    from dask_k8s_backend import KubeSparkCluster
+
+    with separate_server(target, workdir) as kubeconfig:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        counter = _count_requests()
+        async with KubeSparkCluster(master="k8s://", asynchronous=True, **_cluster_kwargs()) as cluster:
+            reader = public_connection(kubeconfig)
+            try:
+                before = counter.total
+                started = time.monotonic()
+                await cluster.scale(target)
+                seconds, running = await _poll_running(reader, target, started, limit=target * 0.06 + 30)
+                return Run("cluster", target, seconds, running, counter.total - before, counter.creates)
+            finally:
+                reader.close()
+
+
+def _cluster_kwargs() -> dict[str, Any]:
+    """``--set`` overrides as KubeSparkCluster's keyword arguments (dotted keys are taken as they are)."""
+    return dict(OVERRIDES)
+
+
+class _RequestCounter:
+    total = 0
+    creates = 0
+
+
+def _count_requests() -> _RequestCounter:
+    """Counts every request any ``ResilientRESTClient`` in this process sends (reader's LISTs excluded)."""
+    from dask_k8s_backend.client import ResilientRESTClient
+
+    counter = _RequestCounter()
+    original = ResilientRESTClient.request
+
+    def counted(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "benchmark_reader", False):
+            counter.total += 1
+            counter.creates += method == "POST" and url.rstrip("/").endswith("/pods")
+        return original(self, method, url, *args, **kwargs)
+
+    ResilientRESTClient.request = counted  # type: ignore[method-assign]
+    return counter
+
+
+async def _poll_running(api_client: Any, target: int, started: float, limit: float) -> tuple[float | None, int]:
+    """Seconds from ``started`` until one raw LIST shows ``target`` Running pods (every 0.5 s)."""
+    from kubernetes import client as k8s
+
+    api_client.rest_client.benchmark_reader = True
+    core = k8s.CoreV1Api(api_client)
+    running = 0
+    while time.monotonic() - started < limit:
+        response = await asyncio.to_thread(core.list_namespaced_pod, "default", field_selector="status.phase=Running",
+                                           _preload_content=False)
+        running = len(json.loads(response.data)["items"])
+        if running >= target:
+            return time.monotonic() - started, running
+        await asyncio.sleep(0.5)
+    return None, running
+
+
+async def one_run(kind: str, target: int, workdir: Path) -> Run:
+    if kind == "cluster":
+        return await ramp_cluster(target, workdir)
+    return await ramp_backend(kind, target, workdir)
+
+
+# ---------------------------------------------------------------------------- report
+
+def summary(runs: list[Run], kinds: list[str], target: int) -> dict[str, Any]:
+    """min / median / max per kind, and each median's ratio to the first kind's median."""
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        times = [r.seconds for r in runs if r.kind == kind and r.target == target and r.seconds is not None]
+        if times:
+            out[kind] = {"min": min(times), "median": statistics.median(times), "max": max(times), "runs": len(times)}
+    base = out.get(kinds[0], {}).get("median")
+    for kind, figures in out.items():
+        figures["ratio_to_" + kinds[0]] = figures["median"] / base if base else None
+    return out
+
+
+def print_summary(figures: dict[str, Any], target: int, base: str) -> None:
+    for kind, f in figures.items():
+        print(f"{kind:<8} {target:>5} pods: min {f['min']:.2f} / median {f['median']:.2f} / max {f['max']:.2f} s "
+              f"({f['runs']} runs), median / {base} median = {f['ratio_to_' + base]:.2f}", flush=True)
+
+
+async def main(args: argparse.Namespace) -> int:
+    OVERRIDES.update(dict(item.split("=", 1) for item in args.set))
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="public-path-") as tmp:
+        for target in args.targets:
+            for repeat in range(args.repeat):
+                order = args.kinds if repeat % 2 == 0 else list(reversed(args.kinds))
+                for kind in order:
+                    run = await one_run(kind, target, Path(tmp))
+                    runs.append(run)
+                    print(run.line(), flush=True)
+    record = {"command": " ".join(sys.argv), "overrides": OVERRIDES, "cpus": os.cpu_count(), "runs": [asdict(r) for r in runs],
+              "summary": {str(t): summary(runs, args.kinds, t) for t in args.targets}}
+    for target in args.targets:
+        print_summary(record["summary"][str(target)], target, args.kinds[0])
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+        print(f"JSON record: {args.json}")
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", type=int, nargs="+", default=[1000])
+    parser.add_argument("--kinds", nargs="+", choices=("inproc", "k8s", "cluster"), default=["inproc", "k8s"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default="public_path.json", help="where to write the JSON record ('' skips it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a k8s-backend setting for the k8s and cluster kinds, e.g. api.qps=1000")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(asyncio.run(main(parse())))
