@@ -9,7 +9,10 @@ Data flow, per :class:`~dask_k8s_backend.embedded.transport.Transport` method:
   ``fieldSelector=spec.nodeName``); the newest version of each pod lands in a :class:`~.reflector.PodCache`.
 - ``write_status``: ``build(cached pod)``, then a merge-patch on ``pods/<name>/status`` holding only
   what changed (removed keys as null) plus ``metadata.uid``, which the API server refuses to change:
-  a write never lands on a newer pod of the same name. Nothing changed, nothing sent.
+  a write never lands on a newer pod of the same name. Nothing changed, nothing sent. A write the
+  server did not take (down, 5xx, 429) is kept and written again until it lands
+  (:class:`~.status_retry.StatusRetrier`: bounded backoff, the latest status of a pod wins, a
+  terminal phase is never left); writes of one pod are serialized so an older one never lands last.
 - ``finish_deletion``: DELETE with ``gracePeriodSeconds: 0`` and ``preconditions.uid``, as the
   kubelet's status manager does; other controllers' finalizers are left alone.
 - ``record_event``: core/v1 Events, queued and posted by one thread, dropped when the queue is full.
@@ -27,13 +30,15 @@ from typing import Any, Callable
 
 from ..embedded.transport import Key, Pod, PodItem, PodSink, StatusBuilder, Transport
 from ..errors import Conflict, KubernetesApiError, NotFound
-from .http import MERGE_PATCH, ApiHttp
+from .http import MERGE_PATCH, RETRYABLE, ApiHttp
 from .lease import NodeLease
 from .reflector import PodCache, PodReflector
+from .status_retry import StatusRetrier, Waiting, keep_terminal_phase, phase_of, rebase_status
 
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = 1000
+STATUS_LOCKS = 64  # writes of one pod are serialized; pods share these locks by hash
 
 
 def merge_patch(old: Any, new: Any) -> dict[str, Any]:
@@ -65,8 +70,12 @@ class ApiTransport(Transport):
     """:class:`~dask_k8s_backend.embedded.transport.Transport` over HTTP (see the module docstring)."""
 
     def __init__(self, http: ApiHttp, *, lease_duration: int = 40,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 retries: StatusRetrier | None = None) -> None:
+        """``retries``: where status writes that did not land wait (default: one retrying thread, started on first use)."""
         self.http = http
+        self.retries = retries or StatusRetrier(self._write_again)
+        self._status_locks = [threading.Lock() for _ in range(STATUS_LOCKS)]
         self.lease = NodeLease(http, duration=lease_duration)
         self.cache = PodCache()
         self.on_fatal = on_fatal
@@ -83,7 +92,7 @@ class ApiTransport(Transport):
     # ------------------------------------------------------------------ node
     def register_node(self, node: dict[str, Any]) -> None:
         name = node["metadata"]["name"]
-        self.node_name = name
+        self.node_name = self.retries.name = name
         body = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"], "spec": node["spec"]}
         try:
             created = self.http.request("POST", "/api/v1/nodes", body=body, action=f"register node {name}")
@@ -118,27 +127,59 @@ class ApiTransport(Transport):
         return self.cache.get(key)
 
     def write_status(self, key: Key, uid: str, build: StatusBuilder) -> Pod | None:
-        pod = self.cache.get(key)
-        if pod is None or _uid(pod) != uid:
-            return None
-        diff = merge_patch(pod.get("status") or {}, build(pod))
+        with self._status_lock(key):
+            waiting = self.retries.cancel(key)  # this write is newer: the latest status wins
+            pod = self.cache.get(key)
+            if pod is None or _uid(pod) != uid:
+                return None
+            previous = phase_of(waiting.status if waiting is not None and waiting.uid == uid else pod.get("status"))
+            status = keep_terminal_phase(previous, build(pod))
+            new, landed = self._patch_status(key, uid, pod, status)
+            if not landed:
+                logger.info("node %s: the API server did not take the status of pod %s/%s (phase %s); writing it "
+                            "again until it does", self.node_name, key[0], key[1], phase_of(status))
+                self.retries.schedule(key, uid, status)
+            return new
+
+    def _write_again(self, key: Key, waiting: Waiting) -> bool:
+        """The retrier's callback: write a waiting status once; True when done with it (landed, or pod gone)."""
+        with self._status_lock(key):
+            if self.retries.waiting(key) is not waiting:
+                return True  # a newer write superseded it while it waited for this lock
+            pod = self.cache.get(key)
+            if pod is None or _uid(pod) != waiting.uid:
+                return True
+            _, landed = self._patch_status(key, waiting.uid, pod, rebase_status(waiting.status, pod.get("status") or {}))
+            if landed:
+                logger.info("node %s: status of pod %s/%s (phase %s) written after %d retries", self.node_name, *key,
+                            phase_of(waiting.status), waiting.attempts + 1)
+            return landed
+
+    def _status_lock(self, key: Key) -> threading.Lock:
+        return self._status_locks[hash(key) % STATUS_LOCKS]
+
+    def _patch_status(self, key: Key, uid: str, pod: Pod, status: dict[str, Any]) -> tuple[Pod | None, bool]:
+        """Send what changed; (the new pod or None, False when the server did not take it and it should be retried)."""
+        diff = merge_patch(pod.get("status") or {}, status)
         if not diff:
-            return pod
+            return pod, True
         try:
             new = self.http.request("PATCH", pod_path(key) + "/status", body={"metadata": {"uid": uid}, "status": diff},
                                     content_type=MERGE_PATCH, action=f"write the status of pod {key[0]}/{key[1]}",
                                     idempotent=True)
         except (NotFound, Conflict):
-            return None
+            return None, True
+        except RETRYABLE as e:
+            logger.debug("node %s: status of pod %s/%s not written: %s", self.node_name, key[0], key[1], e)
+            return None, False
         except KubernetesApiError as e:
-            if e.code == 422 and _uid(self.cache.get(key)) != uid:
-                return None  # replaced by a pod of the same name: the uid in the patch refused it
-            logger.warning("node %s: status of pod %s/%s not written: %s", self.node_name, key[0], key[1], e)
-            return None
+            if not (e.code == 422 and _uid(self.cache.get(key)) != uid):  # else replaced by a pod of the same name
+                logger.warning("node %s: status of pod %s/%s not written: %s", self.node_name, key[0], key[1], e)
+            return None, True
         if _uid(new) != uid:
-            return None
+            return None, True
         self.cache.put(new)
-        return new
+        return new, True
 
     def finish_deletion(self, key: Key, uid: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
@@ -204,5 +245,6 @@ class ApiTransport(Transport):
         if thread is not None:
             self._events.put(None)
             thread.join(timeout=10)
+        self.retries.close()
         self.lease.stop()
         self.http.close()
