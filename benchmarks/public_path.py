@@ -12,13 +12,16 @@ alternating the kinds in each repetition:
   token, ``create_api_client`` with the default settings: rate limit, retries, timeouts) and the
   ``KubePodApi`` that ``build_components`` builds;
 * ``cluster``: ``KubeSparkCluster(master="k8s://")`` itself against a separate server, ``scale(N)``,
-  Running counted with one raw-JSON LIST every 0.5 s (how issue 15 measured it).
+  Running counted in the backend's own pod snapshots every 0.05 s (``--observe backend``, no request,
+  as ``allocator.py`` counts), or with one raw-JSON LIST every 0.5 s (``--observe list``, how issue 15
+  measured it; decoding those LISTs takes a quarter of this process' CPU during the ramp).
 
 It prints min / median / max per kind and target, the ratio of medians to ``inproc``, the API
 requests per pod, and writes a JSON record (``--json``).
 
-    python benchmarks/public_path.py                          # 1000 pods, inproc and k8s, 3 runs
-    python benchmarks/public_path.py --targets 1000 5000 --kinds inproc k8s cluster --repeat 3
+    python benchmarks/public_path.py                          # 1000 pods, every kind, 3 runs each
+    python benchmarks/public_path.py --targets 1000 5000 --repeat 3
+    python benchmarks/public_path.py --set api.rate-limit=always   # the client-side rate limit on every request (before)
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 #: ``--set key=value`` settings overrides (``k8s-backend.`` keys without the prefix), for trying options.
 OVERRIDES: dict[str, Any] = {}
+#: How the cluster kind sees Running pods: "backend" (its own snapshots) or "list" (a LIST every 0.5 s).
+OBSERVE = "backend"
 
 
 def public_connection(kubeconfig: Path) -> Any:
@@ -154,13 +159,17 @@ async def ramp_cluster(target: int, workdir: Path) -> Run:
     with separate_server(target, workdir) as kubeconfig:
         os.environ["KUBECONFIG"] = str(kubeconfig)
         counter = _count_requests()
-        async with KubeSparkCluster(master="k8s://", asynchronous=True, **_cluster_kwargs()) as cluster:
+        async with KubeSparkCluster(master="k8s://", asynchronous=True, quiet=True, **_cluster_kwargs()) as cluster:
             reader = public_connection(kubeconfig)
             try:
                 before = counter.total
                 started = time.monotonic()
                 await cluster.scale(target)
-                seconds, running = await _poll_running(reader, target, started, limit=target * 0.06 + 30)
+                limit = target * 0.06 + 30
+                if OBSERVE == "list":
+                    seconds, running = await _poll_running(reader, target, started, limit)
+                else:
+                    seconds, running = await _watch_backend(cluster, target, started, limit)
                 return Run("cluster", target, seconds, running, counter.total - before, counter.creates)
             finally:
                 reader.close()
@@ -191,6 +200,20 @@ def _count_requests() -> _RequestCounter:
 
     ResilientRESTClient.request = counted  # type: ignore[method-assign]
     return counter
+
+
+async def _watch_backend(cluster: Any, target: int, started: float, limit: float) -> tuple[float | None, int]:
+    """Seconds from ``started`` until the scheduler plugin's pod snapshots show ``target`` Running."""
+    from dask_k8s_backend.pods.states import PodRunning
+
+    store = cluster.scheduler.plugins["k8s-backend"].components.store
+    running = 0
+    while time.monotonic() - started < limit:
+        running = sum(1 for s in store.current.executor_pods.values() if isinstance(s, PodRunning))
+        if running >= target:
+            return time.monotonic() - started, running
+        await asyncio.sleep(0.05)
+    return None, running
 
 
 async def _poll_running(api_client: Any, target: int, started: float, limit: float) -> tuple[float | None, int]:
@@ -238,7 +261,9 @@ def print_summary(figures: dict[str, Any], target: int, base: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
+    global OBSERVE
     OVERRIDES.update(dict(item.split("=", 1) for item in args.set))
+    OBSERVE = args.observe
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="public-path-") as tmp:
         for target in args.targets:
@@ -248,7 +273,7 @@ async def main(args: argparse.Namespace) -> int:
                     run = await one_run(kind, target, Path(tmp))
                     runs.append(run)
                     print(run.line(), flush=True)
-    record = {"command": " ".join(sys.argv), "overrides": OVERRIDES, "cpus": os.cpu_count(), "runs": [asdict(r) for r in runs],
+    record = {"command": " ".join(sys.argv), "overrides": OVERRIDES, "observe": OBSERVE, "cpus": os.cpu_count(), "runs": [asdict(r) for r in runs],
               "summary": {str(t): summary(runs, args.kinds, t) for t in args.targets}}
     for target in args.targets:
         print_summary(record["summary"][str(target)], target, args.kinds[0])
@@ -261,9 +286,11 @@ async def main(args: argparse.Namespace) -> int:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=int, nargs="+", default=[1000])
-    parser.add_argument("--kinds", nargs="+", choices=("inproc", "k8s", "cluster"), default=["inproc", "k8s"])
+    parser.add_argument("--kinds", nargs="+", choices=("inproc", "k8s", "cluster"), default=["inproc", "k8s", "cluster"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default="public_path.json", help="where to write the JSON record ('' skips it)")
+    parser.add_argument("--observe", choices=("backend", "list"), default="backend",
+                        help="how the cluster kind counts Running pods")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a k8s-backend setting for the k8s and cluster kinds, e.g. api.qps=1000")
     return parser.parse_args(argv)
