@@ -4,7 +4,11 @@ Data flow, per :class:`~dask_k8s_backend.embedded.transport.Transport` method:
 
 - ``register_node``: POST the Node (metadata, spec), or on 409 merge-patch its labels and taints;
   then merge-patch ``nodes/<name>/status`` (capacity, allocatable, conditions, addresses,
-  ``daemonEndpoints``, nodeInfo) and start the :class:`~.lease.NodeLease` heartbeat.
+  ``daemonEndpoints``, nodeInfo) and start the :class:`~.lease.NodeLease` heartbeat. After each
+  renewal the Node is read: when its conditions are no longer the ones this node reports (the node
+  lifecycle controller set Ready Unknown while the Lease could not be renewed, e.g. across an API
+  server outage longer than its grace period), they are posted again, as a kubelet does; without
+  that the node stayed NotReady and tainted unreachable for good.
 - ``watch_pods``: a :class:`~.reflector.PodReflector` (LIST, then WATCH with
   ``fieldSelector=spec.nodeName``); the newest version of each pod lands in a :class:`~.reflector.PodCache`.
 - ``write_status``: ``build(cached pod)``, then a merge-patch on ``pods/<name>/status`` holding only
@@ -26,8 +30,10 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable
 
+from ..embedded.podstatus import rfc3339
 from ..embedded.transport import Key, Pod, PodItem, PodSink, StatusBuilder, Transport
 from ..errors import Conflict, KubernetesApiError, NotFound
 from .http import MERGE_PATCH, RETRYABLE, ApiHttp
@@ -72,11 +78,12 @@ class ApiTransport(Transport):
     def __init__(self, http: ApiHttp, *, lease_duration: int = 40,
                  on_fatal: Callable[[BaseException], None] | None = None,
                  retries: StatusRetrier | None = None) -> None:
-        """``retries``: where status writes that did not land wait (default: one retrying thread, started on first use)."""
+        """``retries``: where status writes that did not land wait (default: one thread, started on first use)."""
         self.http = http
         self.retries = retries or StatusRetrier(self._write_again)
         self._status_locks = [threading.Lock() for _ in range(STATUS_LOCKS)]
-        self.lease = NodeLease(http, duration=lease_duration)
+        self.lease = NodeLease(http, duration=lease_duration, on_renewed=self.keep_node_ready)
+        self._conditions: list[dict[str, Any]] = []  # what this node reports (type, status, reason, message)
         self.cache = PodCache()
         self.on_fatal = on_fatal
         self.node_name = ""
@@ -101,9 +108,28 @@ class ApiTransport(Transport):
                 "PATCH", f"/api/v1/nodes/{name}", content_type=MERGE_PATCH, action=f"take over node {name}",
                 body={"metadata": {"labels": node["metadata"]["labels"]}, "spec": {"taints": node["spec"].get("taints")}})
         self.node_uid = created["metadata"]["uid"]
+        self._conditions = [{k: c[k] for k in ("type", "status", "reason", "message") if k in c}
+                            for c in node["status"].get("conditions") or []]
         self.http.request("PATCH", f"/api/v1/nodes/{name}/status", body={"status": node["status"]},
                           content_type=MERGE_PATCH, action=f"post the status of node {name}")
         self.lease.start(created)
+
+    def keep_node_ready(self) -> None:
+        """Post this node's conditions again if the Node no longer shows them (see the module docstring)."""
+        node = self.http.request("GET", f"/api/v1/nodes/{self.node_name}", action=f"read node {self.node_name}")
+        seen = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
+        changed = [c for c in self._conditions if (seen.get(c["type"]) or {}).get("status") != c["status"]]
+        if not changed:
+            return
+        ready = seen.get("Ready") or {}
+        stamp = rfc3339(time.time())
+        conditions = [{**c, "lastHeartbeatTime": stamp, "lastTransitionTime": stamp if c in changed else
+                       (seen.get(c["type"]) or {}).get("lastTransitionTime", stamp)} for c in self._conditions]
+        self.http.request("PATCH", f"/api/v1/nodes/{self.node_name}/status",
+                          body={"status": {"conditions": conditions}}, content_type=MERGE_PATCH,
+                          action=f"post the status of node {self.node_name}")
+        logger.warning("node %s: the API server showed it Ready %s (%s); its conditions are posted again",
+                       self.node_name, ready.get("status", "missing"), ready.get("message") or ready.get("reason"))
 
     def delete_node(self, name: str) -> None:
         self.lease.stop()
@@ -149,7 +175,8 @@ class ApiTransport(Transport):
             pod = self.cache.get(key)
             if pod is None or _uid(pod) != waiting.uid:
                 return True
-            _, landed = self._patch_status(key, waiting.uid, pod, rebase_status(waiting.status, pod.get("status") or {}))
+            status = rebase_status(waiting.status, pod.get("status") or {})
+            _, landed = self._patch_status(key, waiting.uid, pod, status)
             if landed:
                 logger.info("node %s: status of pod %s/%s (phase %s) written after %d retries", self.node_name, *key,
                             phase_of(waiting.status), waiting.attempts + 1)

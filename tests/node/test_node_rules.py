@@ -581,3 +581,52 @@ def test_the_retrying_thread_writes_a_waiting_status_and_ends_on_close():
     transport.retries.close()
     assert transport.cache.get(("default", "a"))["status"]["phase"] == "Failed"
     assert not [t for t in threading.enumerate() if t.name == "node-n1-status-retry"]
+
+
+# ---------------------------------------------------------------- the node's Ready condition after an outage
+def registered(http: FakeHttp) -> ApiTransport:
+    node = {"metadata": {"name": "n1"}, "spec": {},
+            "status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+                {"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+    http.answers[("POST", "/api/v1/nodes")] = {"metadata": {"name": "n1", "uid": "node-uid"}}
+    transport = ApiTransport(http)
+    transport.register_node(node)
+    transport.lease.stop()
+    http.calls.clear()
+    return transport
+
+
+def node_seen(ready: str, memory: str = "False") -> dict:
+    return {"metadata": {"name": "n1"}, "status": {"conditions": [
+        {"type": "MemoryPressure", "status": memory, "lastTransitionTime": "2026-11-28T17:00:00Z"},
+        {"type": "Ready", "status": ready, "reason": "NodeStatusUnknown",
+         "message": "Kubelet stopped posting node status."}]}}
+
+
+def test_a_node_marked_unknown_while_its_lease_could_not_be_renewed_posts_ready_again():
+    http = FakeHttp({("GET", "/api/v1/nodes/n1"): node_seen("Unknown")})
+    transport = registered(http)
+    transport.lease.on_renewed()
+    method, path, body, extra = http.calls[-1]
+    assert (method, path, extra["content_type"]) == ("PATCH", "/api/v1/nodes/n1/status", "application/merge-patch+json")
+    ready = body["status"]["conditions"][1]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "KubeletReady")
+    assert ready["lastTransitionTime"] == ready["lastHeartbeatTime"], "Ready changed now"
+    assert body["status"]["conditions"][0]["lastTransitionTime"] == "2026-11-28T17:00:00Z", "unchanged: kept"
+
+
+def test_a_node_that_still_reads_ready_is_only_read():
+    http = FakeHttp({("GET", "/api/v1/nodes/n1"): node_seen("True")})
+    transport = registered(http)
+    transport.lease.on_renewed()
+    assert [c[0] for c in http.calls] == ["GET"]
+
+
+def test_each_lease_beat_renews_then_checks_the_node_and_a_failed_check_waits_for_the_next_beat():
+    checks = []
+    lease = NodeLease(FakeHttp(), duration=40, on_renewed=lambda: checks.append(1) or 1 / 0)
+    lease.name = "n1"
+    lease.beat()
+    lease.beat()
+    assert lease.renewals == 2 and checks == [1, 1]
