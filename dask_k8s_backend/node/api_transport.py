@@ -18,7 +18,8 @@ Data flow, per :class:`~dask_k8s_backend.embedded.transport.Transport` method:
   (:class:`~.status_retry.StatusRetrier`: bounded backoff, the latest status of a pod wins, a
   terminal phase is never left); writes of one pod are serialized so an older one never lands last.
 - ``finish_deletion``: DELETE with ``gracePeriodSeconds: 0`` and ``preconditions.uid``, as the
-  kubelet's status manager does; other controllers' finalizers are left alone.
+  kubelet's status manager does; other controllers' finalizers are left alone. One the server did
+  not take is retried the same way until the pod is gone (else it stayed Terminating for good).
 - ``record_event``: core/v1 Events, queued and posted by one thread, dropped when the queue is full.
 - ``lookup``: GET of a Secret/ConfigMap; ``delete_node``: stop the Lease, DELETE the Node.
 """
@@ -81,6 +82,7 @@ class ApiTransport(Transport):
         """``retries``: where status writes that did not land wait (default: one thread, started on first use)."""
         self.http = http
         self.retries = retries or StatusRetrier(self._write_again)
+        self.deletions = StatusRetrier(self._delete_again, what="deletion")
         self._status_locks = [threading.Lock() for _ in range(STATUS_LOCKS)]
         self.lease = NodeLease(http, duration=lease_duration, on_renewed=self.keep_node_ready)
         self._conditions: list[dict[str, Any]] = []  # what this node reports (type, status, reason, message)
@@ -99,7 +101,7 @@ class ApiTransport(Transport):
     # ------------------------------------------------------------------ node
     def register_node(self, node: dict[str, Any]) -> None:
         name = node["metadata"]["name"]
-        self.node_name = self.retries.name = name
+        self.node_name = self.retries.name = self.deletions.name = name
         body = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"], "spec": node["spec"]}
         try:
             created = self.http.request("POST", "/api/v1/nodes", body=body, action=f"register node {name}")
@@ -209,14 +211,32 @@ class ApiTransport(Transport):
         return new, True
 
     def finish_deletion(self, key: Key, uid: str) -> None:
+        if not self._delete(key, uid):
+            logger.info("node %s: the API server did not take the end of the deletion of pod %s/%s; sending it "
+                        "again until it does", self.node_name, key[0], key[1])
+            self.deletions.schedule(key, uid, {})
+
+    def _delete_again(self, key: Key, waiting: Waiting) -> bool:
+        """The deletion retrier's callback; True when done (the pod is gone, replaced, or the delete landed)."""
+        pod = self.cache.get(key)
+        if pod is None or _uid(pod) != waiting.uid:
+            return True
+        return self._delete(key, waiting.uid)
+
+    def _delete(self, key: Key, uid: str) -> bool:
+        """DELETE with grace 0 and the uid precondition; False when the server did not take it (retry)."""
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
         try:
             self.http.request("DELETE", pod_path(key), body=options, action=f"finish deleting pod {key[0]}/{key[1]}",
                               idempotent=True)
         except (NotFound, Conflict):
             pass  # gone already, or a new pod of that name (the uid precondition failed)
+        except RETRYABLE as e:
+            logger.debug("node %s: finishing the deletion of pod %s/%s failed: %s", self.node_name, *key, e)
+            return False
         except KubernetesApiError as e:
             logger.warning("node %s: finishing the deletion of pod %s/%s failed: %s", self.node_name, key[0], key[1], e)
+        return True
 
     def lookup(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -273,5 +293,6 @@ class ApiTransport(Transport):
             self._events.put(None)
             thread.join(timeout=10)
         self.retries.close()
+        self.deletions.close()
         self.lease.stop()
         self.http.close()

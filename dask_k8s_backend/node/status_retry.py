@@ -81,12 +81,16 @@ class StatusRetrier:
     (landed, or the pod is gone or replaced), False to try again after the backoff.
     """
 
-    def __init__(self, write: Callable[[Key, Waiting], bool], *, name: str = "node",
+    def __init__(self, write: Callable[[Key, Waiting], bool], *, name: str = "node", what: str = "status",
                  clock: Callable[[], float] = time.monotonic, first: float = FIRST_RETRY, cap: float = MAX_RETRY,
                  background: bool = True) -> None:
-        """``background=False`` starts no thread: the caller runs :meth:`run_due` (rule tests, fake clock)."""
+        """``background=False`` starts no thread: the caller runs :meth:`run_due` (rule tests, fake clock).
+
+        ``what`` names the writes in the thread's name and the log (the transport also retries deletions).
+        """
         self._write = write
         self.name = name
+        self.what = what
         self.clock = clock
         self.first, self.cap = first, cap
         self.background = background
@@ -117,7 +121,8 @@ class StatusRetrier:
             self._pending[key] = Waiting(uid, status, self.clock() + self.first)
             start = self.background and self._thread is None
             if start:
-                self._thread = threading.Thread(target=self._run, name=f"node-{self.name}-status-retry", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=f"node-{self.name}-{self.what}-retry",
+                                                daemon=True)
         if start:
             assert self._thread is not None
             self._thread.start()
@@ -136,7 +141,7 @@ class StatusRetrier:
             try:
                 done = self._write(key, waiting)
             except Exception:
-                logger.exception("node %s: writing again the status of pod %s/%s failed", self.name, *key)
+                logger.exception("node %s: writing again the %s of pod %s/%s failed", self.name, self.what, *key)
                 done = False
             self._after_attempt(key, waiting, done)
 
@@ -170,5 +175,5 @@ class StatusRetrier:
         if thread is not None:
             thread.join(timeout)
         if dropped:
-            logger.warning("node %s: %d pod status write(s) never reached the API server before the node stopped",
-                           self.name, dropped)
+            logger.warning("node %s: %d pod %s write(s) never reached the API server before the node stopped",
+                           self.name, dropped, self.what)

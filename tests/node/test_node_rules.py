@@ -630,3 +630,25 @@ def test_each_lease_beat_renews_then_checks_the_node_and_a_failed_check_waits_fo
     lease.beat()
     lease.beat()
     assert lease.renewals == 2 and checks == [1, 1]
+
+
+def test_the_end_of_a_deletion_the_api_server_did_not_take_is_sent_again_until_the_pod_is_gone():
+    path = "/api/v1/namespaces/default/pods/a"
+    down = ApiUnreachable("connection refused")
+    http = FakeHttp({("DELETE", path): [down, down, {}]})
+    transport = transport_with(http, pod("a"))
+    clock = FakeClock()
+    transport.deletions = StatusRetrier(transport._delete_again, clock=clock, background=False)
+    transport.finish_deletion(("default", "a"), "u1")
+    for _ in range(2):
+        clock.now = transport.deletions.next_due()
+        transport.deletions.run_due()
+    deletes = [c for c in http.calls if c[0] == "DELETE"]
+    assert len(deletes) == 3 and all(c[2]["preconditions"] == {"uid": "u1"} for c in deletes)
+    assert not len(transport.deletions)
+    http.answers[("DELETE", path)] = down
+    transport.finish_deletion(("default", "a"), "u1")  # refused again, then the watch says the pod is gone:
+    transport.cache.remove(pod("a"))
+    clock.now = transport.deletions.next_due()
+    transport.deletions.run_due()
+    assert not len(transport.deletions) and len([c for c in http.calls if c[0] == "DELETE"]) == 4
