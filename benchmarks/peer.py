@@ -6,8 +6,13 @@ other, alternating run after run. The peer is dask-kubernetes 2024.4.2 (the last
 classic KubeCluster) in local deploy mode: its scheduler runs in this process, like ours in client
 mode. Target (issue 15): median ours <= 0.8x the peer's for scale(8).
 
-    pip install -e '.[bench]'        # dask-kubernetes==2024.4.2, sniffio, matplotlib
-    python benchmarks/peer.py [--workers 8] [--repeat 5] [--kinds ours peer peer-fork] [--kubeconfig PATH]
+    python -m venv --system-site-packages .venv && .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python benchmarks/peer.py [--workers 8] [--repeat 5] [--kinds ours peer peer-fork] [--kubeconfig PATH]
+
+The bench extra (dask-kubernetes==2024.4.2, sniffio, matplotlib) goes in a venv of its own: with
+dask-kubernetes installed, every ``dask worker`` imports its CLI plugin at start (see
+:mod:`workerenv`). The server started here runs with the interpreter outside the venv
+(``--server-python``), so the pods of both kinds run without it.
 
 Same worker settings on both sides: image, 1 thread, ``--memory-limit 1GiB``, the same pod memory
 (1 GiB + our 384 MiB overhead: requests = limits = 1408Mi) and cpu request (1), ``dask worker`` with
@@ -17,7 +22,9 @@ installs a ``dask-worker`` script (a current image has none either; the embedded
 with ContainerCannotRun like containerd). Kinds: ``ours`` (KubeSparkCluster, ``k8s://`` + the
 kubeconfig), ``peer`` (the classic KubeCluster as its users get it: distributed's default spawn for
 the nanny's worker), ``peer-fork`` (the peer given the one worker default of ours it lacks,
-``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork``, to show how much of the gap is that).
+``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork``, to show how much of the gap is that),
+``ours-burst`` (ours with ``allocation.slow-start: false``: all pods in one round, as the peer
+creates them, to show what the slow-start rounds cost).
 
 Each run is timed from the ``scale`` call until ``client.wait_for_workers(N)`` returns; the cluster is
 then closed and the benchmark waits until the namespace has no pod left (deleting stragglers) before
@@ -46,6 +53,7 @@ import kubernetes
 from distributed import Client
 
 import timeline
+import workerenv
 from dask_k8s_backend import KubeSparkCluster
 
 try:
@@ -68,14 +76,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- the server
-def start_server(kubeconfig: Path, warm_runtime: bool) -> subprocess.Popen:
-    """``python -m dask_k8s_backend embedded`` in its own process, big enough for 8 workers; waits for its kubeconfig."""
+def start_server(kubeconfig: Path, warm_runtime: bool, python: str) -> subprocess.Popen:
+    """``python -m dask_k8s_backend embedded`` in its own process, big enough for 8 workers; waits for its kubeconfig.
+
+    ``python`` runs the server and so every pod (see :mod:`workerenv`); the server imports this
+    checkout (``-m`` from its root).
+    """
     env = {**os.environ}
     if not warm_runtime:
         env["DASK_K8S_BACKEND__EMBEDDED__WARM_RUNTIME"] = "false"
     kubeconfig.unlink(missing_ok=True)
     server = subprocess.Popen(
-        [sys.executable, "-m", "dask_k8s_backend", "embedded", "--kubeconfig", str(kubeconfig),
+        [python, "-m", "dask_k8s_backend", "embedded", "--kubeconfig", str(kubeconfig),
          "--cpu", "16", "--memory", "32Gi"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
     )
@@ -128,10 +140,11 @@ def wait_no_pods(core: kubernetes.client.CoreV1Api, timeout: float = 60) -> int:
 
 
 # --------------------------------------------------------------------------- the clusters
-def ours(kubeconfig: Path) -> KubeSparkCluster:
+def ours(kubeconfig: Path, **config: Any) -> KubeSparkCluster:
     """KubeSparkCluster through ``k8s://`` and the server's kubeconfig, as against any real cluster."""
     return KubeSparkCluster(master="k8s://", namespace=NAMESPACE, image=IMAGE, worker_cores=THREADS,
-                            worker_memory=WORKER_MEMORY, quiet=True, authenticate={"kubeconfig": str(kubeconfig)})
+                            worker_memory=WORKER_MEMORY, quiet=True, authenticate={"kubeconfig": str(kubeconfig)},
+                            **config)
 
 
 def peer_pod_spec(env: dict[str, str]) -> Any:
@@ -157,10 +170,12 @@ def peer(kubeconfig: Path, env: dict[str, str]) -> Any:
 
 KINDS: dict[str, Callable[[Path], Any]] = {
     "ours": ours,
+    "ours-burst": lambda kubeconfig: ours(kubeconfig, allocation={"slow-start": False}),
     "peer": lambda kubeconfig: peer(kubeconfig, {}),
     "peer-fork": lambda kubeconfig: peer(kubeconfig, FORK_ENV),
 }
-LABELS = {"ours": "KubeSparkCluster (k8s://)", "peer": "dask-kubernetes classic (local mode)",
+LABELS = {"ours": "KubeSparkCluster (k8s://)", "ours-burst": "KubeSparkCluster, slow-start off",
+          "peer": "dask-kubernetes classic (local mode)",
           "peer-fork": "dask-kubernetes classic + fork env"}
 
 
@@ -254,6 +269,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["ours", "peer"],
                         help="the first kind is the numerator of the ratios (default: ours peer)")
     parser.add_argument("--kubeconfig", help="a running embedded server's kubeconfig (default: start one)")
+    parser.add_argument("--server-python", default=workerenv.server_python(),
+                        help="interpreter of the started server and its pods (default: outside the venv, if any)")
     parser.add_argument("--no-warm-runtime", action="store_true",
                         help="start the server with the warm container runtime off (every container exec'd)")
     stamp = time.strftime('%Y%m%dT%H%M%S')
@@ -267,9 +284,10 @@ def main() -> None:
     for noisy in ("distributed", "dask_k8s_backend", "dask_kubernetes", "kopf", "asyncio", "tornado.application"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     server = None
+    foreign = None if args.kubeconfig else workerenv.warn_foreign_commands(args.server_python)
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else Path(f"/tmp/dask-k8s-peer-{stamp}.kubeconfig")
     if not args.kubeconfig:
-        server = start_server(kubeconfig, warm_runtime=not args.no_warm_runtime)
+        server = start_server(kubeconfig, warm_runtime=not args.no_warm_runtime, python=args.server_python)
     try:
         runs = measure(args.kinds, args.workers, args.repeat, kubeconfig)
     finally:
@@ -280,6 +298,7 @@ def main() -> None:
     record = {"benchmark": "peer", "command": "python benchmarks/peer.py " + " ".join(sys.argv[1:]),
               "commit": _commit(), "server": "given kubeconfig" if args.kubeconfig else "started by the benchmark",
               "warm_runtime": None if args.kubeconfig else not args.no_warm_runtime,
+              "server_python": None if args.kubeconfig else args.server_python, "pods_dask_cli_plugins": foreign,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()},
               "runs": runs, "summary": rows}

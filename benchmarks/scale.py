@@ -37,6 +37,7 @@ import kubernetes
 from distributed import Client, LocalCluster
 
 import timeline
+import workerenv
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.embedded.warm import CONFIG_KEY as WARM_RUNTIME_KEY
 
@@ -168,6 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     for noisy in ("distributed", "dask_k8s_backend"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    foreign = workerenv.warn_foreign_commands(sys.executable)  # the kube kinds' pods run this interpreter
     runs = measure(args.kinds, args.sizes, args.repeat)
     rows = summarize(runs, args.kinds, args.sizes)
     print(f"\n{'workers':>7}  {'kind':<36} {'min s':>6} {'median s':>8} {'max s':>6}  ratio of medians "
@@ -178,7 +180,7 @@ def main() -> None:
     record = {"benchmark": "scale", "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
               "commit": _commit(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                               "platform": platform.platform()},
-              "runs": runs, "summary": rows}
+              "pods_dask_cli_plugins": foreign, "runs": runs, "summary": rows}
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nJSON record: {args.json}")
     if write_png(runs, args.kinds, max(args.sizes), args.png):
