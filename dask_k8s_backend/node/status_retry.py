@@ -15,7 +15,8 @@ until it lands or the pod is gone or replaced. Any newer write of the same pod f
 :meth:`cancels <StatusRetrier.cancel>` the waiting one: the latest status wins. Two rules keep
 the retried status correct: :func:`rebase_status` keeps the conditions other controllers set
 meanwhile (e.g. ``DisruptionTarget``), :func:`keep_terminal_phase` never lets a later status
-take a pod out of Succeeded/Failed, as the kubelet's status manager refuses the same.
+take a pod out of Succeeded/Failed, as the kubelet's status manager refuses the same. The
+transport runs a second retrier, with an empty status, for the end of graceful deletions.
 """
 
 from __future__ import annotations
