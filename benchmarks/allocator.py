@@ -522,12 +522,20 @@ async def measure_steady(args: argparse.Namespace) -> dict[str, float]:
     return rates
 
 
+def server_url(kubeconfig: Path) -> str:
+    """The API server's URL from the kubeconfig's current context, for the printed header."""
+    configuration = k8s_client.Configuration()
+    k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration,
+                                persist_config=False)
+    return configuration.host
+
+
 async def check_server(args: argparse.Namespace) -> None:
     """Say what server this is and warn when its nodes cannot hold the largest target."""
     api = library_pod_api(args.kubeconfig, args.namespace)
     try:
         capacity = await pod_capacity(api)
-        print(f"server {api._core.api_client.configuration.host}, namespace {args.namespace}, run label "
+        print(f"server {server_url(args.kubeconfig)}, namespace {args.namespace}, run label "
               f"{RUN_SELECTOR}, node pod capacity {capacity if capacity is not None else 'unknown'}", flush=True)
         if capacity is not None and capacity < max(args.targets):
             print(f"WARNING: the nodes hold {capacity} pods, fewer than the target {max(args.targets)}", flush=True)
