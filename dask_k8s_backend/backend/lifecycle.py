@@ -93,7 +93,8 @@ def ended_by_deletion(state: PodState) -> bool:
 def _signalled(state: PodState) -> bool:
     """Some app container ended with a non-zero code (else the usual "deleted before it exited" sentence fits)."""
     status = state.pod.get("status") or {}
-    return any(((c.get("state") or {}).get("terminated") or {}).get("exitCode") for c in status.get("containerStatuses") or [])
+    return any(((c.get("state") or {}).get("terminated") or {}).get("exitCode")
+               for c in status.get("containerStatuses") or [])
 
 
 def is_failure(state: PodState) -> bool:
