@@ -274,7 +274,11 @@ def run_with_api(kube, body, namespace: str = "default"):
             return await asyncio.wait_for(body(api), 45)
         finally:
             await api.delete_pods("test=kube-api")
+            # Deletion is graceful (the kubelet confirms it), so wait until the pods are gone: the next test
+            # of this module shares the server and lists the same label.
+            gone = await wait_for_names(api, "test=kube-api", set(), timeout=30)
             await api.close()
+            assert gone, "the test's pods were still there 30 s after their deletion"
 
     return asyncio.run(run())
 
