@@ -26,7 +26,8 @@ the nanny's worker), ``peer-fork`` (the peer given the one worker default of our
 ``ours-burst`` (ours with ``allocation.slow-start: false``: all pods in one round, as the peer
 creates them, to show what the slow-start rounds cost).
 
-Each run is timed from the ``scale`` call until ``client.wait_for_workers(N)`` returns; the cluster is
+An untimed warm-up round of every kind comes first (the server starts its warm runtime's template
+on its first container; ``--no-warmup`` skips it). Each run is timed from the ``scale`` call until ``client.wait_for_workers(N)`` returns; the cluster is
 then closed and the benchmark waits until the namespace has no pod left (deleting stragglers) before
 the next run. It prints min / median / max per kind and the ratio of medians to the first kind
 (``ours``), writes a JSON record with every run's timeline (pods created, Running, workers
@@ -198,10 +199,24 @@ def time_scale(kind: str, n: int, kubeconfig: Path, core: kubernetes.client.Core
             "timeline": timeline.record(started, pods, registrations)}
 
 
-def measure(kinds: list[str], n: int, repeat: int, kubeconfig: Path) -> list[dict]:
-    """Every run as a record, in the order run: rounds of the kinds, alternating."""
+def warm_up(kinds: list[str], n: int, kubeconfig: Path, core: kubernetes.client.CoreV1Api) -> None:
+    """One untimed round of every kind before the measured ones.
+
+    Why: the server's warm container runtime starts its template (which imports distributed) on
+    the first container it runs, and the first kind's first run would pay that one-time server
+    cost (about 1 s on 2 cores); each client also imports its modules once.
+    """
+    for kind in kinds:
+        seconds = time_scale(kind, n, kubeconfig, core)["seconds"]
+        print(f"  warm-up    scale({n})  {LABELS[kind]:<38} {seconds:6.2f} s (not counted)", flush=True)
+
+
+def measure(kinds: list[str], n: int, repeat: int, kubeconfig: Path, warmup: bool = True) -> list[dict]:
+    """Every run as a record, in the order run: rounds of the kinds, alternating (after a warm-up round)."""
     core = core_api(kubeconfig)
     wait_no_pods(core)
+    if warmup:
+        warm_up(kinds, n, kubeconfig, core)
     runs = []
     for round_ in range(repeat):
         for kind in kinds:
@@ -269,6 +284,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["ours", "peer"],
                         help="the first kind is the numerator of the ratios (default: ours peer)")
     parser.add_argument("--kubeconfig", help="a running embedded server's kubeconfig (default: start one)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first round of every kind")
     parser.add_argument("--server-python", default=workerenv.server_python(),
                         help="interpreter of the started server and its pods (default: outside the venv, if any)")
     parser.add_argument("--no-warm-runtime", action="store_true",
@@ -289,7 +305,7 @@ def main() -> None:
     if not args.kubeconfig:
         server = start_server(kubeconfig, warm_runtime=not args.no_warm_runtime, python=args.server_python)
     try:
-        runs = measure(args.kinds, args.workers, args.repeat, kubeconfig)
+        runs = measure(args.kinds, args.workers, args.repeat, kubeconfig, warmup=not args.no_warmup)
     finally:
         if server is not None:
             stop_server(server)
