@@ -154,10 +154,16 @@ class Result:
             return self.seconds
         return self.limit * self.target / max(1, self.running)
 
+    def all_seen_after(self) -> float | None:
+        """When the backend first saw every pod created: the rest of the time is the server's (scheduler, nodes)."""
+        return next((point[0] for point in self.timeline if point[2] >= self.target), None)
+
     def line(self) -> str:
         took = f"{self.seconds:7.2f} s" if self.seconds is not None else f"not reached ({self.running} running)"
         pods = max(1, self.target if self.seconds is not None else self.running)  # per pod actually started
-        return (f"{self.name:<6} target {self.target:>5}: {took}; create requests/pod "
+        seen = self.all_seen_after()
+        created = f"; all {self.target} created after {seen:.2f} s" if seen is not None else ""
+        return (f"{self.name:<6} target {self.target:>5}: {took}{created}; create requests/pod "
                 f"{self.creates / pods:.3f}; all requests/pod {self.requests / pods:.3f}")
 
 
