@@ -260,6 +260,11 @@ def print_summary(figures: dict[str, Any], target: int, base: str) -> None:
               f"({f['runs']} runs), median / {base} median = {f['ratio_to_' + base]:.2f}", flush=True)
 
 
+def order_of(repeat: int, kinds: list[str]) -> list[str]:
+    """ABBA: every other repetition runs the kinds in reverse, so a load that drifts hits all of them."""
+    return list(kinds) if repeat % 2 == 0 else list(reversed(kinds))
+
+
 async def main(args: argparse.Namespace) -> int:
     global OBSERVE
     OVERRIDES.update(dict(item.split("=", 1) for item in args.set))
@@ -268,8 +273,7 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="public-path-") as tmp:
         for target in args.targets:
             for repeat in range(args.repeat):
-                order = args.kinds if repeat % 2 == 0 else list(reversed(args.kinds))
-                for kind in order:
+                for kind in order_of(repeat, args.kinds):
                     run = await one_run(kind, target, Path(tmp))
                     runs.append(run)
                     print(run.line(), flush=True)
