@@ -154,7 +154,8 @@ def peer_pod_spec(env: dict[str, str]) -> Any:
                         cpu_request=POD_CPU, env=env)
     container = pod.spec.containers[0]
     args = list(container.args)
-    assert args[0] == "dask-worker", args
+    if args[0] != "dask-worker":
+        raise RuntimeError(f"dask-kubernetes' make_pod_spec changed its command: {args}")
     limit = args.index("--memory-limit")
     args[limit + 1] = WORKER_MEMORY
     container.args = ["dask", "worker", *args[1:], "--no-dashboard"]
