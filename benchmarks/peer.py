@@ -295,8 +295,9 @@ def main() -> None:
     parser.add_argument("--png", default=f"/tmp/dask-k8s-peer-{stamp}.png")
     args = parser.parse_args()
     if KubeCluster is None:
-        sys.exit("dask-kubernetes is not installed: pip install -e '.[bench]' "
-                 "(or pip install dask-kubernetes==2024.4.2 sniffio)")
+        sys.exit("dask-kubernetes is not importable. Install the bench extra in a venv of its own and run with it: "
+                 "python -m venv --system-site-packages .venv && .venv/bin/pip install -e '.[bench]' && "
+                 ".venv/bin/python benchmarks/peer.py (docs/performance.md says why not in this environment)")
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("distributed", "dask_k8s_backend", "dask_kubernetes", "kopf", "asyncio", "tornado.application"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
