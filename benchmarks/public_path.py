@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
@@ -153,26 +154,30 @@ async def ramp_backend(kind: str, target: int, workdir: Path) -> Run:
 
 
 async def ramp_cluster(target: int, workdir: Path) -> Run:
-    """``KubeSparkCluster(master="k8s://").scale(target)`` until a LIST shows ``target`` Running."""
+    """``KubeSparkCluster(master="k8s://").scale(target)`` until ``target`` pods are Running."""
+    with separate_server(target, workdir) as kubeconfig, _count_requests() as counter:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        return await _scale_cluster(kubeconfig, counter, target)
+
+
+async def _scale_cluster(kubeconfig: Path, counter: _RequestCounter, target: int) -> Run:
+    """One ``scale(target)`` of a fresh KubeSparkCluster, timed from the call."""
     from dask_k8s_backend import KubeSparkCluster
 
-    with separate_server(target, workdir) as kubeconfig:
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        counter = _count_requests()
-        async with KubeSparkCluster(master="k8s://", asynchronous=True, quiet=True, **_cluster_kwargs()) as cluster:
-            reader = public_connection(kubeconfig)
-            try:
-                before = counter.total
-                started = time.monotonic()
-                await cluster.scale(target)
-                limit = target * 0.06 + 30
-                if OBSERVE == "list":
-                    seconds, running = await _poll_running(reader, target, started, limit)
-                else:
-                    seconds, running = await _watch_backend(cluster, target, started, limit)
-                return Run("cluster", target, seconds, running, counter.total - before, counter.creates)
-            finally:
-                reader.close()
+    async with KubeSparkCluster(master="k8s://", asynchronous=True, quiet=True, **_cluster_kwargs()) as cluster:
+        reader = public_connection(kubeconfig)
+        try:
+            before = counter.total
+            started = time.monotonic()
+            await cluster.scale(target)
+            limit = target * 0.06 + 30
+            if OBSERVE == "list":
+                seconds, running = await _poll_running(reader, target, started, limit)
+            else:
+                seconds, running = await _watch_backend(cluster, target, started, limit)
+            return Run("cluster", target, seconds, running, counter.total - before, counter.creates)
+        finally:
+            reader.close()
 
 
 def _cluster_kwargs() -> dict[str, Any]:
@@ -181,11 +186,21 @@ def _cluster_kwargs() -> dict[str, Any]:
 
 
 class _RequestCounter:
-    total = 0
-    creates = 0
+    """Request counts from many API threads (a bare ``+=`` from 16 threads loses increments)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.creates = 0
+        self.lock = threading.Lock()
+
+    def add(self, method: str, url: str) -> None:
+        with self.lock:
+            self.total += 1
+            self.creates += method == "POST" and url.rstrip("/").endswith("/pods")
 
 
-def _count_requests() -> _RequestCounter:
+@contextlib.contextmanager
+def _count_requests() -> Iterator[_RequestCounter]:
     """Counts every request any ``ResilientRESTClient`` in this process sends (reader's LISTs excluded)."""
     from dask_k8s_backend.client import ResilientRESTClient
 
@@ -194,12 +209,14 @@ def _count_requests() -> _RequestCounter:
 
     def counted(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if not getattr(self, "benchmark_reader", False):
-            counter.total += 1
-            counter.creates += method == "POST" and url.rstrip("/").endswith("/pods")
+            counter.add(method, url)
         return original(self, method, url, *args, **kwargs)
 
     ResilientRESTClient.request = counted  # type: ignore[method-assign]
-    return counter
+    try:
+        yield counter
+    finally:
+        ResilientRESTClient.request = original  # type: ignore[method-assign]
 
 
 async def _watch_backend(cluster: Any, target: int, started: float, limit: float) -> tuple[float | None, int]:

@@ -53,3 +53,21 @@ def test_a_small_run_through_k8s_is_not_held_by_the_client_side_rate_limit(tmp_p
     assert only["running"] == 20 and only["creates"] == 20 and only["seconds"] < 10
     assert data["overrides"] == {"api.qps": "1", "api.burst": "1"} and "k8s" in capsys.readouterr().out
     assert not [p for p in psutil.Process().children(recursive=True) if "embedded" in " ".join(p.cmdline())]
+
+
+def test_the_request_counter_loses_no_count_across_threads_and_unpatches_the_client():
+    import threading
+
+    from dask_k8s_backend.client import ResilientRESTClient
+
+    original = ResilientRESTClient.request
+    with public_path._count_requests() as counter:
+        assert ResilientRESTClient.request is not original
+        threads = [threading.Thread(target=lambda: [counter.add("POST", "/api/v1/namespaces/d/pods")
+                                                    for _ in range(2000)]) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert counter.total == counter.creates == 16000
+    assert ResilientRESTClient.request is original
