@@ -71,6 +71,16 @@ def _quantity(kind: str, example: str) -> Callable[[str], str]:
     return parse
 
 
+def _pod_capacity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pod capacity; give a whole number >= 1, e.g. --pods 250")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -94,6 +104,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cpu", type=_quantity("cpu", "4 or 500m"), default="4", help="cpu capacity per node (default: 4)")
     up.add_argument("--memory", type=_quantity("memory", "8Gi or 512Mi"), default="8Gi",
                     help="memory capacity per node (default: 8Gi)")
+    up.add_argument("--pods", type=_pod_capacity, default=110,
+                    help="pod capacity per node (default: 110, the kubelet's); e.g. 250 with --nodes 20 for 5000 pods")
     up.add_argument("--start-timeout", type=_seconds, default=180.0,
                     help="seconds each start step may take (default: 180)")
     up.add_argument("--keep-logs", type=Path, default=None,
@@ -156,7 +168,8 @@ def _serve(kube: UpstreamKubernetes, args: argparse.Namespace, target: Path) -> 
 
 def up(args: argparse.Namespace, target: Path) -> int:
     """Start, publish the kubeconfig, serve; exit code 0 after a signal, 1 when starting or serving failed."""
-    nodes = NodeOptions(count=args.nodes, kubelet=args.kubelet, cpu=args.cpu, memory=args.memory)
+    nodes = NodeOptions(count=args.nodes, kubelet=args.kubelet, cpu=args.cpu, memory=args.memory,
+                        pods=args.pods)
     try:
         with _signals_raise():
             with UpstreamKubernetes(nodes=nodes, start_timeout=args.start_timeout, keep_logs=args.keep_logs) as kube:

@@ -100,6 +100,7 @@ class ApiSettings:
     max_retries: int = 5
     qps: float = 100.0
     burst: int = 200
+    rate_limit: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -374,7 +375,7 @@ SCHEMA: dict[str, Validator] = {
     "executor.kept-log-bytes": _positive(parse_memory, allow_zero=True), "executor.kept-logs-total": _positive(parse_memory, allow_zero=True),
     "api.request-timeout": _DURATION, "api.connection-timeout": _DURATION,
     "api.max-retries": _positive(_integer, allow_zero=True), "api.qps": _positive(_number),
-    "api.burst": _positive(_integer),
+    "api.burst": _positive(_integer), "api.rate-limit": _choice("auto", "always"),
     "authenticate.oauth-token": _OPT_STR, "authenticate.oauth-token-file": _OPT_STR,
     "authenticate.ca-cert-file": _OPT_STR, "authenticate.client-cert-file": _OPT_STR,
     "authenticate.client-key-file": _OPT_STR, "authenticate.trust-certificates": _boolean,

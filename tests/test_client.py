@@ -465,6 +465,41 @@ def test_rate_limit_bounds_api_requests(servers, clients):
     assert clients.clock.now - start == pytest.approx(2.0)  # (10 - 2 burst) / 4 qps
 
 
+APF = {"X-Kubernetes-PF-FlowSchema-UID": "fs-1", "X-Kubernetes-PF-PriorityLevel-UID": "pl-1"}
+
+
+def test_rate_limit_stops_once_the_server_shows_priority_and_fairness(servers, clients):
+    server = servers()
+    api = clients([server.url], **{"api.qps": 4, "api.burst": 2})
+    server.answer(200, APF, NAMESPACE_LIST)
+    core = k8s.CoreV1Api(api)
+    start = clients.clock.now
+    for _ in range(10):
+        core.list_namespace()
+    assert len(server.requests) == 10 and clients.clock.now == start  # only the first answer had the headers
+    assert api.rest_client.server_flow_control
+
+
+def test_rate_limit_always_keeps_the_limit_with_priority_and_fairness(servers, clients):
+    server = servers()
+    api = clients([server.url], **{"api.qps": 4, "api.burst": 2, "api.rate-limit": "always"})
+    server.answer(200, APF, NAMESPACE_LIST, times=10)
+    core = k8s.CoreV1Api(api)
+    start = clients.clock.now
+    for _ in range(10):
+        core.list_namespace()
+    assert clients.clock.now - start == pytest.approx(2.0) and not api.rest_client.server_flow_control
+
+
+def test_failing_over_forgets_the_previous_servers_flow_control(servers, clients):
+    server = servers()
+    api = clients([server.url, _refused_url()], **{"api.qps": 4, "api.burst": 2})
+    server.answer(200, APF, NAMESPACE_LIST)
+    k8s.CoreV1Api(api).list_namespace()
+    api.rest_client._fail_over(server.url)
+    assert not api.rest_client.server_flow_control
+
+
 def test_kubeconfig_for_builds_one_context():
     config = kubeconfig_for("https://h:6443", "tok", "/ca.crt")
     assert config["current-context"] == "dask-k8s-backend"

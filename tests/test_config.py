@@ -82,6 +82,7 @@ def test_defaults_load_into_typed_settings():
     ("worker.cores", "-1", "must not be negative"),
     ("api.qps", -5, "greater than zero"),
     ("api.max-retries", -1, "zero or more"),
+    ("api.rate-limit", "never", "not one of auto, always"),
     ("scheduler.port", 70000, "between 0 and 65535"),
     ("worker.env", {"A": {"nested": 1}}, "expected a string value"),
     ("worker.env", ["A=1"], "expected a mapping"),

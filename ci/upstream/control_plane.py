@@ -53,6 +53,7 @@ class NodeOptions:
     kubelet: str = "process"
     cpu: str = "4"
     memory: str = "8Gi"
+    pods: int = 110  # the kubelet's default max-pods; a scale benchmark raises it
 
     def names(self) -> list[str]:
         return [f"node-{i}" for i in range(1, self.count + 1)]
@@ -160,7 +161,8 @@ class UpstreamKubernetes:
             # IPs (127.<block>.x.y) rather than letting two names hash to the same one.
             argv = [sys.executable, "-m", "dask_k8s_backend", "node", "--kubeconfig", self.kubeconfig,
                     "--name", name, "--kubelet", self.nodes.kubelet, "--cpu", self.nodes.cpu,
-                    "--memory", self.nodes.memory, "--ip-block", str(FIRST_IP_BLOCK + index)]
+                    "--memory", self.nodes.memory, "--pods", str(self.nodes.pods),
+                    "--ip-block", str(FIRST_IP_BLOCK + index)]
             agent = Component(f"agent-{name}", argv, log_dir=self.state_dir)
             self._agents.append(agent)
             agent.start()

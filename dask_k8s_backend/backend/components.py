@@ -26,7 +26,7 @@ from .executors.failures import FailureTracker
 from .executors.kept_logs import KeptLogs
 from .executors.lifecycle import ExecutorPodsLifecycleManager
 from .heartbeat import AppHeartbeat, LeaseApi
-from .observation.nodes import NodeCapacity
+from .observation.nodes import LostNodePods, NodeCapacity
 from .observation.polling import ExecutorPodsPollingSource
 from .observation.snapshots import SnapshotsStore, group_of_pod
 from .observation.watch import ExecutorPodsWatchSource
@@ -154,6 +154,8 @@ class BackendComponents:
 
         With ``delete-on-termination: false`` the pods whose workers finished are labelled inactive and
         kept (as Spark keeps executor pods after the application), and only the others are deleted.
+        A pod still terminating on a node that is NotReady, unreachable or gone is force-deleted
+        (:class:`~.nodes.LostNodePods`): no kubelet would ever confirm its deletion.
         """
         await self.stop_loops()
         deadline = time.monotonic() + timeout
@@ -162,11 +164,13 @@ class BackendComponents:
             await self._keep_finished_pods(min(deadline, time.monotonic() + KEEP_WAIT))
             selector = f"{self.selector},{labels.INACTIVE}!=true"
         remaining = -1
+        lost_nodes = LostNodePods(self.api)
         while True:
             try:
                 await self.api.delete_pods(selector)
                 pods, _ = await self.api.list_pods(selector)
                 remaining = len(pods)
+                await lost_nodes.force_delete(pods)  # gone from the next list
             except Exception as e:
                 logger.warning("deleting the pods of %s failed (%s); retrying until the deadline", self.selector, e)
             if remaining == 0 or time.monotonic() > deadline:

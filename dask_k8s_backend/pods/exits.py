@@ -84,6 +84,16 @@ def explain(state: PodState) -> str:
     return f"{who} is in an unknown state (phase {(pod.get('status') or {}).get('phase')!r}); the node may be unreachable."
 
 
+def explain_deletion(pod: Pod) -> str:
+    """A pod someone else deleted, whose worker ended by the deletion's stop signal: lost, not failed."""
+    codes = sorted({t.get("exitCode") or 0 for t in ((s.get("state") or {}).get("terminated") for s in _statuses(pod))
+                    if t})
+    how = f" (exit code {', '.join(map(str, codes))})" if codes else ""
+    return (f"{executor_label(pod)} was deleted from outside the backend (kubectl delete, node drain or another "
+            f"controller) and its worker stopped{how} because of that deletion: not counted as a failure toward "
+            "k8s-backend.executor.max-failures; it is replaced if below the target.")
+
+
 def pending_reason(pod: Pod) -> str | None:
     """Why a Pending pod is not running yet, when it is a problem (Unschedulable, image pull, config); else None."""
     status = pod.get("status") or {}

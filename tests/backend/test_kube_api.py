@@ -118,6 +118,32 @@ def test_watch_reassembles_events_split_across_chunks(stream_server):
     assert wait_until(lambda: not watch_threads())
 
 
+def test_watch_hands_the_events_of_one_chunk_to_the_loop_at_once(stream_server, monkeypatch):
+    """One loop wake-up per chunk: a 5000-pod ramp brings some 20,000 watch events."""
+    url, handler = stream_server
+    handler.chunks = [event("a") + event("b") + event("c")[:5], event("c")[5:] + event("d", "MODIFIED")]
+    handler.hold.set()
+    delivered: list[object] = []
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+
+        def counting(callback, *args):
+            delivered.extend(arg for arg in args if isinstance(arg, list))
+            return original(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        api = local_api(url)
+        try:
+            return [e["object"]["metadata"]["name"] async for e in api.watch_pods("x=y", "5", 30)]
+        finally:
+            await api.close()
+
+    assert asyncio.run(run()) == ["a", "b", "c", "d"]
+    assert [[e["object"]["metadata"]["name"] for e in batch] for batch in delivered] == [["a", "b"], ["c", "d"]]
+
+
 def test_cancelling_a_blocked_watch_stops_its_thread_at_once(stream_server):
     url, handler = stream_server
     handler.chunks = [event("a")]
@@ -274,7 +300,11 @@ def run_with_api(kube, body, namespace: str = "default"):
             return await asyncio.wait_for(body(api), 45)
         finally:
             await api.delete_pods("test=kube-api")
+            # Deletion is graceful (the kubelet confirms it), so wait until the pods are gone: the next test
+            # of this module shares the server and lists the same label.
+            gone = await wait_for_names(api, "test=kube-api", set(), timeout=30)
             await api.close()
+            assert gone, "the test's pods were still there 30 s after their deletion"
 
     return asyncio.run(run())
 

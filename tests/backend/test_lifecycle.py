@@ -233,3 +233,40 @@ async def test_a_pod_terminating_on_a_live_node_is_not_reported_until_it_is_gone
     h.store.update_pod(terminating, deleted=True)
     await h.deliver()
     assert [i for i, _ in h.lost] == [1]
+
+
+def _deleted_from_outside(executor_id: int, exit_code: int, reason: str = "Error") -> dict:
+    """A pod `kubectl delete` stopped: the kubelet reports it Failed with the exit of the deletion's SIGTERM."""
+    pod = failed_pod(executor_id, exit_code=exit_code, reason=reason)
+    pod["metadata"]["deletionTimestamp"] = "2026-11-28T16:00:30Z"
+    pod["metadata"]["deletionGracePeriodSeconds"] = 30
+    return pod
+
+
+@run_async
+async def test_a_pod_deleted_from_outside_and_stopped_by_its_sigterm_is_lost_not_a_failure():
+    # Spark: a deleted executor pod is PodDeleted, "deleted by a user or the framework", never counted
+    # toward spark.executor.maxNumFailures; three such deletions must not block a group limited to 2.
+    h = Harness(max_failures=2, failures_validity_interval=3600.0)
+    for executor_id, code in ((1, 143), (2, 137), (3, 143)):
+        h.pod(_deleted_from_outside(executor_id, code))  # seen Failed before it is gone (upstream's watch)
+        await h.deliver()
+        h.clock.advance(1)
+    h.pod(_deleted_from_outside(4, 143), deleted=True)  # or only as DELETED
+    await h.deliver()
+    assert [i for i, _ in h.lost] == [1, 2, 3, 4]
+    assert h.failures.failure_count("default") == 0 and not h.failures.is_blocked("default") and h.limits == []
+    assert "deleted from outside the backend" in h.lost[0][1] and "exit code 143" in h.lost[0][1]
+    assert "not counted as a failure" in h.lost[0][1]
+
+
+@run_async
+async def test_a_pod_that_failed_on_its_own_while_being_deleted_still_counts():
+    h = Harness(max_failures=2)
+    h.pod(_deleted_from_outside(1, 1))  # the worker crashed (exit 1), not stopped by the signal
+    h.pod(_deleted_from_outside(2, 137, reason="OOMKilled"))
+    await h.deliver()
+    assert h.failures.failure_count("default") == 2 and h.failures.is_blocked("default")
+    h.pod(failed_pod(3, exit_code=143))  # SIGTERM without any deletion: not asked for, so a failure
+    await h.deliver()
+    assert h.failures.failure_count("default") == 3

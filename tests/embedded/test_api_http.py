@@ -311,6 +311,29 @@ def test_requests_without_a_valid_token_are_401(kube):
     assert code == 401
 
 
+def test_authenticated_answers_carry_the_flow_control_headers_of_their_flow(kube):
+    """As kube-apiserver's APF filter: clients read them as "this server does its own flow control"."""
+    from dask_k8s_backend.embedded.api.apiserver import FLOW_SCHEMA_HEADER, PRIORITY_LEVEL_HEADER
+
+    code, headers, _ = raw(kube, "GET", "/api/v1/pods")
+    missing, missing_headers, _ = raw(kube, "GET", "/api/v1/namespaces/default/pods/none")
+    _, probe_headers, _ = raw(kube, "GET", "/healthz", token=False)
+    assert code == 200 and missing == 404
+    schemas = {headers[FLOW_SCHEMA_HEADER], missing_headers[FLOW_SCHEMA_HEADER], probe_headers[FLOW_SCHEMA_HEADER]}
+    assert len(schemas) == 1 and headers[PRIORITY_LEVEL_HEADER] not in schemas  # admin and probes: exempt
+    _, refused_headers, _ = raw(kube, "GET", "/api/v1/pods", token=False)
+    assert FLOW_SCHEMA_HEADER not in refused_headers  # 401 comes before classification, as upstream
+
+
+def test_restricted_users_fall_to_the_global_default_flow():
+    from dask_k8s_backend.embedded.api.apiserver import flow_of
+    from dask_k8s_backend.embedded.api.authz import ADMIN, Identity, PolicyRule
+
+    viewer = Identity("viewer", rules=(PolicyRule.from_dict({"verbs": ["get"], "resources": ["pods"]}),))
+    assert flow_of(ADMIN, "/api/v1/pods") == "exempt" and flow_of(viewer, "/livez") == "exempt"
+    assert flow_of(viewer, "/api/v1/pods") == "global-default"
+
+
 def test_kubeconfig_is_private_and_token_is_not_in_repr(kube):
     mode = stat.S_IMODE(os.stat(kube.kubeconfig).st_mode)
     assert mode == 0o600

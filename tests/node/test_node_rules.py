@@ -24,6 +24,7 @@ from dask_k8s_backend.embedded.node.agent.lease import NodeLease
 from dask_k8s_backend.embedded.node.agent.options import (OptionError, blocks_in_use, derived_ip_block, parse_node_options,
                                            parse_taints)
 from dask_k8s_backend.embedded.node.agent.reflector import PodCache, PodReflector
+from dask_k8s_backend.embedded.node.agent.status_retry import StatusRetrier, keep_terminal_phase
 from dask_k8s_backend.embedded.node.agent.tokens import TokenProjector, refresh_time, token_projection, token_request
 
 
@@ -460,3 +461,194 @@ def test_retries_are_bounded():
     with pytest.raises(ServerError):
         http.request("GET", "/x")
     assert http.sent == 3
+
+
+# ---------------------------------------------------------------- status writes the API server did not take
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+STATUS_PATH = "/api/v1/namespaces/default/pods/a/status"
+
+
+def retrying_transport(answers: list, *pods: dict) -> tuple[ApiTransport, FakeHttp, FakeClock]:
+    """A transport whose status retries run when the test says (``run_due``) on a fake clock."""
+    http = FakeHttp({("PATCH", STATUS_PATH): answers})
+    transport = transport_with(http, *pods)
+    clock = FakeClock()
+    transport.retries = StatusRetrier(transport._write_again, clock=clock, background=False)
+    return transport, http, clock
+
+
+def landed(body: dict) -> dict:
+    return pod("a", rv="9", **{**body["status"]})
+
+
+def phase_sent(http: FakeHttp) -> list:
+    return [call[2]["status"].get("phase") for call in http.calls if call[0] == "PATCH"]
+
+
+def test_a_status_the_api_server_did_not_take_is_written_again_with_bounded_backoff_until_it_lands():
+    down = ApiUnreachable("connection refused")
+    transport, http, clock = retrying_transport([down, down, down, down, landed], pod("a", phase="Running"))
+    assert transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Failed"}) is None
+    delays = []
+    while len(transport.retries):
+        due = transport.retries.next_due()
+        delays.append(due - clock.now)
+        clock.now = due
+        transport.retries.run_due()
+    assert delays == [0.5, 1.0, 2.0, 4.0], "backoff doubles from 0.5 s"
+    assert phase_sent(http) == ["Failed"] * 5
+    assert transport.cache.get(("default", "a"))["status"]["phase"] == "Failed"
+    capped = StatusRetrier(lambda key, waiting: False, clock=clock, background=False)
+    capped.schedule(("default", "b"), "u2", {"phase": "Running"})
+    for _ in range(8):
+        clock.now = capped.next_due()
+        capped.run_due()
+    assert capped.next_due() - clock.now == 5.0, "backoff is capped at 5 s"
+
+
+def test_the_latest_status_wins_and_an_older_one_is_never_written_after_it():
+    down = ApiUnreachable("connection refused")
+    transport, http, clock = retrying_transport([down, down, landed], pod("a", phase="Pending"))
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Running"})
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Failed"})
+    assert len(transport.retries) == 1 and transport.retries.waiting(("default", "a")).status == {"phase": "Failed"}
+    clock.now += 10
+    transport.retries.run_due()
+    assert phase_sent(http) == ["Running", "Failed", "Failed"] and not len(transport.retries)
+
+
+def test_a_newer_write_that_lands_drops_the_waiting_one():
+    down = ApiUnreachable("connection refused")
+    transport, http, clock = retrying_transport([down, landed], pod("a", phase="Pending"))
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Running"})
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Running", "podIP": "127.100.0.2"})
+    clock.now += 10
+    transport.retries.run_due()
+    assert len(http.calls) == 2 and not len(transport.retries)
+
+
+def test_a_terminal_phase_is_never_left_by_a_later_write():
+    down = ApiUnreachable("connection refused")
+    transport, http, clock = retrying_transport([down, landed], pod("a", phase="Running"))
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Failed"})
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Running", "reason": "stale view"})
+    assert phase_sent(http) == ["Failed", "Failed"], "a status built later must not reopen a Failed pod"
+    assert keep_terminal_phase("Succeeded", {"phase": "Running"}) == {"phase": "Succeeded"}
+    assert keep_terminal_phase("Running", {"phase": "Failed"}) == {"phase": "Failed"}
+
+
+def test_a_retried_status_keeps_conditions_other_controllers_added_meanwhile():
+    down = ApiUnreachable("connection refused")
+    ready = {"type": "Ready", "status": "False", "reason": "PodFailed"}
+    transport, http, clock = retrying_transport([down, landed], pod("a", phase="Running"))
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Failed", "conditions": [ready]})
+    disruption = {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}
+    transport.cache.put(pod("a", rv="5", phase="Running", conditions=[disruption]))
+    clock.now += 10
+    transport.retries.run_due()
+    assert http.calls[-1][2]["status"]["conditions"] == [ready, disruption]
+
+
+def test_the_status_of_a_pod_gone_or_replaced_meanwhile_is_dropped():
+    down = ApiUnreachable("connection refused")
+    transport, http, clock = retrying_transport([down], pod("a", phase="Running"))
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Failed"})
+    transport.cache.put(pod("a", uid="u2", rv="7"))  # a new pod of the same name
+    clock.now += 10
+    transport.retries.run_due()
+    assert len(http.calls) == 1 and not len(transport.retries)
+
+
+def test_the_retrying_thread_writes_a_waiting_status_and_ends_on_close():
+    written = threading.Event()
+
+    def land(body: dict) -> dict:
+        written.set()
+        return landed(body)
+
+    http = FakeHttp({("PATCH", STATUS_PATH): [ApiUnreachable("connection refused"), land]})
+    transport = transport_with(http, pod("a", phase="Running"))
+    transport.retries = StatusRetrier(transport._write_again, name="n1", first=0.01)
+    transport.write_status(("default", "a"), "u1", lambda p: {"phase": "Failed"})
+    assert written.wait(10), "the waiting status was not written again"
+    transport.retries.close()
+    assert transport.cache.get(("default", "a"))["status"]["phase"] == "Failed"
+    assert not [t for t in threading.enumerate() if t.name == "node-n1-status-retry"]
+
+
+# ---------------------------------------------------------------- the node's Ready condition after an outage
+def registered(http: FakeHttp) -> ApiTransport:
+    node = {"metadata": {"name": "n1"}, "spec": {},
+            "status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+                {"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+    http.answers[("POST", "/api/v1/nodes")] = {"metadata": {"name": "n1", "uid": "node-uid"}}
+    transport = ApiTransport(http)
+    transport.register_node(node)
+    transport.lease.stop()
+    http.calls.clear()
+    return transport
+
+
+def node_seen(ready: str, memory: str = "False") -> dict:
+    return {"metadata": {"name": "n1"}, "status": {"conditions": [
+        {"type": "MemoryPressure", "status": memory, "lastTransitionTime": "2026-11-28T17:00:00Z"},
+        {"type": "Ready", "status": ready, "reason": "NodeStatusUnknown",
+         "message": "Kubelet stopped posting node status."}]}}
+
+
+def test_a_node_marked_unknown_while_its_lease_could_not_be_renewed_posts_ready_again():
+    http = FakeHttp({("GET", "/api/v1/nodes/n1"): node_seen("Unknown")})
+    transport = registered(http)
+    transport.lease.on_renewed()
+    method, path, body, extra = http.calls[-1]
+    assert (method, path, extra["content_type"]) == ("PATCH", "/api/v1/nodes/n1/status", "application/merge-patch+json")
+    ready = body["status"]["conditions"][1]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "KubeletReady")
+    assert ready["lastTransitionTime"] == ready["lastHeartbeatTime"], "Ready changed now"
+    assert body["status"]["conditions"][0]["lastTransitionTime"] == "2026-11-28T17:00:00Z", "unchanged: kept"
+
+
+def test_a_node_that_still_reads_ready_is_only_read():
+    http = FakeHttp({("GET", "/api/v1/nodes/n1"): node_seen("True")})
+    transport = registered(http)
+    transport.lease.on_renewed()
+    assert [c[0] for c in http.calls] == ["GET"]
+
+
+def test_each_lease_beat_renews_then_checks_the_node_and_a_failed_check_waits_for_the_next_beat():
+    checks = []
+    lease = NodeLease(FakeHttp(), duration=40, on_renewed=lambda: checks.append(1) or 1 / 0)
+    lease.name = "n1"
+    lease.beat()
+    lease.beat()
+    assert lease.renewals == 2 and checks == [1, 1]
+
+
+def test_the_end_of_a_deletion_the_api_server_did_not_take_is_sent_again_until_the_pod_is_gone():
+    path = "/api/v1/namespaces/default/pods/a"
+    down = ApiUnreachable("connection refused")
+    http = FakeHttp({("DELETE", path): [down, down, {}]})
+    transport = transport_with(http, pod("a"))
+    clock = FakeClock()
+    transport.deletions = StatusRetrier(transport._delete_again, clock=clock, background=False)
+    transport.finish_deletion(("default", "a"), "u1")
+    for _ in range(2):
+        clock.now = transport.deletions.next_due()
+        transport.deletions.run_due()
+    deletes = [c for c in http.calls if c[0] == "DELETE"]
+    assert len(deletes) == 3 and all(c[2]["preconditions"] == {"uid": "u1"} for c in deletes)
+    assert not len(transport.deletions)
+    http.answers[("DELETE", path)] = down
+    transport.finish_deletion(("default", "a"), "u1")  # refused again, then the watch says the pod is gone:
+    transport.cache.remove(pod("a"))
+    clock.now = transport.deletions.next_due()
+    transport.deletions.run_due()
+    assert not len(transport.deletions) and len([c for c in http.calls if c[0] == "DELETE"]) == 4

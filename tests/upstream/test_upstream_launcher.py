@@ -70,6 +70,7 @@ def test_apiserver_runs_node_rbac_with_default_admission_and_no_endpoint_reconci
     (["--nodes", "-1"], "argument --nodes: '-1' is not a number of nodes"),
     (["--memory", "8GB"], "argument --memory: '8GB' is not a positive Kubernetes memory quantity"),
     (["--cpu", "0"], "argument --cpu: '0' is not a positive Kubernetes cpu quantity"),
+    (["--pods", "0"], "argument --pods: '0' is not a pod capacity"),
     (["--kubelet", "docker"], "argument --kubelet: invalid choice: 'docker'"),
 ])
 def test_a_bad_option_is_one_error_naming_option_and_value(args, message, capsys, tmp_path):

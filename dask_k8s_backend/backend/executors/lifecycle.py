@@ -23,7 +23,11 @@ snapshots for ``missing-pod-detect-delta`` seconds is treated as Deleted (a miss
 Failures (Failed pods, and pods deleted from outside with a failed container) are counted per
 worker group in the shared :class:`~dask_k8s_backend.backend.executors.failures.FailureTracker`; the
 allocator reads it and stops replacing a group at ``max-failures``. Pods the backend deleted on
-purpose and workers that exited normally are not failures. This manager never calls the allocator.
+purpose and workers that exited normally are not failures. Neither is a pod someone else deleted
+(``kubectl delete``, a drain) whose containers ended only by that deletion's stop signals
+(:func:`ended_by_deletion`: SIGTERM 143, or SIGKILL 137 after the grace period): it is lost, as
+Spark reports a deleted executor pod (PodDeleted, not caused by the app) and never counts it
+toward ``spark.executor.maxNumFailures``. This manager never calls the allocator.
 
 Interface used by the plugin::
 
@@ -45,7 +49,7 @@ from typing import Any
 from dask_k8s_backend import labels
 from dask_k8s_backend.clock import Clock, SystemClock
 from dask_k8s_backend.config import ExecutorSettings
-from dask_k8s_backend.pods.exits import node_lost
+from dask_k8s_backend.pods.exits import explain_deletion, node_lost
 from dask_k8s_backend.pods.states import PodDeleted, PodFailed, PodState
 from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
 from .failures import FailureTracker
@@ -60,6 +64,7 @@ except ImportError:  # pragma: no cover - exits.py is part of the project
 
 LostCallback = Callable[[int, str], "Awaitable[None] | None"]
 CLEANUP_CONCURRENCY = 16
+STOP_SIGNAL_EXITS = (0, 128 + 15, 128 + 9)  # a clean stop, SIGTERM, SIGKILL once the grace period ran out
 
 
 def explain(state: PodState, executor_id: int) -> str:
@@ -68,8 +73,37 @@ def explain(state: PodState, executor_id: int) -> str:
     return f"executor {executor_id} ended: {type(state).__name__}"
 
 
+def ended_by_deletion(state: PodState) -> bool:
+    """The pod was being deleted and no container ended other than by the stop the deletion sent.
+
+    Why: a worker answers the deletion's SIGTERM with exit 143 (137 if the grace period ran out), so
+    the kubelet reports the pod Failed just before it is gone; that end was asked for, not a crash.
+    An OOMKill or any other exit code still counts: the container failed on its own.
+    """
+    if not (state.pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status = state.pod.get("status") or {}
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("reason") == "OOMKilled" or (terminated.get("exitCode") or 0) not in STOP_SIGNAL_EXITS:
+            return False
+    return True
+
+
+def _signalled(state: PodState) -> bool:
+    """Some app container ended with a non-zero code (else the usual "deleted before it exited" sentence fits)."""
+    status = state.pod.get("status") or {}
+    return any(((c.get("state") or {}).get("terminated") or {}).get("exitCode")
+               for c in status.get("containerStatuses") or [])
+
+
 def is_failure(state: PodState) -> bool:
-    """Failed pods count; a deleted pod counts only when a container had failed; Succeeded never."""
+    """Failed pods count; a deleted pod counts only when a container had failed; Succeeded never.
+
+    A pod whose end came from its deletion (:func:`ended_by_deletion`) is never a failure.
+    """
+    if isinstance(state, (PodFailed, PodDeleted)) and ended_by_deletion(state):
+        return False
     if isinstance(state, PodFailed):
         return True
     if isinstance(state, PodDeleted):
@@ -145,12 +179,19 @@ class ExecutorPodsLifecycleManager:
             self.lost_ids.add(executor_id)  # kept for debugging by an earlier run: already handled
             return
         on_purpose = self.failures.deletion_reason(executor_id)
-        explanation = self.failures.explanation(executor_id) or on_purpose or explain(state, executor_id)
+        explanation = self.failures.explanation(executor_id) or on_purpose or self._explain(executor_id, state)
         if on_purpose is None and is_failure(state):
             self.failures.record_failure(group_of_pod(state.pod), executor_id, explanation)
         await self._lost(executor_id, explanation)
         if not isinstance(state, PodDeleted):
             self._cleanups.append(self._clean_up(executor_id, state))
+
+    @staticmethod
+    def _explain(executor_id: int, state: PodState) -> str:
+        """The usual sentence, except for a worker stopped by someone else's deletion: it says why it is no failure."""
+        if isinstance(state, (PodFailed, PodDeleted)) and ended_by_deletion(state) and _signalled(state):
+            return explain_deletion(state.pod)
+        return explain(state, executor_id)
 
     async def _detect_missing(self, snapshot: ExecutorPodsSnapshot) -> None:
         now = self.clock.now()

@@ -2,7 +2,8 @@
 
 :class:`ApiServer` binds 127.0.0.1 (port 0 = a free port) in the caller's thread, then runs a
 tornado HTTP/1.1 server (TLS with the embedded CA's certificate by default) on its own event loop
-in a daemon thread. Each request flows: bearer-token check (401) -> fault injection (429/503) ->
+in a daemon thread. Each request flows: bearer-token check (401) -> API Priority and Fairness
+response headers -> fault injection (429/503) ->
 :func:`parse_path` -> a verb method that calls the store -> JSON bytes (objects and lists are
 written from the store's cached per-version JSON). Every failure is a ``StatusError`` answered
 as a ``Status`` object with its code, as kube-apiserver does, so the official client and kubectl
@@ -21,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -49,6 +51,10 @@ JSON = "application/json"
 _RETURNS_OBJECT_ON_DELETE = ("pods", "services", "namespaces", "nodes")
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+#: kube-apiserver's APF response headers: the FlowSchema and PriorityLevelConfiguration a request was classified to.
+FLOW_SCHEMA_HEADER = "X-Kubernetes-PF-FlowSchema-UID"
+PRIORITY_LEVEL_HEADER = "X-Kubernetes-PF-PriorityLevel-UID"
+FLOWS = ("exempt", "global-default")
 _OPTIONS_KIND = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
 
 
@@ -122,6 +128,17 @@ def _int(value: str | None, name: str) -> int | None:
         raise bad_request(f"query parameter {name}={value!r} must be an integer") from None
 
 
+def flow_of(identity: authz.Identity, path: str) -> str:
+    """The upstream default FlowSchema (and priority level of the same name) of a request.
+
+    system:masters (our admin token) and health probes are ``exempt``; other users fall to
+    ``global-default`` (upstream's catch-all for authenticated users that no narrower schema matches).
+    """
+    if identity.rules is None or path in _PUBLIC_PATHS:
+        return "exempt"
+    return "global-default"
+
+
 def status_success(info: ResourceInfo, obj: dict) -> dict:
     meta = obj.get("metadata") or {}
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -191,6 +208,18 @@ class ApiHandler(tornado.web.RequestHandler):
         except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise bad_request(f"couldn't get version/kind; json parse error: {e}") from None
 
+    def _classify(self) -> None:
+        """Tell the client which flow this request was classified to, as kube-apiserver's APF filter does.
+
+        Upstream sets the headers on every authenticated request; clients (controller-runtime, Flux,
+        ours with ``api.rate-limit: auto``) read them as "this server does its own flow control" and
+        drop their fixed client-side rate. Here the event loop serves requests one at a time in
+        arrival order, so a burst queues and never overloads the server into failing.
+        """
+        flow = flow_of(self.identity, self.request.path)
+        self.set_header(FLOW_SCHEMA_HEADER, self.server.flow_schema_uids[flow])
+        self.set_header(PRIORITY_LEVEL_HEADER, self.server.priority_level_uids[flow])
+
     def _authenticate(self) -> None:
         token = self.server.token
         if token is None or self.request.path in _PUBLIC_PATHS:
@@ -209,6 +238,7 @@ class ApiHandler(tornado.web.RequestHandler):
         started = time.perf_counter()
         try:
             self._authenticate()
+            self._classify()
             if self.request.path not in _PUBLIC_PATHS and self.server.faults is not None:
                 injected = self.server.faults.request_failure()
                 if injected is not None:
@@ -669,6 +699,9 @@ class ApiServer:
         self.bookmark_interval = bookmark_interval
         self.log_poll_interval = log_poll_interval
         self.watches: set[WatchStream] = set()
+        # one uid per flow for this server's life, as upstream's FlowSchema / PriorityLevelConfiguration objects
+        self.flow_schema_uids = {flow: str(uuid.uuid4()) for flow in FLOWS}
+        self.priority_level_uids = {flow: str(uuid.uuid4()) for flow in FLOWS}
         self.stopping = False
         self._credentials = credentials
         self._requested_port = port

@@ -5,8 +5,10 @@ Data flow: :meth:`NodeLease.start` creates ``kube-node-lease/<node>`` (holderIde
 over one left by an earlier run, then one thread merge-patches ``spec.renewTime`` every
 ``duration / 4`` seconds (plus up to 4% jitter, as the kubelet's ``JitterUntil``). The node
 lifecycle controller reads the renew time: a Lease not renewed within
-``node-monitor-grace-period`` makes the node NotReady/Unknown. An API server that serves no
-Leases (404/405) gets no heartbeat: logged once, nothing else fails.
+``node-monitor-grace-period`` makes the node NotReady/Unknown. After each renewal
+``on_renewed`` runs (the transport checks there that the Node still reads Ready, see
+``ApiTransport.keep_node_ready``). An API server that serves no Leases (404/405) gets no
+heartbeat: logged once, nothing else fails.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class NodeLease:
     """Creates and renews one node's Lease (see the module docstring)."""
 
     def __init__(self, http: Any, *, duration: int = 40,
-                 now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc)) -> None:
+                 now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc),
+                 on_renewed: Callable[[], None] | None = None) -> None:
         self.http = http
+        self.on_renewed = on_renewed
         self.duration = duration
         self.interval = duration / 4.0
         self.now = now
@@ -84,7 +88,17 @@ class NodeLease:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval * random.uniform(1.0, 1.04)):
-            self.renew()
+            self.beat()
+
+    def beat(self) -> None:
+        """Renew the Lease, then run ``on_renewed`` (its failure is logged: the next beat tries again)."""
+        self.renew()
+        if self.on_renewed is None:
+            return
+        try:
+            self.on_renewed()
+        except Exception as e:
+            logger.warning("node %s: checking the node after the Lease renewal failed: %s", self.name, e)
 
     def renew(self) -> None:
         try:
