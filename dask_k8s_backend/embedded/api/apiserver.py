@@ -36,7 +36,9 @@ import yaml
 from ..status import (StatusError, bad_request, conflict, method_not_allowed, unauthorized, unsupported_dry_run,
                      unsupported_media_type)
 from ..store.listoptions import parse_list_options, too_large_resource_version
-from ..store.object_store import RESOURCES, ObjectStore, ResourceInfo, _dumps
+from ..store.entries import dumps as _dumps
+from ..store.object_store import ObjectStore
+from ..store.resource_table import RESOURCES, ResourceInfo
 from ..store.selectors import parse_field_selector, parse_label_selector
 from . import authz, discovery, openapi, podlogs, protobuf
 from .faults import FaultInjector

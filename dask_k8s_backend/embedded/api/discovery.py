@@ -2,15 +2,15 @@
 
 Clients (kubectl's RESTMapper, the official client) read these to learn which resources exist,
 whether they are namespaced and which verbs they take. Everything comes from the store's
-:data:`~dask_k8s_backend.embedded.store.object_store.RESOURCES` table, so serving a new resource is one
-line there.
+:data:`~dask_k8s_backend.embedded.store.resource_table.RESOURCES` table, so serving a new resource is
+one line there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..store.object_store import RESOURCES, ResourceInfo
+from ..store.resource_table import RESOURCES, ResourceInfo
 
 KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-embedded", "gitCommit": "embedded",
                 "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",

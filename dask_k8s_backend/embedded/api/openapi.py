@@ -23,7 +23,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..store.object_store import RESOURCES
+from ..store.resource_table import RESOURCES
 
 _QUERY_PARAMS = ("fieldValidation", "dryRun", "fieldManager", "pretty")
 

@@ -21,7 +21,7 @@ import calendar
 import time
 from typing import Any, Callable
 
-from ..store.object_store import ResourceInfo
+from ..store.resource_table import ResourceInfo
 
 _NAME = {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}
 _AGE = {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}

@@ -21,7 +21,9 @@ import json
 from typing import Callable
 
 from ..store.listoptions import ListOptions
-from ..store.object_store import Entry, ObjectStore, WatchEvent, resource_info
+from ..store.entries import Entry, WatchEvent
+from ..store.object_store import ObjectStore
+from ..store.resource_table import resource_info
 from ..store.selectors import Selector
 from .tables import table_for
 
