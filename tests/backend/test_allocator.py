@@ -12,7 +12,8 @@ from fakes import (
     unschedulable_pod,
 )
 
-from dask_k8s_backend.backend.allocation.allocator import AllocatorState, Created, ExecutorPodsAllocator, plan
+from dask_k8s_backend.backend.allocation.allocator import ExecutorPodsAllocator
+from dask_k8s_backend.backend.allocation.rules import AllocatorState, Created, plan
 from dask_k8s_backend.backend.executors.failures import FailureTracker
 from dask_k8s_backend.backend.observation.snapshots import DeterministicSnapshotsStore
 from dask_k8s_backend.clock import ManualClock

@@ -8,9 +8,18 @@ Data flow::
     known_executors() ───────────────────────┘                               ├─> api.delete_pod (concurrent)
                                                                              └─> on_pending_reason / FailureTracker
 
-The rules live in the pure function :func:`plan` (no I/O, no clock, no Dask); the
-:class:`ExecutorPodsAllocator` only gathers its inputs, applies the returned frozen plan with the
-:class:`~dask_k8s_backend.kube.pod_api.PodApi`, and decides when the next round runs.
+The module holds the plumbing; the policy lives beside it, pure and without HTTP, as Spark's
+ExecutorPodsAllocator keeps its counting apart from its requests:
+
+* :mod:`~dask_k8s_backend.backend.allocation.rules`: :func:`~dask_k8s_backend.backend.allocation.rules.plan`,
+  the rules below, from one snapshot, the targets and the time (no I/O, no clock, no Dask);
+* :mod:`~dask_k8s_backend.backend.allocation.pacing`: slow start, backoff and when the next round runs;
+* :mod:`~dask_k8s_backend.backend.allocation.api_refusals`: what the API server's refusal of a creation means.
+
+:class:`ExecutorPodsAllocator` only gathers the inputs, applies the returned frozen plan with the
+:class:`~dask_k8s_backend.kube.pod_api.PodApi` (creations and deletions, concurrent, bounded) and
+keeps the pace between rounds. Its logger, ``dask_k8s_backend.backend.allocation.allocator``, logs
+what the allocation does.
 
 Rules (Spark's, with its stalls removed where the settings say so):
 
@@ -50,324 +59,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from dask_k8s_backend import labels
 from dask_k8s_backend.clock import Clock, SystemClock
 from dask_k8s_backend.config import AllocationSettings
-from dask_k8s_backend.pods.states import PodPending, PodRunning, PodState, PodUnknown
-from dask_k8s_backend.pods.verdicts import Allocatable, unrecoverable_reason
+from dask_k8s_backend.pods.verdicts import Allocatable
 from ..executors.failures import FailureTracker
 from ..executors.lifecycle import explain, is_failure
 from ..observation.snapshots import ExecutorPodsSnapshot, group_of_pod
+from .api_refusals import is_already_exists, is_quota_exceeded, is_transient, retry_after
+from .pacing import after_creations, next_deadline
+from .rules import AllocationPlan, AllocatorState, Created, Deletion, alive_by_group, plan
+
+__all__ = ["AllocationPlan", "AllocatorState", "Created", "Deletion", "ExecutorPodsAllocator", "plan"]
 
 logger = logging.getLogger(__name__)
-
-MAX_BACKOFF = 30.0
-TRANSIENT_CODES = {429, 500, 502, 503, 504}
-
-try:  # the pending-reason reader of pods/exits.py
-    from dask_k8s_backend.pods.exits import pending_reason
-except ImportError:  # pragma: no cover - exits.py is part of the project
-    pending_reason = None  # type: ignore[assignment]
-
-
-# ---------------------------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Created:
-    """A pod we asked for and have not seen in a snapshot yet."""
-
-    group: str
-    name: str
-    time: float
-
-
-@dataclass(frozen=True)
-class Deletion:
-    executor_id: int
-    name: str
-    group: str
-    reason: str
-    failure: bool = False
-
-
-@dataclass(frozen=True)
-class AllocatorState:
-    """Everything :func:`plan` needs besides the snapshot and the time."""
-
-    settings: AllocationSettings
-    targets: Mapping[str, int] = field(default_factory=dict)
-    next_executor_id: int = 1
-    newly_created: Mapping[int, Created] = field(default_factory=dict)
-    deleting: frozenset[int] = frozenset()
-    kill_requested: frozenset[int] = frozenset()
-    known_executors: frozenset[int] = frozenset()
-    pending_reasons: Mapping[int, tuple[str, float]] = field(default_factory=dict)
-    unrecoverable_since: Mapping[int, float] = field(default_factory=dict)
-    nodes: tuple[Allocatable, ...] | None = None  # every node's allocatable; None when they cannot be listed
-    blocked_groups: frozenset[str] = frozenset()
-    batch_allowance: int = 1
-    creations_not_before: float = 0.0
-
-
-@dataclass(frozen=True)
-class AllocationPlan:
-    """What one round does; applied by :class:`ExecutorPodsAllocator`."""
-
-    creations: Mapping[str, tuple[int, ...]]
-    deletions: tuple[Deletion, ...]
-    timed_out: tuple[int, ...]
-    pending_reports: tuple[tuple[int, str], ...]
-    pending_reasons: Mapping[int, tuple[str, float]]
-    next_executor_id: int
-    below_target: bool
-    unrecoverable_since: Mapping[int, float] = field(default_factory=dict)
-    blocks: tuple[tuple[str, str], ...] = ()  # (group, why): groups that can never start a pod as they are
-
-    @property
-    def creation_count(self) -> int:
-        return sum(len(ids) for ids in self.creations.values())
-
-
-# ---------------------------------------------------------------------------------------------- rules
-def plan(state: AllocatorState, snapshot: ExecutorPodsSnapshot, now: float) -> AllocationPlan:
-    """The allocation rules: pure, so every rule is testable with a hand-made snapshot."""
-    unseen = {i: c for i, c in state.newly_created.items() if i not in snapshot.seen_ids}
-    deletions = _creation_timeouts(state, unseen, now)
-    reports, reasons, pending_deletions = _pending_rules(state, snapshot, now)
-    verdicts, hopeless, blocks = _unrecoverable_rules(state, snapshot, now)
-    pending_deletions = [d for d in pending_deletions if d.executor_id not in {h.executor_id for h in hopeless}]
-    deletions += hopeless + pending_deletions + _kills(state, snapshot)
-    state = replace(state, blocked_groups=state.blocked_groups | {group for group, _ in blocks})
-    gone = state.deleting | {d.executor_id for d in deletions}
-    alive = _alive_by_group(state, snapshot, unseen, gone)
-    deletions += _scale_down(state, snapshot, alive)
-    gone |= {d.executor_id for d in deletions}
-    alive = {g: [i for i in ids if i not in gone] for g, ids in alive.items()}
-    creations, next_id = _creations(state, snapshot, unseen, alive, now)
-    created = {g: len(ids) for g, ids in creations.items()}
-    below = any(
-        len(alive.get(g, [])) + created.get(g, 0) < t for g, t in state.targets.items() if g not in state.blocked_groups
-    )
-    timed_out = tuple(d.executor_id for d in deletions if d.executor_id in unseen)
-    return AllocationPlan(
-        MappingProxyType(creations), tuple(deletions), timed_out, reports, MappingProxyType(reasons), next_id, below,
-        MappingProxyType(verdicts), blocks,
-    )
-
-
-def _creation_timeouts(state: AllocatorState, unseen: Mapping[int, Created], now: float) -> list[Deletion]:
-    timeout = state.settings.executor_timeout
-    return [
-        Deletion(
-            i, c.name, c.group,
-            f"executor {i} (pod {c.name}) was created {now - c.time:.0f} s ago but never appeared in the pod list "
-            f"(k8s-backend.allocation.executor-timeout = {timeout:g} s); the API server may have lost the request "
-            "or the pod was deleted before the backend saw it. It was deleted and will be replaced.",
-            failure=True,
-        )
-        for i, c in sorted(unseen.items())
-        if now - c.time > timeout and i not in state.deleting
-    ]
-
-
-def _reason_of(state: PodState) -> str | None:
-    if not isinstance(state, PodPending):
-        return None
-    if pending_reason is not None:
-        return pending_reason(state.pod)
-    return _fallback_pending_reason(state.pod)
-
-
-def _fallback_pending_reason(pod: dict[str, Any]) -> str | None:
-    status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return f"{condition.get('reason')}: {condition.get('message', '')}"
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-            return f"{waiting['reason']}: {waiting.get('message', '')}"
-    return None
-
-
-def _pending_rules(
-    state: AllocatorState, snapshot: ExecutorPodsSnapshot, now: float
-) -> tuple[tuple[tuple[int, str], ...], dict[int, tuple[str, float]], list[Deletion]]:
-    """Report new pending reasons; delete pods pending with a reason for longer than pending-timeout."""
-    reports, reasons, deletions = [], {}, []
-    timeout = state.settings.pending_timeout
-    for executor_id, pod_state in snapshot.executor_pods.items():
-        reason = _reason_of(pod_state)
-        if reason is None or executor_id in state.deleting:
-            continue
-        previous = state.pending_reasons.get(executor_id)
-        since = previous[1] if previous else now
-        if previous is None or previous[0] != reason:
-            reports.append((executor_id, reason))
-        reasons[executor_id] = (reason, since)
-        if now - since >= timeout:
-            deletions.append(Deletion(
-                executor_id, pod_state.name, group_of_pod(pod_state.pod),
-                f"executor {executor_id} stayed pending for {now - since:.0f} s "
-                f"(k8s-backend.allocation.pending-timeout = {timeout:g} s) and was deleted: {reason}",
-                failure=True,
-            ))
-    return tuple(reports), reasons, deletions
-
-
-def _unrecoverable_rules(
-    state: AllocatorState, snapshot: ExecutorPodsSnapshot, now: float
-) -> tuple[dict[int, float], list[Deletion], tuple[tuple[str, str], ...]]:
-    """Pods that waiting cannot start: after the confirmation, delete them and block their group."""
-    confirm = state.settings.unrecoverable_pending_confirm
-    since: dict[int, float] = {}
-    deletions: list[Deletion] = []
-    blocks: dict[str, str] = {}
-    if confirm is None:
-        return since, deletions, ()
-    for executor_id, pod_state in sorted(snapshot.executor_pods.items()):
-        if not isinstance(pod_state, PodPending) or executor_id in state.deleting:
-            continue
-        verdict = unrecoverable_reason(pod_state.pod, state.nodes)
-        if verdict is None:
-            continue
-        since[executor_id] = first = state.unrecoverable_since.get(executor_id, now)
-        if now - first < confirm:
-            continue
-        group = group_of_pod(pod_state.pod)
-        detail = _reason_of(pod_state) or verdict
-        deletions.append(Deletion(
-            executor_id, pod_state.name, group,
-            f"executor {executor_id} cannot start by waiting ({verdict}; seen for {now - first:.0f} s, "
-            f"k8s-backend.allocation.unrecoverable-pending-confirm = {confirm:g} s) and was deleted: {detail}",
-            failure=True,
-        ))
-        blocks.setdefault(group, (
-            f"Worker group {group!r} stopped creating workers: its pods can never start as they are. "
-            f"Executor {executor_id} cannot start: {verdict}. {detail} Fix this, then recreate the cluster or the worker group."))
-    return since, deletions, tuple(sorted(blocks.items()))
-
-
-def _kills(state: AllocatorState, snapshot: ExecutorPodsSnapshot) -> list[Deletion]:
-    deletions = []
-    for executor_id in sorted(state.kill_requested - state.deleting):
-        pod_state = snapshot.executor_pods.get(executor_id)
-        created = state.newly_created.get(executor_id)
-        if isinstance(pod_state, (PodRunning, PodPending, PodUnknown)):
-            deletions.append(Deletion(executor_id, pod_state.name, group_of_pod(pod_state.pod),
-                                      f"executor {executor_id} was removed by the scheduler (scale down)."))
-        elif pod_state is None and created is not None:
-            deletions.append(Deletion(executor_id, created.name, created.group,
-                                      f"executor {executor_id} was removed by the scheduler (scale down)."))
-    return deletions
-
-
-def _alive_by_group(
-    state: AllocatorState, snapshot: ExecutorPodsSnapshot, unseen: Mapping[int, Created], gone: frozenset[int] | set[int]
-) -> dict[str, list[int]]:
-    """Ids counting toward each group's target: running, pending/unknown, and unseen creations."""
-    alive: dict[str, list[int]] = {}
-    for executor_id, pod_state in snapshot.executor_pods.items():
-        if executor_id not in gone and isinstance(pod_state, (PodRunning, PodPending, PodUnknown)):
-            alive.setdefault(group_of_pod(pod_state.pod), []).append(executor_id)
-    for executor_id, created in unseen.items():
-        if executor_id not in gone:
-            alive.setdefault(created.group, []).append(executor_id)
-    return alive
-
-
-def _scale_down(state: AllocatorState, snapshot: ExecutorPodsSnapshot, alive: Mapping[str, list[int]]) -> list[Deletion]:
-    """Above target: delete pods the scheduler does not know, pending ones first, newest first."""
-    deletions = []
-    for group, ids in sorted(alive.items()):
-        excess = len(ids) - state.targets.get(group, 0)
-        if excess <= 0:
-            continue
-        seen = [i for i in ids if i in snapshot.executor_pods and i not in state.known_executors]
-        pending = sorted((i for i in seen if not isinstance(snapshot.executor_pods[i], PodRunning)), reverse=True)
-        running = sorted((i for i in seen if isinstance(snapshot.executor_pods[i], PodRunning)), reverse=True)
-        for executor_id in (pending + running)[:excess]:
-            deletions.append(Deletion(
-                executor_id, snapshot.executor_pods[executor_id].name, group,
-                f"executor {executor_id} was not needed: worker group {group!r} is above its target of "
-                f"{state.targets.get(group, 0)} and this worker had not joined the scheduler yet.",
-            ))
-    return deletions
-
-
-def _creations(
-    state: AllocatorState, snapshot: ExecutorPodsSnapshot, unseen: Mapping[int, Created],
-    alive: Mapping[str, list[int]], now: float,
-) -> tuple[dict[str, tuple[int, ...]], int]:
-    """New executor ids per group below target, within the round's allowance and max-pending-pods."""
-    settings = state.settings
-    if now < state.creations_not_before:
-        return {}, state.next_executor_id
-    room = state.batch_allowance if settings.slow_start else settings.batch_size
-    if settings.max_pending_pods > 0:
-        pending = sum(1 for ids in alive.values() for i in ids if not isinstance(snapshot.executor_pods.get(i), PodRunning))
-        room = min(room, settings.max_pending_pods - pending)
-    creations: dict[str, tuple[int, ...]] = {}
-    next_id = state.next_executor_id
-    for group, target in sorted(state.targets.items()):
-        if room <= 0:
-            break
-        if group in state.blocked_groups:
-            continue
-        if not settings.slow_start and any(c.group == group for c in unseen.values()):
-            continue  # Spark: one batch outstanding at a time per group
-        count = min(target - len(alive.get(group, [])), room if settings.slow_start else min(room, settings.batch_size))
-        if count > 0:
-            creations[group] = tuple(range(next_id, next_id + count))
-            next_id += count
-            room -= count
-    return creations, next_id
-
-
-# ---------------------------------------------------------------------------------------------- errors
-def _status_code(exc: BaseException) -> int | None:
-    code = getattr(exc, "code", None)
-    if code is None:
-        code = getattr(exc, "status", None)
-        code = getattr(code, "code", code.get("code") if isinstance(code, dict) else code)
-    return code if isinstance(code, int) else None
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    value = getattr(exc, "retry_after", None)
-    if value is None:
-        headers = getattr(exc, "headers", None) or {}
-        value = headers.get("Retry-After") if isinstance(headers, dict) else None
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def is_quota_exceeded(exc: BaseException) -> bool:
-    """A 403 from the ResourceQuota admission: the namespace is full, the pod is fine."""
-    return _status_code(exc) == 403 and "exceeded quota" in str(exc)
-
-
-def is_quota_status_unknown(exc: BaseException) -> bool:
-    """A 403 from upstream's ResourceQuota admission for a quota whose status the quota controller has not
-    filled yet (just created): nothing is wrong with the pod, and the answer changes within moments."""
-    return _status_code(exc) == 403 and "status unknown for quota" in str(exc)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying later (throttling, server trouble, connection loss, a full quota, a quota not yet
-    counted), not the pod's fault."""
-    code = _status_code(exc)
-    if not code:
-        return True  # unreachable API server (ApiUnreachable has code 0), timeouts
-    if is_quota_exceeded(exc) or is_quota_status_unknown(exc):
-        return True  # retried when capacity frees or the quota controller has counted; the message says which
-    return code in TRANSIENT_CODES
 
 
 # ---------------------------------------------------------------------------------------------- executor
@@ -443,7 +152,7 @@ class ExecutorPodsAllocator:
 
     def alive_ids(self, group: str = labels.DEFAULT_GROUP) -> set[int]:
         unseen = {i: c for i, c in self._state.newly_created.items() if i not in self._snapshot.seen_ids}
-        return set(_alive_by_group(self._state, self._snapshot, unseen, self._state.deleting).get(group, []))
+        return set(alive_by_group(self._state, self._snapshot, unseen, self._state.deleting).get(group, []))
 
     def group_of(self, executor_id: int) -> str | None:
         entry = self._names.get(executor_id)
@@ -518,19 +227,12 @@ class ExecutorPodsAllocator:
         return result
 
     def _next_deadline(self, result: AllocationPlan) -> float | None:
-        """When a round must run even if no snapshot arrives: the next creating round, or a timeout."""
-        now, state, settings = self.clock.now(), self._state, self.settings
-        deadlines = [since + settings.pending_timeout for _, since in state.pending_reasons.values()]
-        if settings.unrecoverable_pending_confirm is not None:
-            deadlines += [since + settings.unrecoverable_pending_confirm for since in state.unrecoverable_since.values()]
-        deadlines += [c.time + settings.executor_timeout + 1e-3 for c in state.newly_created.values()]
+        """When a round must run even if no snapshot arrives (:func:`~dask_k8s_backend.backend.allocation.pacing.next_deadline`)."""
+        now, state = self.clock.now(), self._state
         below = result.below_target or any(
             len(self.alive_ids(g)) < t for g, t in state.targets.items() if g not in state.blocked_groups
         )  # creations may have failed since the plan
-        if below and settings.immediate_round and state.creations_not_before > now:
-            deadlines.append(state.creations_not_before)  # else the next snapshot starts the next round
-        future = [d for d in deadlines if d > now]
-        return min(future) if future else None
+        return next_deadline(self.settings, state, below, now)
 
     def _count_new_failures(self) -> None:
         """Count failed pods the moment a round sees them, before replacing them.
@@ -653,7 +355,7 @@ class ExecutorPodsAllocator:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if _status_code(e) == 409 and getattr(e, "reason", "AlreadyExists") == "AlreadyExists":
+                if is_already_exists(e):
                     return None  # a retried request whose first attempt created the pod
                 self._creation_failed(executor_id, group, pod, e)
                 return e
@@ -695,23 +397,17 @@ class ExecutorPodsAllocator:
     def _after_creations(self, outcomes: list[BaseException | None], attempted: int) -> None:
         """Slow start: double the round size after a clean full round, halve it and back off after errors."""
         errors = [e for e in outcomes if e is not None]
-        now = self.clock.now()
-        allowance = self._state.batch_allowance
-        if errors:
-            self._error_streak += 1
-            delays = [d for d in (_retry_after(e) for e in errors) if d is not None]
-            backoff = max(delays) if delays else min(MAX_BACKOFF, max(self.settings.batch_delay, 0.1) * 2 ** self._error_streak)
-            allowance = max(1, allowance // 2) if self.settings.slow_start else allowance
-            if any(is_quota_exceeded(e) for e in errors):
-                # Wait for capacity: our own pods freeing it release the hold (_release_quota_hold);
-                # other apps' pods are noticed by one-pod probes at the growing backoff.
-                self._quota_hold = self._live_pods()
-                allowance = 1
-            not_before = now + backoff
-        else:
-            self._error_streak = 0
+        quota_full = any(is_quota_exceeded(e) for e in errors)
+        pace = after_creations(
+            self.settings, allowance=self._state.batch_allowance, error_streak=self._error_streak, attempted=attempted,
+            failed=len(errors), retry_afters=[d for d in (retry_after(e) for e in errors) if d is not None],
+            quota_full=quota_full, now=self.clock.now(),
+        )
+        self._error_streak = pace.error_streak
+        if not errors:
             self._quota_hold = self._quota_message = None
-            if self.settings.slow_start and attempted >= allowance:
-                allowance = min(self.settings.batch_size, allowance * 2)
-            not_before = now + self.settings.batch_delay
-        self._state = replace(self._state, batch_allowance=allowance, creations_not_before=not_before)
+        elif quota_full:
+            # Wait for capacity: our own pods freeing it release the hold (_release_quota_hold);
+            # other apps' pods are noticed by one-pod probes at the growing backoff.
+            self._quota_hold = self._live_pods()
+        self._state = replace(self._state, batch_allowance=pace.batch_allowance, creations_not_before=pace.creations_not_before)
