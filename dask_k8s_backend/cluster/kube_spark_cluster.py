@@ -46,8 +46,9 @@ from ..kube.master import KubeConnection, resolve_manager
 from ..pods.builder import AppSpec, base_pod, check_executor_pod
 from .adaptive import GroupView, RemoteAdaptive, adapt_options
 from .cluster_mode import start_cluster_mode, find_scheduler_pod, scheduler_address, scheduler_uses_tls, delete_scheduler_pod
-from .preflight import (POD_LOGS, Permission, check_cluster, check_worker_group, feature_refusal, group_argument,
-                        warn_before_scale)
+from .preflight import check_cluster, check_worker_group, warn_before_scale
+from .preflight_access import POD_LOGS, Permission, feature_refusal
+from .preflight_policies import group_argument
 from .status_view import ClusterStatus, format_status_table, render_cluster_status_html
 from .tls_secret import create_tls_secret, generate_tls_material, scheduler_security, read_tls_material, delete_tls_secret
 from .waiting import wait_for_workers

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from k8s_helpers import assert_no_worker_processes_left, list_pods, merge_kwargs, wait_until
 
-from dask_k8s_backend.cluster.preflight import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISSIONS, Permission
+from dask_k8s_backend.cluster.preflight_access import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISSIONS, Permission
 
 from .servers import api_server
 

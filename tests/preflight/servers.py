@@ -39,7 +39,7 @@ from kubernetes import utils as kube_utils
 
 from dask_k8s_backend.embedded.cluster import EmbeddedKubernetes
 from dask_k8s_backend.embedded.api.tls import write_kubeconfig
-from dask_k8s_backend.cluster.preflight import service_account_user
+from dask_k8s_backend.cluster.preflight_access import service_account_user
 
 from k8s_helpers import one_server_only_reason, wait_until
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from dask_k8s_backend.cluster.preflight import IN_POD_PERMISSIONS, policy_findings, service_account_message
+from dask_k8s_backend.cluster.preflight_access import IN_POD_PERMISSIONS, service_account_message
+from dask_k8s_backend.cluster.preflight_policies import policy_findings
 
 GPU = "example.com/gpu"
 

@@ -12,13 +12,8 @@ from distributed import Client
 from kubernetes import client, config
 
 from dask_k8s_backend import KubeSparkCluster
-from dask_k8s_backend.cluster.preflight import (
-    CLIENT_MODE_PERMISSIONS,
-    OPTIONAL_PERMISSIONS,
-    POD_LOGS,
-    MissingPermissionsError,
-    NamespaceNotFoundError,
-)
+from dask_k8s_backend.cluster.preflight import MissingPermissionsError, NamespaceNotFoundError
+from dask_k8s_backend.cluster.preflight_access import CLIENT_MODE_PERMISSIONS, OPTIONAL_PERMISSIONS, POD_LOGS
 
 from k8s_helpers import wait_until
 

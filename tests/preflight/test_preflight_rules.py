@@ -7,16 +7,16 @@ import yaml
 from dask_k8s_backend.backend.executors.failures import FailureTracker
 from dask_k8s_backend.clock import ManualClock
 from dask_k8s_backend.config import ExecutorSettings
-from dask_k8s_backend.cluster.preflight import (
+from dask_k8s_backend.cluster.preflight_access import (
     CLIENT_MODE_PERMISSIONS,
     IN_POD_OPTIONAL_PERMISSIONS,
     IN_POD_PERMISSIONS,
     OPTIONAL_PERMISSIONS,
     Permission,
-    policy_problems,
     required_permissions,
     role_snippet,
 )
+from dask_k8s_backend.cluster.preflight_policies import policy_problems
 
 from .conftest import rbac_yaml_rules
 

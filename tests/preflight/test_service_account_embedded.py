@@ -19,9 +19,9 @@ from kubernetes.client import CoreV1Api
 from dask_k8s_backend import KubeSparkCluster
 from dask_k8s_backend.cluster.cluster_mode import scheduler_service_account
 from dask_k8s_backend.config import load_settings
-from dask_k8s_backend.cluster.preflight import (
-    CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, OPTIONAL_PERMISSIONS, MissingPermissionsError,
-    POD_LOGS, ServiceAccountError, run_preflight,
+from dask_k8s_backend.cluster.preflight import MissingPermissionsError, ServiceAccountError, run_preflight
+from dask_k8s_backend.cluster.preflight_access import (
+    CLIENT_MODE_PERMISSIONS, CLUSTER_MODE_PERMISSIONS, IN_POD_PERMISSIONS, OPTIONAL_PERMISSIONS, POD_LOGS,
 )
 
 from k8s_helpers import list_pods
