@@ -313,7 +313,7 @@ def test_requests_without_a_valid_token_are_401(kube):
 
 def test_authenticated_answers_carry_the_flow_control_headers_of_their_flow(kube):
     """As kube-apiserver's APF filter: clients read them as "this server does its own flow control"."""
-    from dask_k8s_backend.embedded.api.apiserver import FLOW_SCHEMA_HEADER, PRIORITY_LEVEL_HEADER
+    from dask_k8s_backend.embedded.api.rest.flow_control import FLOW_SCHEMA_HEADER, PRIORITY_LEVEL_HEADER
 
     code, headers, _ = raw(kube, "GET", "/api/v1/pods")
     missing, missing_headers, _ = raw(kube, "GET", "/api/v1/namespaces/default/pods/none")
@@ -326,7 +326,7 @@ def test_authenticated_answers_carry_the_flow_control_headers_of_their_flow(kube
 
 
 def test_restricted_users_fall_to_the_global_default_flow():
-    from dask_k8s_backend.embedded.api.apiserver import flow_of
+    from dask_k8s_backend.embedded.api.rest.flow_control import flow_of
     from dask_k8s_backend.embedded.api.authz import ADMIN, Identity, PolicyRule
 
     viewer = Identity("viewer", rules=(PolicyRule.from_dict({"verbs": ["get"], "resources": ["pods"]}),))

@@ -1,3 +1,3 @@
-"""The embedded API server: HTTP routes, discovery and OpenAPI, protobuf and table encodings,
-authorization, admission, injected faults, watches, patches, pod logs and its TLS material.
+"""The embedded API server (``apiserver``, its request path in ``rest/``): discovery and OpenAPI, protobuf
+and table encodings, authorization, admission, injected faults, watches, patches, pod logs and its TLS material.
 """
