@@ -20,6 +20,7 @@ from distributed.deploy.adaptive import Adaptive
 from distributed.utils import in_async_call
 
 from ..config import parse_duration
+from .cluster_options import validate_worker_count
 from .status_view import ClusterStatus
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,37 @@ def adapt_options(*, minimum: int, maximum: int | float, scale_down_window: floa
         "scale_down_window": _seconds(scale_down_window, "scale_down_window"), "interval": every,
         "wait_count": wait_count, "target_duration": _seconds(target_duration, "target_duration"),
     }
+
+
+def check_adapt_bounds(minimum: int, maximum: int | float) -> None:
+    """``adapt()``'s bounds, before anything is stopped or asked: whole numbers >= 0 (``maximum`` may be
+    ``math.inf``), ``minimum <= maximum``."""
+    validate_worker_count(minimum, "adapt(minimum=...)")
+    if maximum != math.inf:
+        validate_worker_count(maximum, "adapt(maximum=...)")
+    if minimum > maximum:
+        raise ValueError(f"adapt(minimum={minimum}, maximum={maximum}): minimum is larger than maximum; "
+                         "use minimum <= maximum")
+
+
+def start_adaptive(cluster: AdaptingCluster, group: str, Adaptive: Any, *, minimum: int, maximum: int | float,
+                   scale_down_window: float | str | None, interval: float | str | None, wait_count: int | None,
+                   target_duration: float | str | None, kwargs: dict[str, Any]) -> Any:
+    """The adaptive scaling of one group that ``cluster.adapt()`` returns: the user's ``Adaptive`` class
+    running in this process on a :class:`GroupView`, or (``Adaptive`` None) a :class:`RemoteAdaptive`
+    whose loop is started beside the scheduler."""
+    if Adaptive is not None:
+        options = {k: v for k, v in dict(interval=interval, wait_count=wait_count,
+                                         target_duration=target_duration).items() if v is not None}
+        return Adaptive(cluster=GroupView(cluster, group), minimum=minimum, maximum=maximum, **options, **kwargs)
+    if kwargs:
+        raise TypeError(f"adapt() got unexpected keyword arguments {sorted(kwargs)}; it takes minimum, maximum, "
+                        "group, scale_down_window, interval, wait_count and target_duration")
+    adaptive = RemoteAdaptive(cluster, group, adapt_options(
+        minimum=minimum, maximum=maximum, scale_down_window=scale_down_window, interval=interval,
+        wait_count=wait_count, target_duration=target_duration))
+    adaptive.start()
+    return adaptive
 
 
 class RemoteAdaptive:

@@ -10,6 +10,7 @@ Nothing here talks to Kubernetes or to the scheduler: the caller passes a fresh 
 
 from __future__ import annotations
 
+import html
 import os
 import time
 from collections import Counter
@@ -232,3 +233,13 @@ def render_cluster_status_html(status: ClusterStatus, *, now: float | None = Non
         groups=group_rows(status),
         executors=executor_rows(status, time.time() if now is None else now),
     )
+
+
+def render_scaling_status_html(status: ClusterStatus) -> str:
+    """The live widget's Scaling tab: each group's policy (adaptive bounds or a manual target)."""
+    rows = "".join(
+        f'<tr><td style="text-align: left;">{html.escape(g)}: {html.escape(status.adaptive.get(g) or "manual")}, '
+        f'target {status.targets.get(g, 0)}</td></tr>'
+        for g in status.group_names()
+    )
+    return f"<table>{rows}</table>"
