@@ -134,7 +134,8 @@ def test_ps_and_proc_show_a_forked_container_s_own_command_line_and_environment(
     code = "import time; print('ready', flush=True); time.sleep(30)"
     name = node.run(pod("shown", python(code), env=[{"name": "MARK", "value": "m1"}]))
     wait_for(lambda: "ready" in node.log(name), what="container ready")
-    (pid,) = node.kubelet.running_processes()
+    # The kubelet records the run only after launch() returns, and the forked child can print first.
+    (pid,) = wait_for(node.kubelet.running_processes, what="the kubelet to record the container's process")
     proc = psutil.Process(pid)
     assert proc.ppid() == node.kubelet.warm.running_template()
     cmdline = proc.cmdline()
