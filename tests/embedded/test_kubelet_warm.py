@@ -129,6 +129,21 @@ def test_a_python_container_is_forked_from_the_template_with_its_env_cwd_argv_an
     assert "to stderr" in node.log("forked")
 
 
+def test_the_log_file_exists_before_the_container_is_forked(node, monkeypatch):
+    """The pod is Running once the fork is asked for; a log request then must find the file, not a 400."""
+    seen: list[bool] = []
+    fork = node.kubelet.warm._fork
+
+    def checking_fork(template, request, argv):
+        seen.append(os.path.exists(request["log"]))
+        return fork(template, request, argv)
+
+    monkeypatch.setattr(node.kubelet.warm, "_fork", checking_fork)
+    node.run(pod("early", python("print('hello')")))
+    assert wait_for(lambda: seen, what="the container to be forked") == [True]
+    assert wait_for(lambda: "hello" in node.log("early"), what="the container's output")
+
+
 def test_ps_and_proc_show_a_forked_container_s_own_command_line_and_environment(node):
     """Tools that read /proc/PID/{cmdline,environ} (ps, psutil, our leak checks) see the container, not the template."""
     code = "import time; print('ready', flush=True); time.sleep(30)"

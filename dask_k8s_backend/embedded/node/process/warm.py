@@ -247,6 +247,7 @@ class WarmRuntime:
         if template is None or (memory_limit is not None and memory_limit < MIN_LIMIT_FACTOR * template.rss):
             return None
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()  # as a container runtime does: the log exists once the container is reported started
         request = {"id": next(self._ids), "kind": launch.kind, "target": launch.target, "argv": list(launch.argv),
                    "orig_argv": list(launch.orig_argv), "env": dict(env), "cwd": str(cwd), "log": str(log_path),
                    "preexec": hook}
