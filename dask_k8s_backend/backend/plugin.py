@@ -92,7 +92,7 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
                 "k8s_request_total_executors": self.request_total_executors,
                 "k8s_kill_executors": self.kill_executors,
                 "k8s_status": self.status,
-                "k8s_logs": self.executor_log,
+                "k8s_logs": self.executor_log_answer,
                 "k8s_kept_logs": self.kept_logs,
                 "k8s_shutdown": self.shutdown,
                 "k8s_add_worker_group": self.add_worker_group,
@@ -355,6 +355,18 @@ class KubernetesSchedulerBackend(SchedulerPlugin):
                 + ("dropped to stay under k8s-backend.executor.kept-logs-total (the oldest go first)" if dropped else
                    "not kept (it was deleted before it finished, or k8s-backend.executor.kept-log-bytes is 0)")
             ) from None
+
+    async def executor_log_answer(self, executor_id: str, tail_lines: int | None = None) -> dict[str, str]:
+        """``k8s_logs``: ``{"log": ...}``, or ``{"missing": why}`` for an executor with no log to give.
+
+        An executor can be listed by one status and gone without a kept log by the time its log is asked for
+        (a scale-down deleting it in between); that is an answer, not an error for distributed to log with a
+        traceback in the scheduler's log, so the caller raises the KeyError on its side.
+        """
+        try:
+            return {"log": await self.executor_log(executor_id, tail_lines)}
+        except KeyError as e:
+            return {"missing": str(e.args[0]) if e.args else f"executor {executor_id} has no log"}
 
     def kept_logs(self) -> dict[str, str]:
         """Executors whose pods are gone but whose logs were kept -> pod names (for get_logs())."""

@@ -40,9 +40,12 @@ async def executor_log(cluster: LoggingCluster, executor_id: int | str, tail_lin
     if POD_LOGS in cluster.missing_optional_permissions:  # the preflight knew: say it without asking again
         raise feature_refusal(what, "read pod logs", POD_LOGS, cluster.app.namespace)
     try:
-        return await cluster.scheduler_comm.k8s_logs(executor_id=str(executor_id), tail_lines=tail_lines)  # type: ignore[union-attr]
+        answer = await cluster.scheduler_comm.k8s_logs(executor_id=str(executor_id), tail_lines=tail_lines)  # type: ignore[union-attr]
     except Forbidden as e:  # the preflight could not ask (or the scheduler pod's account lacks it)
         raise feature_refusal(what, "read pod logs", POD_LOGS, cluster.app.namespace) from e
+    if "missing" in answer:
+        raise KeyError(answer["missing"])
+    return answer["log"]
 
 
 async def worker_logs(cluster: LoggingCluster, workers: Any) -> dict[str, Log]:

@@ -54,6 +54,19 @@ def test_get_logs_has_no_traceback_for_executors_removed_by_scale_down(kube, cap
         assert "Scheduler" in logs
 
 
+def test_the_log_of_an_executor_gone_without_a_kept_log_is_a_key_error_and_no_traceback(kube, core_api, caplog):
+    """What get_logs() meets when a scale-down deletes a pod between its status and its log read."""
+    with KubeSparkCluster(n_workers=1, **cluster_kwargs(kube)) as cluster:
+        cluster.wait_for_workers(1, timeout=120)
+        executor = cluster.executors()[0]["id"]
+        app_id, ns = cluster.app.app_id, cluster.app.namespace
+        cluster.scale(0)
+        wait_until(lambda: not app_pods(core_api, app_id, ns), timeout=60, what="the pod deleted by scale-down")
+        with caplog.at_level(logging.WARNING), pytest.raises(KeyError, match=f"executor {executor}"):
+            cluster.logs(executor)
+        assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
 def test_close_keeps_finished_pods_without_delete_on_termination_for_status_and_gc(kube, core_api):
     kwargs = cluster_kwargs(kube, executor={"delete-on-termination": False})
     with KubeSparkCluster(n_workers=1, **kwargs) as cluster:
