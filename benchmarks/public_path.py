@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from allocator import OURS, Backend, pod_api  # noqa: E402  (the reference wiring, reused unchanged)
 
-from dask_k8s_backend.kube.pod_api import KubePodApi  # noqa: E402
 from dask_k8s_backend.config import load_settings  # noqa: E402
 from dask_k8s_backend.kube.master import KubernetesClusterManager  # noqa: E402
+from dask_k8s_backend.kube.pod_api import KubePodApi  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", type=int, nargs="+", default=[1000])
     parser.add_argument("--kinds", nargs="+", choices=("inproc", "k8s", "cluster"), default=["inproc", "k8s", "cluster"])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", default="public_path.json", help="where to write the JSON record ('' skips it)")
+    parser.add_argument("--json", default=f"/tmp/dask-k8s-public-path-{time.strftime('%Y%m%dT%H%M%S')}.json",
+                        help="where to write the JSON record ('' skips it); by default under /tmp, not the checkout")
     parser.add_argument("--observe", choices=("backend", "list"), default="backend",
                         help="how the cluster kind counts Running pods")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
