@@ -40,8 +40,10 @@ class ScenarioTimeout(RuntimeError):
     """A bounded wait of a scenario ran out; the message says what was awaited and what was seen."""
 
 
-def wait_for(what: str, probe: Callable[[], Any], *, timeout: float, interval: float = 0.5) -> Any:
-    """Poll ``probe`` until it returns something truthy; API errors while a fault lasts count as "not yet"."""
+def wait_for(what: str, probe: Callable[[], Any], *, timeout: float, interval: float = 0.5,
+             until: Callable[[Any], Any] = bool) -> Any:
+    """Poll ``probe`` until ``until`` accepts what it returns (by default: something truthy) and return that;
+    API errors while a fault lasts count as "not yet"."""
     deadline = time.monotonic() + timeout
     seen: Any = None
     while time.monotonic() < deadline:
@@ -50,7 +52,7 @@ def wait_for(what: str, probe: Callable[[], Any], *, timeout: float, interval: f
         except Exception as e:  # the API server may be restarting
             seen = e
         else:
-            if seen:
+            if until(seen):
                 return seen
         time.sleep(interval)
     raise ScenarioTimeout(f"Waited {timeout:.0f} s for {what}; last seen: {seen!r}")

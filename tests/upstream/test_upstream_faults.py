@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ci"))
 
 from upstream.binaries import BuildError, ensure_built  # noqa: E402
-from upstream.chaos import app_pods, cluster_kwargs, core_api  # noqa: E402
+from upstream.chaos import app_pods, cluster_kwargs, core_api, wait_for  # noqa: E402
 from upstream.control_plane import NodeOptions, UpstreamKubernetes  # noqa: E402
 
 from dask_k8s_backend import KubeSparkCluster  # noqa: E402
@@ -43,22 +43,6 @@ def kube() -> Iterator[UpstreamKubernetes]:
         pytest.skip(f"the upstream binaries cannot be built here: {e}")
     with UpstreamKubernetes(nodes=NodeOptions(count=2, kubelet="process"), bin_dir=bin_dir) as kube:
         yield kube
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, until: Callable[[Any], Any] = bool) -> Any:
-    """Poll the API server (a watch would end with the restart) until ``until(probe())``; bounded."""
-    deadline = time.monotonic() + timeout
-    seen: Any = None
-    while time.monotonic() < deadline:
-        try:
-            seen = probe()
-        except Exception as e:  # the API server may be restarting
-            seen = e
-        else:
-            if until(seen):
-                return seen
-        time.sleep(0.25)
-    raise AssertionError(f"waited {timeout:.0f} s for {what}; last seen: {seen!r}")
 
 
 def exit_when_the_api_server_is_down(name: str, node: str) -> dict:
@@ -90,9 +74,10 @@ def test_a_status_written_while_the_api_server_restarts_lands_after_it_returns(k
         def phase() -> str:
             return api.read_namespaced_pod("ends-in-outage", NAMESPACE).status.phase
 
-        wait_for("the pod Running", phase, timeout=90, until=lambda p: p == "Running")
+        wait_for("the pod Running", phase, timeout=90, interval=0.25, until=lambda p: p == "Running")
         outage = kube.restart_apiserver()
-        wait_for("the pod's Failed phase after the restart", phase, timeout=45, until=lambda p: p == "Failed")
+        wait_for("the pod's Failed phase after the restart", phase, timeout=45, interval=0.25,
+                 until=lambda p: p == "Failed")
         pod = api.read_namespaced_pod("ends-in-outage", NAMESPACE)
         assert exit_code(pod) == 3, f"outage {outage:.1f} s; the container's exit code was not kept: {pod.status}"
     finally:
@@ -103,7 +88,7 @@ def test_close_leaves_no_pod_on_a_node_whose_agent_was_sigkilled(kube, caplog):
     api = core_api(kube)
     with KubeSparkCluster(**cluster_kwargs(kube, n_workers=2)) as cluster:
         app_id = cluster.app.app_id
-        pods = wait_for("2 Running worker pods", lambda: app_pods(api, app_id), timeout=120,
+        pods = wait_for("2 Running worker pods", lambda: app_pods(api, app_id), timeout=120, interval=0.25,
                         until=lambda ps: len(ps) == 2 and all(p.status.phase == "Running" for p in ps))
         victim = pods[0].spec.node_name
         kube.kill_node_agent(victim)
